@@ -1,0 +1,51 @@
+"""create_app(): build Services into app.extensions and register the blueprints."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+
+from flask import Flask
+
+from broker.audit import configure_audit_logging
+from broker.domain.ports import Services
+from broker.http import admin, health, introspect, token, wellknown
+from broker.http.context import request_id
+from broker.http.responses import register_error_handlers
+from broker.settings import Settings, load_settings
+
+MAX_BODY_BYTES = 64 * 1024
+
+
+def read_admin_token_hash(settings: Settings) -> bytes | None:
+    if settings.admin_token_file is None:
+        return None
+    secret = settings.admin_token_file.read_text().strip()
+    if len(secret) < 24:
+        raise SystemExit("errand: the admin token must be at least 24 characters")
+    return hashlib.sha256(secret.encode()).digest()
+
+
+def create_app(settings: Settings | None = None, services: Services | None = None) -> Flask:
+    from broker.services import build_services, check_redis_policy
+
+    settings = settings or load_settings()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    configure_audit_logging()
+    if services is None:
+        services = build_services(settings)
+        check_redis_policy(services, settings)
+    app = Flask("errand")
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    app.config["MAX_FORM_MEMORY_SIZE"] = MAX_BODY_BYTES
+    app.config["MAX_FORM_PARTS"] = 100
+    app.config["ERRAND_ADMIN_TOKEN_SHA256"] = read_admin_token_hash(settings)
+    app.extensions["errand"] = services
+
+    @app.before_request
+    def _assign_request_id() -> None:
+        request_id()  # before_request must return None, or Flask treats it as the response
+    register_error_handlers(app)
+    for module in (token, introspect, wellknown, health, admin):
+        app.register_blueprint(module.bp)
+    return app

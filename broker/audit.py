@@ -1,0 +1,45 @@
+"""Audit events: one JSON log line per decision, and an entry in a bounded Redis stream.
+
+Events never hold a token, an assertion or a key: only the SHA-256 of a token."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+audit_log = logging.getLogger("errand.audit")
+
+
+class _Appender(Protocol):
+    def append_audit(self, event: Mapping[str, Any]) -> None: ...
+
+
+def configure_audit_logging() -> None:
+    """JSON lines on stdout under the `errand.audit` logger, once per process."""
+    if audit_log.handlers:
+        return
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    audit_log.addHandler(handler)
+    audit_log.setLevel(logging.INFO)
+    audit_log.propagate = False
+
+
+class AuditLog:
+    def __init__(self, appender: _Appender | None) -> None:
+        self._appender = appender
+
+    def record(self, event: Mapping[str, Any], *, stored: bool = False) -> None:
+        audit_log.info(json.dumps(event, separators=(",", ":"), default=str))
+        if stored or self._appender is None:
+            return
+        try:
+            self._appender.append_audit(event)
+        except Exception:  # the log line above is the record of last resort
+            logging.getLogger(__name__).warning(
+                "audit stream unavailable; event kept in the log only",
+                extra={"event_name": event.get("event")},
+            )

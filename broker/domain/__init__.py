@@ -1,0 +1,1 @@
+"""The domain: plain Python that knows nothing of Flask, RQ or Redis."""

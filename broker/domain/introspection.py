@@ -1,0 +1,51 @@
+"""Token introspection (RFC 7662).
+
+`active: true` only for a token whose signature is ours, that has not expired, whose grant
+is live in Redis, stamped with the current revocation epoch, and whose task is not complete.
+RFC 7662 §2.2: an inactive token reveals nothing else. If Redis cannot be read the caller
+gets an error (StoreUnavailable -> 503), never `active: true`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from broker.domain.access import read_our_token
+from broker.domain.ports import Services, StoreUnavailable
+from broker.errors import TemporarilyUnavailable
+
+INACTIVE: dict[str, Any] = {"active": False}
+
+
+def introspect(token: str, svc: Services) -> dict[str, Any]:
+    claims = read_our_token(token, svc)
+    if claims is None:
+        return dict(INACTIVE)
+    try:
+        state = svc.store.grant_state(claims["jti"], claims["task_id"])
+    except StoreUnavailable as err:
+        raise TemporarilyUnavailable(debug=str(err)) from err
+    grant = state.grant
+    if (
+        grant is None
+        or state.task_completed
+        or grant.epoch != state.current_epoch
+        or grant.exp <= svc.clock.now()
+        or grant.task_id != claims["task_id"]
+        or grant.identity_id != claims["sub"]
+    ):
+        return dict(INACTIVE)
+    return {
+        "active": True,
+        "iss": svc.config.broker.issuer,
+        "sub": grant.identity_id,
+        "aud": list(grant.audiences) if len(grant.audiences) != 1 else grant.audiences[0],
+        "scope": " ".join(grant.scopes),
+        "client_id": grant.client_id,
+        "exp": grant.exp,
+        "iat": grant.iat,
+        "jti": grant.jti,
+        "token_type": "Bearer",
+        "task_id": grant.task_id,
+        "identity_type": grant.identity_type,
+        "owner": grant.owner,
+    }

@@ -1,0 +1,85 @@
+"""Revocation of one token (RFC 7009) and completion of a task."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from broker.domain.access import read_our_token
+from broker.domain.ports import Services, StoreUnavailable
+from broker.errors import InvalidToken, TemporarilyUnavailable
+
+log = logging.getLogger(__name__)
+
+
+def _event(svc: Services, name: str, **fields: Any) -> dict[str, Any]:
+    return {"ts": svc.clock.now(), "event": name, **fields}
+
+
+def revoke_token(token: str, svc: Services, *, actor: str, request_id: str = "") -> bool:
+    """End the grant behind one of our tokens. Unknown or foreign tokens are not an error
+    (RFC 7009 §2.2): the answer is the same, so revocation cannot probe for tokens."""
+    claims = read_our_token(token, svc, allow_expired=True)
+    if claims is None:
+        return False
+    return revoke_grant(
+        claims["jti"], svc, reason="revoked", actor=actor, request_id=request_id,
+        task_id=claims["task_id"], identity=claims["sub"],
+    )
+
+
+def revoke_grant(
+    jti: str, svc: Services, *, reason: str, actor: str, request_id: str = "",
+    task_id: str | None = None, identity: str | None = None,
+) -> bool:
+    event = _event(
+        svc, "grant.revoked", outcome="revoked", jti=jti, reason=reason, actor=actor,
+        request_id=request_id, task=task_id, identity=identity,
+    )
+    try:
+        removed = svc.store.revoke_grant(jti, audit=event)
+    except StoreUnavailable as err:
+        raise TemporarilyUnavailable(debug=str(err)) from err
+    if removed:
+        svc.audit.record(event, stored=True)
+    return removed
+
+
+def complete_task(token: str, svc: Services, *, request_id: str = "", client_address: str = "") -> dict[str, Any]:
+    """Any live token of a task may declare the task complete.
+
+    A tombstone makes every token of the task inactive at once (introspection checks it);
+    an RQ job then removes the task's grants. The tombstone outlives every token the task
+    could hold, so a racing exchange for the task is refused."""
+    claims = read_our_token(token, svc)
+    if claims is None:
+        raise InvalidToken("the access token is invalid or expired")
+    task_id = claims["task_id"]
+    now = svc.clock.now()
+    event = _event(
+        svc, "task.completed", outcome="completed", task=task_id, identity=claims["sub"],
+        jti=claims["jti"], request_id=request_id, client_address=client_address,
+    )
+    try:
+        newly = svc.store.complete_task(
+            task_id, tombstone_seconds=svc.config.broker.task_tombstone_seconds, audit=event, now=int(now)
+        )
+    except StoreUnavailable as err:
+        raise TemporarilyUnavailable(debug=str(err)) from err
+    if newly:
+        svc.audit.record(event, stored=True)
+    try:
+        svc.jobs.schedule_task_cleanup(task_id)
+    except Exception as err:  # the tombstone already holds; the sweeper re-enqueues the clean-up
+        log.warning("could not enqueue task clean-up: %s", type(err).__name__, extra={"task": task_id})
+    return {"task_id": task_id, "completed": True}
+
+
+def cleanup_task(task_id: str, svc: Services) -> int:
+    """Revoke every grant of a completed task. Idempotent: safe to run twice."""
+    count = 0
+    for jti in svc.store.task_grant_ids(task_id):
+        if revoke_grant(jti, svc, reason="task_completed", actor="worker", task_id=task_id):
+            count += 1
+    svc.store.finish_task_cleanup(task_id)
+    return count

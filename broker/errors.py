@@ -1,0 +1,131 @@
+"""Errors a client may see, each carrying its OAuth error code (RFC 6749 §5.2).
+
+The `description` is what the client reads: short, stable, and never the value a trust rule
+expects. The `debug` text is for logs and the audit trail only and is never serialised."""
+
+from __future__ import annotations
+
+
+class BrokerError(Exception):
+    """An error the client may see, rendered per RFC 6749 §5.2."""
+
+    error = "server_error"
+    status_code = 500
+    description = "The server could not complete the request."
+    reason = "server_error"  # stable machine-readable reason code for audit and metrics
+
+    def __init__(
+        self,
+        description: str | None = None,
+        *,
+        debug: str | None = None,
+        reason: str | None = None,
+        details: dict[str, object] | None = None,
+    ) -> None:
+        super().__init__(description or self.description)
+        self.description = description or self.description
+        self.debug = debug  # for logs and audit only; never serialised
+        if reason:
+            self.reason = reason
+        self.details = details or {}  # audit-only context (rule ids, compared values)
+
+    def headers(self) -> dict[str, str]:
+        return {}
+
+
+class InvalidRequest(BrokerError):
+    error = "invalid_request"
+    status_code = 400
+    description = "The request is missing a parameter or is malformed."
+    reason = "invalid_request"
+
+
+class InvalidClient(BrokerError):
+    error = "invalid_client"
+    status_code = 401
+    description = "Client authentication failed."
+    reason = "invalid_client"
+
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": 'Basic realm="errand"'}
+
+
+class InvalidGrant(BrokerError):
+    error = "invalid_grant"
+    status_code = 400
+    description = "The grant is invalid."
+    reason = "invalid_grant"
+
+
+class UnauthorizedClient(BrokerError):
+    error = "unauthorized_client"
+    status_code = 400
+    description = "The client is not allowed to do this."
+    reason = "unauthorized_client"
+
+
+class UnsupportedGrantType(BrokerError):
+    error = "unsupported_grant_type"
+    status_code = 400
+    description = "The grant_type is not supported."
+    reason = "unsupported_grant_type"
+
+
+class InvalidTarget(BrokerError):
+    error = "invalid_target"
+    status_code = 400
+    description = "The requested audience or resource is not allowed for this identity."
+    reason = "audience_not_allowed"
+
+
+class InvalidScope(BrokerError):
+    error = "invalid_scope"
+    status_code = 400
+    description = "The requested scope is not allowed for this identity."
+    reason = "scope_not_allowed"
+
+
+class UnsupportedTokenType(BrokerError):
+    error = "unsupported_token_type"
+    status_code = 400
+    description = "The token type is not supported."
+    reason = "unsupported_token_type"
+
+
+class InvalidToken(BrokerError):
+    """RFC 6750 §3.1: a bearer token that is missing, expired, revoked or not ours."""
+
+    error = "invalid_token"
+    status_code = 401
+    description = "The access token is invalid."
+    reason = "invalid_token"
+
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": f'Bearer error="invalid_token", error_description="{self.description}"'}
+
+
+class AccessDenied(BrokerError):
+    error = "access_denied"
+    status_code = 403
+    description = "Access denied."
+    reason = "access_denied"
+
+
+class NotFound(BrokerError):
+    error = "not_found"
+    status_code = 404
+    description = "Not found."
+    reason = "not_found"
+
+
+class TemporarilyUnavailable(BrokerError):
+    """Retryable: the client may try again after Retry-After seconds."""
+
+    error = "temporarily_unavailable"
+    status_code = 503
+    description = "The service is temporarily unavailable; retry later."
+    reason = "temporarily_unavailable"
+    retry_after_seconds = 2
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after_seconds)}

@@ -1,0 +1,26 @@
+"""/healthz: the process is up. /readyz: Redis answers and a signing key is loaded."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response
+
+from broker.domain.ports import StoreUnavailable
+from broker.http.context import services
+from broker.http.responses import json_response
+
+bp = Blueprint("health", __name__)
+
+
+@bp.get("/healthz")
+def healthz() -> Response:
+    return json_response({"status": "ok"})
+
+
+@bp.get("/readyz")
+def readyz() -> Response:
+    svc = services()
+    try:
+        svc.store.ping()  # type: ignore[attr-defined]
+    except StoreUnavailable:
+        return json_response({"status": "unavailable", "redis": "down"}, 503, {"Retry-After": "2"})
+    return json_response({"status": "ready", "redis": "up", "signing_kid": svc.keyring.active.kid})

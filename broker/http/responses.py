@@ -1,0 +1,68 @@
+"""JSON responses with OAuth's no-store headers, and the error handlers (RFC 6749 §5.2)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Flask, Response, g, jsonify
+from werkzeug.exceptions import HTTPException
+
+from broker.errors import BrokerError
+
+log = logging.getLogger("errand.http")
+
+NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+
+
+def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    resp = jsonify(body)
+    resp.status_code = status
+    resp.headers.update(NO_STORE)
+    if headers:
+        resp.headers.update(headers)
+    return resp
+
+
+def error_response(err: BrokerError) -> Response:
+    return json_response(
+        {"error": err.error, "error_description": err.description},
+        err.status_code,
+        err.headers(),
+    )
+
+
+def register_error_handlers(app: Flask) -> None:
+    @app.errorhandler(BrokerError)
+    def _broker_error(err: BrokerError) -> Response:
+        if err.status_code >= 500:
+            log.warning(
+                "request failed",
+                extra={"error": err.error, "debug": err.debug, "request_id": g.get("request_id")},
+            )
+        return error_response(err)
+
+    @app.errorhandler(HTTPException)
+    def _http_error(err: HTTPException) -> Response:
+        status = err.code or 400
+        code = {
+            404: "not_found",
+            405: "invalid_request",
+            413: "invalid_request",
+            415: "invalid_request",
+        }.get(status, "invalid_request")
+        description = {
+            404: "No such endpoint.",
+            405: "Method not allowed.",
+            413: "The request body is too large.",
+        }.get(status, "The request is malformed.")
+        return json_response({"error": code, "error_description": description}, status)
+
+    @app.errorhandler(Exception)
+    def _unexpected(err: Exception) -> Response:
+        # Never a stack trace to the client; the log keeps the detail (not the request body).
+        log.exception("unexpected error", extra={"request_id": g.get("request_id")})
+        return json_response(
+            {"error": "server_error", "error_description": "The server could not complete the request."},
+            500,
+        )

@@ -1,0 +1,1 @@
+"""Workload-identity verification: from a caller's JWT to a verified subject."""

@@ -1,0 +1,137 @@
+"""Verify a workload-identity JWT from a configured issuer (RFC 8725 order of checks).
+
+size -> shape -> header allow-list -> issuer (the unverified `iss` only selects a configured
+issuer) -> key (kid looked up in that issuer's JWKS; the algorithm comes from the key) ->
+signature -> registered claims (exact iss, our audience, exp/nbf/iat with bounded skew,
+numeric dates that are numbers, bounded lifetime) -> jti shape per the issuer's replay policy."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from typing import Any
+
+import jwt
+
+from broker.domain.models import Config, VerifiedSubject
+from broker.identity.errors import BadSignature, ClaimInvalid, MalformedToken, UnknownIssuer
+from broker.identity.jose import JoseError, read_compact_jws
+from broker.identity.jwks import JwksCache
+from broker.tokens.algorithms import ASYMMETRIC_ALGORITHMS
+
+MAX_KID_CHARS = 256
+MAX_JTI_CHARS = 256
+
+
+def token_sha256(token: str) -> str:
+    """What audit and logs hold instead of a token."""
+    return hashlib.sha256(token.encode("utf-8", "replace")).hexdigest()
+
+
+def _numeric_date(claims: Mapping[str, Any], name: str, required: bool) -> float | None:
+    value = claims.get(name)
+    if value is None:
+        if required:
+            raise ClaimInvalid(f"the token has no '{name}' claim", reason="missing_claim")
+        return None
+    # bool is an int in Python; numeric strings are not NumericDates (RFC 7519 §2).
+    if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
+        raise ClaimInvalid(f"the token's '{name}' claim is not a number")
+    if not 0 <= value < 1e11:
+        raise ClaimInvalid(f"the token's '{name}' claim is out of range")
+    return float(value)
+
+
+class SubjectTokenVerifier:
+    def __init__(self, config: Config, jwks: JwksCache) -> None:
+        self._config = config
+        self._jwks = jwks
+
+    def verify(self, token: str, *, now: float) -> VerifiedSubject:
+        broker = self._config.broker
+        try:
+            parsed = read_compact_jws(token, max_bytes=broker.max_subject_token_bytes)
+        except JoseError as err:
+            raise MalformedToken(f"the token is malformed: {err}") from err
+        header = parsed.header
+        alg = header.get("alg")
+        if not isinstance(alg, str) or alg not in ASYMMETRIC_ALGORITHMS:
+            raise MalformedToken("the token's algorithm is not allowed", debug=f"alg={alg!r}"[:100])
+        typ = header.get("typ")
+        if typ is not None and (not isinstance(typ, str) or typ.upper() != "JWT"):
+            # at+jwt (our own access tokens) and other typed JWTs are not identity tokens.
+            raise MalformedToken("the token's type is not accepted", debug=f"typ={typ!r}"[:100])
+        if "crit" in header:
+            raise MalformedToken("the token has critical header parameters we do not support")
+        kid = header.get("kid")
+        if kid is not None and (not isinstance(kid, str) or not 0 < len(kid) <= MAX_KID_CHARS):
+            raise MalformedToken("the token's key id is malformed")
+        # jku, x5u, x5c and jwk are ignored: keys come only from the configured issuer's JWKS.
+
+        unverified_iss = parsed.payload.get("iss")
+        if not isinstance(unverified_iss, str):
+            raise MalformedToken("the token has no issuer")
+        issuer = self._config.issuer_by_url(unverified_iss)
+        if issuer is None:
+            raise UnknownIssuer("the token's issuer is not trusted", debug=unverified_iss[:200])
+        if alg not in issuer.algorithms:
+            raise MalformedToken("the token's algorithm is not allowed for its issuer")
+
+        key = self._jwks.key_for(issuer, kid)
+        if key.alg != alg:
+            raise BadSignature("the token's algorithm does not match its key")
+        try:
+            claims: dict[str, Any] = jwt.decode(
+                token,
+                key.key,
+                algorithms=[key.alg],
+                audience=issuer.audience,
+                issuer=issuer.issuer,
+                options={
+                    "require": ["iss", "aud", "exp", "iat"],
+                    "verify_signature": True,
+                    "verify_aud": True,
+                    "verify_iss": True,
+                    # Time claims are checked below against the injected clock, strictly.
+                    "verify_exp": False,
+                    "verify_nbf": False,
+                    "verify_iat": False,
+                    "strict_aud": False,  # aud may be a list, but must contain ours exactly
+                },
+            )
+        except jwt.InvalidSignatureError as err:
+            raise BadSignature("the token's signature is invalid") from err
+        except jwt.InvalidAudienceError as err:
+            raise ClaimInvalid("the token's 'aud' claim does not name this broker", reason="wrong_audience") from err
+        except jwt.InvalidIssuerError as err:
+            raise ClaimInvalid("the token's 'iss' claim does not match", reason="wrong_issuer") from err
+        except jwt.MissingRequiredClaimError as err:
+            raise ClaimInvalid(f"the token has no '{err.claim}' claim", reason="missing_claim") from err
+        except jwt.PyJWTError as err:
+            raise MalformedToken("the token could not be verified", debug=type(err).__name__) from err
+
+        skew = broker.clock_skew_seconds
+        exp = _numeric_date(claims, "exp", True)
+        iat = _numeric_date(claims, "iat", True)
+        nbf = _numeric_date(claims, "nbf", False)
+        assert exp is not None and iat is not None
+        if exp <= now - skew:
+            raise ClaimInvalid("the token has expired", reason="expired")
+        if iat > now + skew:
+            raise ClaimInvalid("the token's 'iat' is in the future", reason="issued_in_future")
+        if nbf is not None and nbf > now + skew:
+            raise ClaimInvalid("the token is not valid yet", reason="not_yet_valid")
+        if exp - iat > issuer.max_token_lifetime_seconds:
+            raise ClaimInvalid("the token's lifetime is longer than this issuer allows", reason="lifetime_too_long")
+        aud = claims.get("aud")
+        if isinstance(aud, list) and not all(isinstance(a, str) for a in aud):
+            raise ClaimInvalid("the token's 'aud' claim is malformed")
+
+        jti = claims.get("jti")
+        if jti is not None and (not isinstance(jti, str) or not 0 < len(jti) <= MAX_JTI_CHARS):
+            raise ClaimInvalid("the token's 'jti' claim is malformed")
+        if issuer.replay == "single-use" and jti is None:
+            raise ClaimInvalid("the token has no 'jti' claim, which this issuer requires", reason="missing_claim")
+        return VerifiedSubject(
+            issuer=issuer, claims=claims, jti=jti, exp=int(exp), token_sha256=token_sha256(token)
+        )

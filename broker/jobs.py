@@ -1,0 +1,43 @@
+"""Enqueue worker jobs by dotted path, so broker/ never imports workers/."""
+
+from __future__ import annotations
+
+import hashlib
+
+import redis
+from rq import Queue, Retry
+
+QUEUE_NAME = "errand"
+RETRY = Retry(max=5, interval=[1, 2, 5, 10, 30])
+
+
+def task_job_id(task_id: str) -> str:
+    # RQ job ids allow [A-Za-z0-9_-] only; task ids may hold '.', ':', '@' and '+'.
+    return "cleanup-task-" + hashlib.sha256(task_id.encode()).hexdigest()[:32]
+
+
+class RqScheduler:
+    """JobScheduler on RQ. RQ needs its own connection without decode_responses."""
+
+    def __init__(self, connection: redis.Redis) -> None:
+        self.queue = Queue(QUEUE_NAME, connection=connection)
+
+    def schedule_task_cleanup(self, task_id: str) -> None:
+        # A fixed job id per task: a second completion does not queue a second clean-up.
+        self.queue.enqueue(
+            "workers.tasks.cleanup_task",
+            task_id,
+            job_id=task_job_id(task_id),
+            retry=RETRY,
+            result_ttl=300,
+            failure_ttl=86400,
+        )
+
+    def schedule_sweep(self) -> None:
+        self.queue.enqueue(
+            "workers.expiry.sweep_expired",
+            job_id="sweep-expired",
+            retry=Retry(max=2, interval=[1, 5]),
+            result_ttl=60,
+            failure_ttl=3600,
+        )

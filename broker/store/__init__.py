@@ -1,0 +1,1 @@
+"""Storage: every Redis command Errand sends lives in this package."""

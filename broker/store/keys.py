@@ -1,0 +1,49 @@
+"""Every Redis key Errand writes, in one place. Each has a TTL or sits in the expiry index.
+
+Identifiers that reach a key (identity ids, owners, task ids, issuer ids) are restricted to
+a safe alphabet at the edge; a caller's jti is hashed before it becomes part of a key."""
+
+from __future__ import annotations
+
+import hashlib
+
+PREFIX = "errand:"
+
+EPOCH = PREFIX + "epoch"  # revoke-all cut: grants stamped with an older epoch are dead
+EXPIRY_INDEX = PREFIX + "expiry"  # zset "jti task identity owner" -> exp: the clean-up queue
+AUDIT_STREAM = PREFIX + "audit"  # bounded stream of audit events
+COMPLETING = PREFIX + "completing"  # zset task -> completed_at: completions not yet cleaned up
+SWEEP_LOCK = PREFIX + "lock:sweep"
+
+
+def grant(jti: str) -> str:
+    return f"{PREFIX}grant:{jti}"
+
+
+def task_index(task_id: str) -> str:
+    return f"{PREFIX}task:{task_id}"
+
+
+def task_tombstone(task_id: str) -> str:
+    return f"{PREFIX}task-done:{task_id}"
+
+
+def identity_index(identity_id: str) -> str:
+    return f"{PREFIX}ident:{identity_id}"
+
+
+def owner_index(owner: str) -> str:
+    return f"{PREFIX}owner:{owner}"
+
+
+def replay(issuer_id: str, jti: str) -> str:
+    digest = hashlib.sha256(jti.encode("utf-8", "replace")).hexdigest()[:32]
+    return f"{PREFIX}replay:{issuer_id}:{digest}"
+
+
+def jwks(issuer_id: str) -> str:
+    return f"{PREFIX}jwks:{issuer_id}"
+
+
+def jwks_lock(issuer_id: str) -> str:
+    return f"{PREFIX}lock:jwks:{issuer_id}"

@@ -1,0 +1,365 @@
+"""Redis implementations of the domain's storage ports.
+
+Every write that makes a token usable happens in one Lua script, so a grant, its indexes,
+the replay entry and its audit record exist together or not at all (SECURITY.md: fail
+closed). Any Redis fault surfaces as StoreUnavailable, which the HTTP layer turns into a
+503 with Retry-After."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+import redis
+from redis.exceptions import RedisError, ResponseError
+
+from broker.domain.models import Grant, GrantState
+from broker.domain.ports import PreflightState, StoreUnavailable, WriteRefused
+from broker.store import keys
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# KEYS: grant, task idx, identity idx, owner idx, expiry idx, epoch, tombstone, replay, audit
+# ARGV: jti, exp, now, expected epoch, use replay (0/1), replay exat, expiry member,
+#       audit maxlen, audit json, then grant field/value pairs
+_SAVE_GRANT = """
+if redis.call('EXISTS', KEYS[7]) == 1 then return 'task_completed' end
+local epoch = redis.call('GET', KEYS[6]) or '0'
+if epoch ~= ARGV[4] then return 'epoch_changed' end
+if ARGV[5] == '1' then
+  if not redis.call('SET', KEYS[8], '1', 'NX', 'EXAT', ARGV[6]) then return 'replayed' end
+end
+local exp = tonumber(ARGV[2])
+local ttl = exp - tonumber(ARGV[3])
+redis.call('HSET', KEYS[1], unpack(ARGV, 10))
+redis.call('EXPIREAT', KEYS[1], exp)
+for i = 2, 4 do
+  redis.call('ZADD', KEYS[i], exp, ARGV[1])
+  if redis.call('TTL', KEYS[i]) < ttl then redis.call('EXPIREAT', KEYS[i], exp) end
+end
+redis.call('ZADD', KEYS[5], exp, ARGV[7])
+redis.call('XADD', KEYS[9], 'MAXLEN', '~', ARGV[8], '*', 'e', ARGV[9])
+return 'ok'
+"""
+
+# KEYS: grant, expiry idx, audit. ARGV: jti, audit maxlen, audit json template (no jti info).
+_REVOKE_GRANT = """
+local g = redis.call('HMGET', KEYS[1], 't', 'i', 'o')
+if not g[1] then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('ZREM', 'errand:task:' .. g[1], ARGV[1])
+redis.call('ZREM', 'errand:ident:' .. g[2], ARGV[1])
+redis.call('ZREM', 'errand:owner:' .. g[3], ARGV[1])
+redis.call('ZREM', KEYS[2], ARGV[1] .. ' ' .. g[1] .. ' ' .. g[2] .. ' ' .. g[3])
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[2], '*', 'e', ARGV[3])
+return 1
+"""
+
+# KEYS: tombstone, completing, audit. ARGV: ttl, now, audit maxlen, audit json
+_COMPLETE_TASK = """
+if not redis.call('SET', KEYS[1], ARGV[2], 'NX', 'EX', ARGV[1]) then return 0 end
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[5])
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', 'e', ARGV[4])
+return 1
+"""
+
+# KEYS: expiry idx, audit. ARGV: now, batch, audit maxlen, ts
+# Removes expired members from every index; the grant hashes have already gone by TTL.
+_SWEEP = """
+local members = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
+for _, m in ipairs(members) do
+  local jti, task, ident, owner = string.match(m, '^(%S+) (%S+) (%S+) (%S+)$')
+  if jti then
+    redis.call('ZREM', 'errand:task:' .. task, jti)
+    redis.call('ZREM', 'errand:ident:' .. ident, jti)
+    redis.call('ZREM', 'errand:owner:' .. owner, jti)
+    redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'e',
+      cjson.encode({ts = tonumber(ARGV[4]), event = 'grant.expired', outcome = 'expired',
+                    jti = jti, task = task, identity = ident, owner = owner}))
+  end
+  redis.call('ZREM', KEYS[1], m)
+end
+return #members
+"""
+
+
+def _grant_fields(grant: Grant) -> list[str]:
+    # Short field names: a live grant should cost well under 1 KiB of Redis memory.
+    return [
+        "i", grant.identity_id,
+        "y", grant.identity_type,
+        "o", grant.owner,
+        "t", grant.task_id,
+        "a", json.dumps(list(grant.audiences), separators=(",", ":")),
+        "s", " ".join(grant.scopes),
+        "c", grant.client_id,
+        "e", str(grant.exp),
+        "n", str(grant.iat),
+        "u", grant.issuer_id,
+        "p", str(grant.epoch),
+        "r", grant.purpose,
+    ]  # fmt: skip
+
+
+def _grant_from(jti: str, h: Mapping[str, str]) -> Grant | None:
+    try:
+        return Grant(
+            jti=jti,
+            identity_id=h["i"],
+            identity_type=h["y"],
+            owner=h["o"],
+            task_id=h["t"],
+            audiences=tuple(json.loads(h["a"])),
+            scopes=tuple(h["s"].split()) if h["s"] else (),
+            client_id=h["c"],
+            exp=int(h["e"]),
+            iat=int(h["n"]),
+            issuer_id=h["u"],
+            epoch=int(h["p"]),
+            purpose=h.get("r", ""),
+        )
+    except (KeyError, ValueError):
+        log.error("malformed grant record", extra={"jti": jti})
+        return None
+
+
+def expiry_member(grant: Grant) -> str:
+    return f"{grant.jti} {grant.task_id} {grant.identity_id} {grant.owner}"
+
+
+def connect(url: str, *, timeout: float, decode: bool = True) -> redis.Redis:
+    """A client with short timeouts, so an outage is a quick 503, not a hung worker."""
+    return redis.Redis.from_url(
+        url,
+        decode_responses=decode,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        health_check_interval=30,
+        retry_on_timeout=False,
+    )
+
+
+class RedisGrantStore:
+    def __init__(self, client: redis.Redis, *, audit_maxlen: int) -> None:
+        self._r = client
+        self._audit_maxlen = str(audit_maxlen)
+        self._save = client.register_script(_SAVE_GRANT)
+        self._revoke = client.register_script(_REVOKE_GRANT)
+        self._complete = client.register_script(_COMPLETE_TASK)
+        self._sweep = client.register_script(_SWEEP)
+
+    @contextmanager
+    def _guard(self) -> Iterator[None]:
+        try:
+            yield
+        except RedisError as err:
+            raise StoreUnavailable(f"{type(err).__name__}: {err}") from err
+
+    def _call(self, fn: Callable[[], T]) -> T:
+        with self._guard():
+            return fn()
+
+    # -- exchange -------------------------------------------------------------------------
+    def preflight(self, *, issuer_id: str, jti: str | None, task_id: str) -> PreflightState:
+        with self._guard():
+            pipe = self._r.pipeline(transaction=False)
+            pipe.get(keys.EPOCH)
+            pipe.exists(keys.replay(issuer_id, jti) if jti else keys.EPOCH + ":none")
+            pipe.exists(keys.task_tombstone(task_id))
+            epoch, replayed, done = pipe.execute()
+        return PreflightState(epoch=int(epoch or 0), replayed=bool(replayed and jti), task_completed=bool(done))
+
+    def save_grant(
+        self,
+        grant: Grant,
+        *,
+        replay: tuple[str, str, int] | None,
+        audit: Mapping[str, Any],
+        now: int,
+    ) -> None:
+        replay_key = keys.replay(replay[0], replay[1]) if replay else keys.EPOCH + ":none"
+        with self._guard():
+            result = self._save(
+                keys=[
+                    keys.grant(grant.jti),
+                    keys.task_index(grant.task_id),
+                    keys.identity_index(grant.identity_id),
+                    keys.owner_index(grant.owner),
+                    keys.EXPIRY_INDEX,
+                    keys.EPOCH,
+                    keys.task_tombstone(grant.task_id),
+                    replay_key,
+                    keys.AUDIT_STREAM,
+                ],
+                args=[
+                    grant.jti,
+                    grant.exp,
+                    now,
+                    grant.epoch,
+                    "1" if replay else "0",
+                    replay[2] if replay else 0,
+                    expiry_member(grant),
+                    self._audit_maxlen,
+                    json.dumps(audit, separators=(",", ":")),
+                    *_grant_fields(grant),
+                ],
+            )
+        if result != "ok":
+            raise WriteRefused(str(result))
+
+    # -- introspection --------------------------------------------------------------------
+    def grant_state(self, jti: str, task_id: str) -> GrantState:
+        with self._guard():
+            pipe = self._r.pipeline(transaction=False)
+            pipe.hgetall(keys.grant(jti))
+            pipe.get(keys.EPOCH)
+            pipe.exists(keys.task_tombstone(task_id))
+            record, epoch, done = pipe.execute()
+        grant = _grant_from(jti, record) if record else None
+        return GrantState(grant=grant, current_epoch=int(epoch or 0), task_completed=bool(done))
+
+    # -- revocation and completion ---------------------------------------------------------
+    def revoke_grant(self, jti: str, *, audit: Mapping[str, Any]) -> bool:
+        with self._guard():
+            return bool(
+                self._revoke(
+                    keys=[keys.grant(jti), keys.EXPIRY_INDEX, keys.AUDIT_STREAM],
+                    args=[jti, self._audit_maxlen, json.dumps(audit, separators=(",", ":"))],
+                )
+            )
+
+    def complete_task(
+        self, task_id: str, *, tombstone_seconds: int, audit: Mapping[str, Any], now: int
+    ) -> bool:
+        with self._guard():
+            return bool(
+                self._complete(
+                    keys=[keys.task_tombstone(task_id), keys.COMPLETING, keys.AUDIT_STREAM],
+                    args=[
+                        tombstone_seconds,
+                        now,
+                        self._audit_maxlen,
+                        json.dumps(audit, separators=(",", ":")),
+                        task_id,
+                    ],
+                )
+            )
+
+    def task_grant_ids(self, task_id: str) -> list[str]:
+        return self._call(lambda: list(self._r.zrange(keys.task_index(task_id), 0, -1)))
+
+    def finish_task_cleanup(self, task_id: str) -> None:
+        self._call(lambda: self._r.zrem(keys.COMPLETING, task_id))
+
+    def stale_completions(self, older_than: float) -> list[str]:
+        return self._call(
+            lambda: list(self._r.zrangebyscore(keys.COMPLETING, "-inf", older_than, start=0, num=1000))
+        )
+
+    def sweep_expired(self, *, now: int, batch: int) -> int:
+        with self._guard():
+            return int(
+                self._sweep(
+                    keys=[keys.EXPIRY_INDEX, keys.AUDIT_STREAM],
+                    args=[now, batch, self._audit_maxlen, now],
+                )
+            )
+
+    # -- operator views ---------------------------------------------------------------------
+    def list_grants(
+        self,
+        *,
+        now: int,
+        task_id: str | None,
+        identity_id: str | None,
+        owner: str | None,
+        limit: int,
+    ) -> list[Grant]:
+        with self._guard():
+            if task_id or identity_id or owner:
+                index = (
+                    keys.task_index(task_id)
+                    if task_id
+                    else keys.identity_index(identity_id)
+                    if identity_id
+                    else keys.owner_index(owner or "")
+                )
+                jtis = list(self._r.zrangebyscore(index, now + 1, "+inf", start=0, num=limit))
+            else:
+                members = self._r.zrangebyscore(keys.EXPIRY_INDEX, now + 1, "+inf", start=0, num=limit)
+                jtis = [m.split(" ", 1)[0] for m in members]
+            pipe = self._r.pipeline(transaction=False)
+            for jti in jtis:
+                pipe.hgetall(keys.grant(jti))
+            records = pipe.execute()
+        grants = [_grant_from(j, r) for j, r in zip(jtis, records, strict=True) if r]
+        return [g for g in grants if g is not None]
+
+    def audit_events(self, *, task_id: str | None, limit: int) -> list[dict[str, Any]]:
+        """Newest first. Filtering by task scans the bounded stream (an operator query)."""
+        out: list[dict[str, Any]] = []
+        with self._guard():
+            last = "+"
+            while len(out) < limit:
+                page = self._r.xrevrange(keys.AUDIT_STREAM, max=last, min="-", count=1000)
+                if not page:
+                    break
+                for entry_id, fields in page:
+                    try:
+                        event = json.loads(fields.get("e", "{}"))
+                    except ValueError:
+                        continue
+                    if task_id is None or event.get("task") == task_id:
+                        event["id"] = entry_id
+                        out.append(event)
+                        if len(out) >= limit:
+                            break
+                last = "(" + page[-1][0]
+        return out
+
+    def append_audit(self, event: Mapping[str, Any]) -> None:
+        with self._guard():
+            self._r.xadd(
+                keys.AUDIT_STREAM,
+                {"e": json.dumps(event, separators=(",", ":"))},
+                maxlen=int(self._audit_maxlen),
+                approximate=True,
+            )
+
+    def ping(self) -> bool:
+        with self._guard():
+            return bool(self._r.ping())
+
+    def eviction_policy(self) -> str | None:
+        try:
+            with self._guard():
+                value = self._r.config_get("maxmemory-policy").get("maxmemory-policy")
+        except (StoreUnavailable, ResponseError):
+            return None
+        return str(value) if value is not None else None
+
+
+class RedisJwksState:
+    """The cross-process JWKS mirror and refresh lock (see broker/identity/jwks.py)."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self._r = client
+
+    def load(self, issuer_id: str) -> tuple[str, float] | None:
+        data = self._r.hmget(keys.jwks(issuer_id), "doc", "at")
+        if not data[0] or not data[1]:
+            return None
+        return str(data[0]), float(data[1])
+
+    def store(self, issuer_id: str, jwks_json: str, fetched_at: float, ttl_seconds: int) -> None:
+        pipe = self._r.pipeline(transaction=True)
+        pipe.hset(keys.jwks(issuer_id), mapping={"doc": jwks_json, "at": repr(fetched_at)})
+        pipe.expire(keys.jwks(issuer_id), ttl_seconds)
+        pipe.execute()
+
+    def try_lock_refresh(self, issuer_id: str, cooldown_seconds: int) -> bool:
+        return bool(self._r.set(keys.jwks_lock(issuer_id), "1", nx=True, ex=cooldown_seconds))

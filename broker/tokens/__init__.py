@@ -1,0 +1,1 @@
+"""Errand's own tokens: signing keys, minting (RFC 9068) and verification."""

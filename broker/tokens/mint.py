@@ -1,0 +1,41 @@
+"""Mint RFC 9068 JWT access tokens."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jwt
+
+from broker.domain.models import Grant
+from broker.tokens.keyring import KeyRing
+
+ACCESS_TOKEN_TYP = "at+jwt"  # RFC 9068 §2.1: stops an access token passing as an ID token
+
+
+def access_token_claims(grant: Grant, issuer: str) -> dict[str, Any]:
+    """RFC 9068 §2.2 claims plus Errand's task binding (`task_id`, `identity_type`)."""
+    claims: dict[str, Any] = {
+        "iss": issuer,
+        "sub": grant.identity_id,
+        "aud": grant.audiences[0] if len(grant.audiences) == 1 else list(grant.audiences),
+        "exp": grant.exp,
+        "iat": grant.iat,
+        "jti": grant.jti,
+        "client_id": grant.client_id,
+        "scope": " ".join(grant.scopes),
+        "task_id": grant.task_id,
+        "identity_type": grant.identity_type,
+        "owner": grant.owner,
+        "epoch": grant.epoch,
+    }
+    return claims
+
+
+def mint_access_token(grant: Grant, keyring: KeyRing, issuer: str) -> str:
+    key = keyring.active
+    return jwt.encode(
+        access_token_claims(grant, issuer),
+        key.private_key,
+        algorithm=key.alg,
+        headers={"kid": key.kid, "typ": ACCESS_TOKEN_TYP},
+    )

@@ -1,0 +1,62 @@
+"""Verify Errand's own access tokens (for introspection, revocation and task completion)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jwt
+
+from broker.identity.jose import JoseError, read_compact_jws
+from broker.tokens.keyring import KeyRing
+from broker.tokens.mint import ACCESS_TOKEN_TYP
+
+MAX_ACCESS_TOKEN_BYTES = 4096
+
+
+class NotOurToken(Exception):
+    """The token is malformed, not signed by one of our keys, or fails a claim check."""
+
+
+def verify_access_token(
+    token: str, keyring: KeyRing, issuer: str, *, now: float, leeway: int, verify_exp: bool = True
+) -> dict[str, Any]:
+    """Return the claims of a token we issued, or raise NotOurToken.
+
+    The header must say `typ: at+jwt` and name one of our kids; the algorithm comes from our
+    key, never from the header (RFC 8725 §3.1)."""
+    try:
+        parsed = read_compact_jws(token, max_bytes=MAX_ACCESS_TOKEN_BYTES)
+    except JoseError as err:
+        raise NotOurToken(str(err)) from err
+    if parsed.header.get("typ") != ACCESS_TOKEN_TYP:
+        raise NotOurToken("typ is not at+jwt")
+    kid = parsed.header.get("kid")
+    key = keyring.get(kid) if isinstance(kid, str) else None
+    if key is None or parsed.header.get("alg") != key.alg:
+        raise NotOurToken("unknown kid or algorithm")
+    try:
+        claims: dict[str, Any] = jwt.decode(
+            token,
+            key.public_key,
+            algorithms=[key.alg],
+            issuer=issuer,
+            leeway=leeway,
+            options={
+                "require": ["iss", "sub", "exp", "iat", "jti"],
+                "verify_aud": False,  # introspection answers for any audience of ours
+                "verify_exp": False,  # checked below against the injected clock
+                "verify_iat": False,
+                "verify_nbf": False,
+            },
+        )
+    except jwt.PyJWTError as err:
+        raise NotOurToken(type(err).__name__) from err
+    exp = claims.get("exp")
+    if not isinstance(exp, int) or isinstance(exp, bool):
+        raise NotOurToken("exp is not an integer")
+    if verify_exp and exp <= now - leeway:
+        raise NotOurToken("expired")
+    for name in ("jti", "sub", "task_id"):
+        if not isinstance(claims.get(name), str):
+            raise NotOurToken(f"{name} is not a string")
+    return claims

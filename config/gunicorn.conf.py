@@ -1,0 +1,16 @@
+# gunicorn settings for `errand serve`. The app is broker.app:create_app().
+# Access logs carry method, path and status only: never a query string, never a header,
+# so no token can reach a log line through them.
+import os
+
+bind = os.environ.get("ERRAND_BIND", "127.0.0.1:8080")
+workers = int(os.environ.get("ERRAND_WEB_WORKERS", "2"))
+worker_class = "sync"
+timeout = 30
+graceful_timeout = 10
+keepalive = 5
+backlog = 2048
+accesslog = "-" if os.environ.get("ERRAND_ACCESS_LOG", "1") == "1" else None
+access_log_format = '%(h)s "%(m)s %(U)s" %(s)s %(B)s %(M)sms'
+errorlog = "-"
+loglevel = "info"

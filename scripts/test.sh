@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Runs the whole suite. The tests start their own redis-server on a free port; they never
+# touch a Redis on 6379. Installs redis-server with apt-get when it is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if ! command -v redis-server >/dev/null 2>&1; then
+  echo "redis-server not found; installing it with apt-get" >&2
+  (apt-get update -qq && apt-get install -y -qq redis-server) >&2
+fi
+set +e
+.venv/bin/python -m pytest "$@"
+rc=$?
+set -e
+if [ "$rc" -eq 5 ]; then
+  echo "pytest collected no tests: failing" >&2
+  exit 1
+fi
+exit "$rc"

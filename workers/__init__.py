@@ -1,0 +1,1 @@
+"""RQ jobs. Each takes ids, reloads state, is idempotent, and reuses the domain."""

@@ -1,0 +1,53 @@
+"""`python -m workers`: an RQ worker (with the scheduler) plus the periodic sweep trigger."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from rq import Worker
+
+from broker.jobs import QUEUE_NAME
+from broker.settings import load_settings
+from broker.store import keys
+from workers.context import services
+
+log = logging.getLogger("errand.worker")
+
+
+def _sweep_trigger(interval: float, stop: threading.Event) -> None:
+    """Enqueue the sweep every interval; a Redis lock keeps it to one per interval fleet-wide."""
+    svc = services()
+    redis = svc.extras["redis"]
+    while not stop.wait(interval):
+        try:
+            if redis.set(keys.SWEEP_LOCK, "1", nx=True, px=max(int(interval * 1000) - 50, 100)):
+                svc.jobs.schedule_sweep()  # type: ignore[attr-defined]
+        except Exception as err:  # Redis down: try again next interval
+            log.warning("could not enqueue sweep: %s", type(err).__name__)
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    settings = load_settings()
+    svc = services()
+    stop = threading.Event()
+    threading.Thread(
+        target=_sweep_trigger, args=(settings.sweep_interval_seconds, stop), daemon=True
+    ).start()
+    worker = Worker([QUEUE_NAME], connection=svc.extras["rq_redis"])
+    try:
+        while True:
+            try:
+                worker.work(with_scheduler=True)
+                break
+            except Exception as err:  # Redis went away: wait and reconnect, no restart needed
+                log.warning("worker lost Redis (%s); retrying in 2 s", type(err).__name__)
+                time.sleep(2)
+    finally:
+        stop.set()
+
+
+if __name__ == "__main__":
+    main()
