@@ -1,0 +1,17 @@
+from __future__ import annotations
+
+from tests.fixtures.builders import CLIENT_ID, CLIENT_SECRET, exchange_form, gha_token
+from tests.conftest import UNIT_ISSUER
+
+
+def test_exchange_then_introspect(client, issuer_key, clock):
+    token = gha_token(issuer_key, UNIT_ISSUER, now=clock.now())
+    resp = client.post("/token", data=exchange_form(token))
+    assert resp.status_code == 200, resp.json
+    body = resp.json
+    assert body["issued_token_type"] == "urn:ietf:params:oauth:token-type:access_token"
+    intro = client.post(
+        "/introspect", data={"token": body["access_token"]}, auth=(CLIENT_ID, CLIENT_SECRET)
+    )
+    assert intro.json["active"] is True
+    assert intro.json["task_id"] == body["task_id"]
