@@ -9,7 +9,7 @@ from flask import Flask
 
 from broker.audit import configure_audit_logging
 from broker.domain.ports import Services
-from broker.http import admin, health, introspect, token, wellknown
+from broker.http import admin, health, introspect, revocations, token, wellknown
 from broker.http.context import request_id
 from broker.http.responses import register_error_handlers
 from broker.settings import Settings, load_settings
@@ -46,6 +46,6 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     def _assign_request_id() -> None:
         request_id()  # before_request must return None, or Flask treats it as the response
     register_error_handlers(app)
-    for module in (token, introspect, wellknown, health, admin):
+    for module in (token, introspect, wellknown, health, admin, revocations):
         app.register_blueprint(module.bp)
     return app

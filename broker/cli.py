@@ -19,7 +19,9 @@ from broker.config import ConfigError, load_config
 from broker.errors import BrokerError
 
 
-def _admin_request(args: argparse.Namespace, method: str, path: str, **kw: Any) -> Any:
+def _admin_request(
+    args: argparse.Namespace, method: str, path: str, *, extra_headers: dict[str, str] | None = None, **kw: Any
+) -> Any:
     token_file = args.admin_token_file or os.environ.get("ERRAND_ADMIN_TOKEN_FILE") or ".errand/admin-token"
     try:
         token = Path(token_file).read_text().strip()
@@ -27,7 +29,8 @@ def _admin_request(args: argparse.Namespace, method: str, path: str, **kw: Any) 
         sys.exit(f"errand: cannot read the admin credential from {token_file} (set ERRAND_ADMIN_TOKEN_FILE)")
     url = args.url.rstrip("/") + path
     try:
-        resp = requests.request(method, url, headers={"Authorization": f"Bearer {token}"}, timeout=30, **kw)
+        headers = {"Authorization": f"Bearer {token}", **(extra_headers or {})}
+        resp = requests.request(method, url, headers=headers, timeout=60, **kw)
     except requests.RequestException as err:
         sys.exit(f"errand: cannot reach {args.url}: {type(err).__name__}")
     body = resp.json() if resp.headers.get("Content-Type", "").startswith("application/json") else {}
@@ -65,9 +68,83 @@ def cmd_audit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _operator_headers(args: argparse.Namespace) -> dict[str, str]:
+    name = args.operator or os.environ.get("USER", "")
+    return {"X-Errand-Operator": name} if name else {}
+
+
 def cmd_revoke(args: argparse.Namespace) -> int:
-    body = _admin_request(args, "POST", f"/admin/grants/{args.jti}/revoke")
-    print(f"revoked {body['revoked']} grant(s)")
+    if args.jti:
+        body = _admin_request(args, "POST", f"/admin/grants/{args.jti}/revoke")
+        print(f"revoked {body['revoked']} grant(s)")
+        return 0
+    selectors = [(k, v) for k, v in (
+        ("task", args.task), ("identity", args.identity), ("owner", args.owner),
+        ("identity_type", args.type), ("issuer", args.issuer),
+    ) if v]
+    if len(selectors) != 1:
+        sys.exit("errand: name exactly one of --jti, --task, --identity, --owner, --type, --issuer")
+    if not args.reason:
+        sys.exit("errand: --reason is required for a bulk revocation")
+    kind, value = selectors[0]
+    body = _admin_request(
+        args, "POST", "/admin/revoke", json={"kind": kind, "value": value, "reason": args.reason},
+        extra_headers=_operator_headers(args),
+    )
+    return _print_revocation(args, body, f"revoked {body['revoked']} grant(s) of {kind} {value}")
+
+
+def _print_revocation(args: argparse.Namespace, body: dict[str, Any], summary: str) -> int:
+    if args.json:
+        print(json.dumps(body, indent=2))
+        return 0
+    print(summary)
+    print(f"revocation record {body['record_id']} (verify with `errand evidence verify`):")
+    print(body["record"])
+    return 0
+
+
+def cmd_revoke_all(args: argparse.Namespace) -> int:
+    body = _admin_request(
+        args, "POST", "/admin/revoke-all", json={"reason": args.reason, "rotate_key": args.rotate_key},
+        extra_headers=_operator_headers(args),
+    )
+    return _print_revocation(
+        args, body,
+        f"revoke-all: epoch is now {body['epoch']}; {body['revoked']} live grant(s) ended at once. "
+        f"Clean-up runs in the background (errand revoke-all-status {body['epoch']}).",
+    )
+
+
+def cmd_revoke_all_status(args: argparse.Namespace) -> int:
+    body = _admin_request(args, "GET", f"/admin/revoke-all/{args.epoch}")
+    print(json.dumps(body, indent=2))
+    return 0
+
+
+def cmd_evidence_list(args: argparse.Namespace) -> int:
+    body = _admin_request(args, "GET", "/admin/evidence", params={"limit": str(args.limit)})
+    for rec in body["records"]:
+        print(rec["jws"] if args.json else f"{rec['id']} {rec['jws'][:60]}...")
+    return 0
+
+
+def cmd_evidence_verify(args: argparse.Namespace) -> int:
+    from broker.tokens.evidence import EvidenceInvalid, verify_record
+
+    text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text()
+    try:
+        meta = requests.get(args.url.rstrip("/") + "/.well-known/oauth-authorization-server", timeout=10).json()
+        jwks = requests.get(args.url.rstrip("/") + "/evidence/keys", timeout=10).json()
+    except (requests.RequestException, ValueError) as err:
+        sys.exit(f"errand: cannot fetch the broker's keys: {type(err).__name__}")
+    try:
+        claims = verify_record(text.strip(), jwks, meta["issuer"])
+    except EvidenceInvalid as err:
+        print(f"INVALID: {err}", file=sys.stderr)
+        return 1
+    print("VALID revocation record:")
+    print(json.dumps(claims, indent=2))
     return 0
 
 
@@ -164,10 +241,40 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--limit", type=int, default=1000)
     s.set_defaults(fn=cmd_audit)
 
-    s = sub.add_parser("revoke", help="revoke one grant by its jti")
+    s = sub.add_parser("revoke", help="revoke a grant, or every grant of a task/identity/owner/type/issuer")
     admin(s)
-    s.add_argument("jti")
+    s.add_argument("--jti")
+    s.add_argument("--task")
+    s.add_argument("--identity")
+    s.add_argument("--owner")
+    s.add_argument("--type", help="identity type: human, service, partner, agent")
+    s.add_argument("--issuer", help="trusted issuer id")
+    s.add_argument("--reason")
+    s.add_argument("--operator", help="who is asking (recorded); defaults to $USER")
     s.set_defaults(fn=cmd_revoke)
+
+    s = sub.add_parser("revoke-all", help="INCIDENT: end every live grant at once")
+    admin(s)
+    s.add_argument("--reason", required=True)
+    s.add_argument("--rotate-key", action="store_true", help="also replace the signing key at once")
+    s.add_argument("--operator")
+    s.set_defaults(fn=cmd_revoke_all)
+
+    s = sub.add_parser("revoke-all-status", help="progress of a revoke-all clean-up")
+    admin(s)
+    s.add_argument("epoch", type=int)
+    s.set_defaults(fn=cmd_revoke_all_status)
+
+    s = sub.add_parser("evidence", help="signed revocation records")
+    esub = s.add_subparsers(dest="evidence_command", required=True)
+    e = esub.add_parser("list", help="list recent revocation records")
+    admin(e)
+    e.add_argument("--limit", type=int, default=20)
+    e.set_defaults(fn=cmd_evidence_list)
+    e = esub.add_parser("verify", help="verify a record (file or - for stdin) against the broker's keys")
+    e.add_argument("file")
+    e.add_argument("--url", default=os.environ.get("ERRAND_URL", "http://127.0.0.1:8080"))
+    e.set_defaults(fn=cmd_evidence_verify)
 
     s = sub.add_parser("config", help="configuration commands")
     csub = s.add_subparsers(dest="config_command", required=True)
@@ -181,6 +288,16 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--dir", default=os.environ.get("ERRAND_SIGNING_KEY_DIR", ".errand/keys"))
     k.add_argument("--no-activate", action="store_true")
     k.set_defaults(fn=cmd_keys_generate)
+    k = ksub.add_parser("kek-generate", help="print a new base64 key-encryption key (store it as a secret)")
+    k.set_defaults(fn=lambda a: print(__import__("broker.tokens.keystore", fromlist=["x"]).new_kek()) or 0)
+    k = ksub.add_parser("status", help="signing keys and their states")
+    admin(k)
+    k.set_defaults(fn=lambda a: print(json.dumps(_admin_request(a, "GET", "/admin/keys"), indent=2)) or 0)
+    k = ksub.add_parser("rotate", help="schedule a rotation (or --emergency: replace the key now)")
+    admin(k)
+    k.add_argument("--emergency", action="store_true", help="the old key leaves the JWKS at once")
+    k.set_defaults(fn=lambda a: print(json.dumps(_admin_request(
+        a, "POST", "/admin/keys/rotate", json={"emergency": a.emergency}), indent=2)) or 0)
 
     sub.add_parser("hash-secret", help="SHA-256 of a client secret read from stdin").set_defaults(
         fn=cmd_hash_secret

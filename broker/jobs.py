@@ -33,6 +33,17 @@ class RqScheduler:
             failure_ttl=86400,
         )
 
+    def schedule_fanout(self, epoch: int) -> None:
+        self.queue.enqueue(
+            "workers.revocation.fanout_epoch",
+            epoch,
+            job_id=f"fanout-epoch-{int(epoch)}",
+            retry=RETRY,
+            job_timeout=1800,
+            result_ttl=3600,
+            failure_ttl=86400,
+        )
+
     def schedule_sweep(self) -> None:
         self.queue.enqueue(
             "workers.expiry.sweep_expired",

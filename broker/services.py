@@ -14,8 +14,10 @@ from broker.identity.verifier import SubjectTokenVerifier
 from broker.jobs import RqScheduler
 from broker.policy.matcher import IdentityMatcher
 from broker.settings import Settings
+from broker.store.revocations import RedisRevocationStore
 from broker.store.redis import RedisGrantStore, RedisJwksState, connect
 from broker.tokens.keyring import KeyRing
+from broker.tokens.keystore import RedisKeyRecords, RedisKeyRing, load_kek
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +33,8 @@ def build_services(
 ) -> Services:
     config = config or load_config(settings.config_path, settings.config_vars)
     clock = clock or SystemClock()
-    keyring = KeyRing.from_dir(settings.signing_key_dir)
     r = redis_client or connect(settings.redis_url, timeout=settings.redis_timeout_seconds)
+    keyring = build_keyring(settings, config, r, clock)
     r_rq = rq_client or connect(settings.redis_url, timeout=5.0, decode=False)
     store = RedisGrantStore(r, audit_maxlen=config.broker.audit_stream_maxlen)  # type: ignore[arg-type]
     jwks = JwksCache(fetcher or HttpJwksFetcher(), RedisJwksState(r), clock)  # type: ignore[arg-type]
@@ -46,7 +48,23 @@ def build_services(
         jobs=RqScheduler(r_rq),  # type: ignore[arg-type]
         clock=clock,
         extras={"redis": r, "rq_redis": r_rq, "jwks": jwks, "settings": settings},
+        revocations=RedisRevocationStore(r, audit_maxlen=config.broker.audit_stream_maxlen),  # type: ignore[arg-type]
     )
+
+
+def build_keyring(settings: Settings, config: Config, r: object, clock: Clock) -> object:
+    """Files (static, from a mounted secret) or Redis (sealed with a KEK, rotating)."""
+    if settings.kek_file is not None:
+        return RedisKeyRing(
+            RedisKeyRecords(r),
+            load_kek(settings.kek_file),
+            max_token_ttl_seconds=config.broker.max_token_ttl_seconds,
+            publish_lead_seconds=settings.key_publish_lead_seconds,
+            clock=clock,
+        )
+    if settings.signing_key_dir is None:
+        raise SystemExit("errand: set ERRAND_SIGNING_KEY_DIR or ERRAND_KEY_ENCRYPTION_KEY_FILE")
+    return KeyRing.from_dir(settings.signing_key_dir)
 
 
 def check_redis_policy(svc: Services, settings: Settings) -> None:

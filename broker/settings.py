@@ -21,13 +21,17 @@ class SettingsError(BrokerError):
 class Settings:
     config_path: Path  # ERRAND_CONFIG: the YAML file with issuers, identities, clients
     redis_url: str  # REDIS_URL (or ERRAND_REDIS_URL)
-    signing_key_dir: Path  # ERRAND_SIGNING_KEY_DIR: mounted secret, never baked into an image
+    signing_key_dir: Path | None  # ERRAND_SIGNING_KEY_DIR: static keys from a mounted secret
     admin_token_file: Path | None = None  # ERRAND_ADMIN_TOKEN_FILE: protects /admin/*
     environment: str = "production"  # ERRAND_ENV: production | development
     bind: str = "127.0.0.1:8080"  # ERRAND_BIND
     web_workers: int = 2  # ERRAND_WEB_WORKERS
     redis_timeout_seconds: float = 0.5  # ERRAND_REDIS_TIMEOUT_SECONDS: connect and op timeout
     sweep_interval_seconds: float = 5.0  # ERRAND_SWEEP_INTERVAL_SECONDS: expiry safety net
+    # ERRAND_KEY_ENCRYPTION_KEY_FILE: keys live in Redis, sealed with this KEK, and rotate.
+    kek_file: Path | None = None
+    key_rotation_days: float = 30.0  # ERRAND_KEY_ROTATION_DAYS: scheduled rotation (0: off)
+    key_publish_lead_seconds: int = 120  # ERRAND_KEY_PUBLISH_LEAD_SECONDS: JWKS before signing
     # Values for ${NAME} / ${NAME:-default} references in the YAML configuration.
     config_vars: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 
@@ -52,7 +56,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         raise SettingsError(f"ERRAND_ENV must be 'production' or 'development', not {environment!r}")
     config_path = need("ERRAND_CONFIG")
     redis_url = need("REDIS_URL", "ERRAND_REDIS_URL")
-    key_dir = need("ERRAND_SIGNING_KEY_DIR")
+    kek = env.get("ERRAND_KEY_ENCRYPTION_KEY_FILE")
+    key_dir = env.get("ERRAND_SIGNING_KEY_DIR") or (None if kek else need("ERRAND_SIGNING_KEY_DIR"))
     if missing:
         raise SettingsError("missing environment settings: " + ", ".join(missing))
     admin = env.get("ERRAND_ADMIN_TOKEN_FILE")
@@ -60,7 +65,10 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         return Settings(
             config_path=Path(config_path),
             redis_url=redis_url,
-            signing_key_dir=Path(key_dir),
+            signing_key_dir=Path(key_dir) if key_dir else None,
+            kek_file=Path(kek) if kek else None,
+            key_rotation_days=float(env.get("ERRAND_KEY_ROTATION_DAYS", "30")),
+            key_publish_lead_seconds=int(env.get("ERRAND_KEY_PUBLISH_LEAD_SECONDS", "120")),
             admin_token_file=Path(admin) if admin else None,
             environment=environment,
             bind=env.get("ERRAND_BIND", "127.0.0.1:8080"),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 
 from workers.context import services
+from workers.keys import rotate_if_due
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +30,20 @@ def sweep_expired() -> int:
             break
     for task_id in svc.store.stale_completions(now - COMPLETION_GRACE_SECONDS):
         svc.jobs.schedule_task_cleanup(task_id)
+    # A revoke-all clean-up that no worker has advanced for a while is enqueued again.
+    for epoch in svc.revocations.pending_fanouts(now - COMPLETION_GRACE_SECONDS):
+        progress = svc.revocations.fanout_progress(epoch)
+        if now - float(progress.get("updated_at", 0)) > COMPLETION_GRACE_SECONDS:
+            svc.jobs.schedule_fanout(epoch)  # type: ignore[attr-defined]
+    # Feed entries older than any token they could cover are dropped.
+    broker = svc.config.broker
+    svc.revocations.trim_feed(
+        broker.task_tombstone_seconds + broker.clock_skew_seconds + 60, int(now)
+    )
+    try:
+        rotate_if_due()
+    except Exception as err:  # rotation is retried on the next sweep
+        log.warning("scheduled key rotation failed: %s", type(err).__name__)
     if total:
         log.info("expired grants swept", extra={"count": total})
     return total

@@ -89,3 +89,4 @@ class Services:
     jobs: JobScheduler
     clock: Clock
     extras: dict[str, Any]  # process-level handles (redis clients, jwks cache) for health/metrics
+    revocations: Any = None  # broker.store.revocations.RedisRevocationStore

@@ -9,6 +9,7 @@ from flask import Blueprint, Response, current_app, request
 
 from broker.domain.models import is_safe_id
 from broker.domain.ports import StoreUnavailable
+from broker.domain.incident import revoke_all, revoke_by
 from broker.domain.revocation import revoke_grant
 from broker.errors import InvalidRequest, TemporarilyUnavailable
 from broker.http.client_auth import check_admin
@@ -63,10 +64,109 @@ def audit() -> Response:
     return json_response({"events": events})
 
 
+def _operator() -> str:
+    """Who asked: a stable, non-secret label for the admin credential, plus X-Errand-Operator."""
+    digest = hashlib.sha256(request.headers.get("Authorization", "").encode()).hexdigest()[:12]
+    name = request.headers.get("X-Errand-Operator", "")
+    return f"admin:{digest}" + (f":{name}" if is_safe_id(name) else "")
+
+
+def _body() -> dict[str, str]:
+    data = request.get_json(silent=True) if request.is_json else request.form.to_dict()
+    if not isinstance(data, dict):
+        raise InvalidRequest("send a JSON object or a form", reason="bad_body")
+    return {k: (str(v).lower() if isinstance(v, bool) else v) for k, v in data.items()
+            if isinstance(v, str | bool)}
+
+
 @bp.post("/grants/<jti>/revoke")
 def revoke(jti: str) -> Response:
     if not is_safe_id(jti):
         raise InvalidRequest("jti: not a valid grant id", reason="bad_parameter")
-    operator = "admin:" + hashlib.sha256(request.headers.get("Authorization", "").encode()).hexdigest()[:12]
-    ended = revoke_grant(jti, services(), reason="operator", actor=operator, request_id=request_id())
+    ended = revoke_grant(jti, services(), reason="operator", actor=_operator(), request_id=request_id())
     return json_response({"revoked": int(ended)})
+
+
+@bp.post("/revoke")
+def revoke_bulk() -> Response:
+    """Revoke by task, identity, owner, identity_type or issuer: {kind, value, reason}."""
+    body = _body()
+    kind, value = body.get("kind", ""), body.get("value", "")
+    if not is_safe_id(value):
+        raise InvalidRequest("value: not a valid identifier", reason="bad_parameter")
+    result = revoke_by(services(), kind=kind, value=value, reason=body.get("reason", ""), actor=_operator())
+    return json_response(
+        {"kind": result.kind, "value": result.value, "revoked": result.revoked,
+         "record_id": result.record_id, "record": result.record}
+    )
+
+
+def _rotate(emergency: bool) -> dict[str, object]:
+    keyring = services().keyring
+    if not hasattr(keyring, "rotate"):
+        raise InvalidRequest(
+            "key rotation needs keys in Redis (set ERRAND_KEY_ENCRYPTION_KEY_FILE); "
+            "with ERRAND_SIGNING_KEY_DIR, replace the key files instead",
+            reason="rotation_unsupported",
+        )
+    try:
+        result: dict[str, object] = keyring.rotate(emergency=emergency)
+    except Exception as err:  # Redis down while rotating
+        raise TemporarilyUnavailable(debug=type(err).__name__) from err
+    services().audit.record(
+        {"ts": services().clock.now(), "event": "keys.rotated", "actor": _operator(), **result}
+    )
+    return result
+
+
+@bp.post("/revoke-all")
+def revoke_everything() -> Response:
+    """The incident switch: every live grant ends at once; clean-up follows in the background.
+    With rotate_key=true the signing key is also replaced and leaves the JWKS at once."""
+    body = _body()
+    reason = body.get("reason", "")
+    rotate = str(body.get("rotate_key", "")).lower() in ("1", "true", "yes")
+    rotation = _rotate(emergency=True) if rotate else None
+    result = revoke_all(services(), reason=reason, actor=_operator())
+    return json_response(
+        {"epoch": result.epoch, "revoked": result.revoked, "record_id": result.record_id,
+         "record": result.record, "key_rotation": rotation}
+    )
+
+
+@bp.get("/keys")
+def key_status() -> Response:
+    keyring = services().keyring
+    if hasattr(keyring, "status"):
+        return json_response({"source": "redis", "keys": keyring.status()})
+    return json_response(
+        {"source": "files", "keys": [{"kid": k["kid"], "alg": k["alg"]} for k in keyring.jwks()["keys"]],
+         "active": keyring.active.kid}
+    )
+
+
+@bp.post("/keys/rotate")
+def rotate_keys() -> Response:
+    body = _body()
+    emergency = str(body.get("emergency", "")).lower() in ("1", "true", "yes")
+    return json_response(_rotate(emergency))
+
+
+@bp.get("/revoke-all/<int:epoch>")
+def fanout_status(epoch: int) -> Response:
+    svc = services()
+    try:
+        progress = svc.revocations.fanout_progress(epoch)
+    except StoreUnavailable as err:
+        raise TemporarilyUnavailable(debug=str(err)) from err
+    return json_response({"epoch": epoch, "progress": progress})
+
+
+@bp.get("/evidence")
+def evidence() -> Response:
+    svc = services()
+    try:
+        records = svc.revocations.list_evidence(_limit())
+    except StoreUnavailable as err:
+        raise TemporarilyUnavailable(debug=str(err)) from err
+    return json_response({"records": records})

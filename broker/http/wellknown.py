@@ -53,3 +53,10 @@ def jwks() -> Response:
     # Short: verifiers must see a rotation soon, and an emergency removal sooner.
     resp.headers["Cache-Control"] = "public, max-age=60"
     return resp
+
+
+@bp.get("/evidence/keys")
+def evidence_keys() -> Response:
+    """Public keys that signed revocation records, retired ones included, so an auditor can
+    verify a record long after its key stopped signing tokens (compromised keys excluded)."""
+    return jsonify(services().keyring.all_public_keys())

@@ -14,6 +14,18 @@ EXPIRY_INDEX = PREFIX + "expiry"  # zset "jti task identity owner" -> exp: the c
 AUDIT_STREAM = PREFIX + "audit"  # bounded stream of audit events
 COMPLETING = PREFIX + "completing"  # zset task -> completed_at: completions not yet cleaned up
 SWEEP_LOCK = PREFIX + "lock:sweep"
+# What resource servers poll to learn of revocations (GET /revocations). Entries are
+# trimmed by age once every token they could cover has expired.
+REVOCATION_FEED = PREFIX + "revocations"
+EPOCH_LOG = PREFIX + "epoch:log"  # hash epoch -> JSON {at, reason, actor, live}
+EVIDENCE_STREAM = PREFIX + "evidence"  # signed revocation records
+FANOUTS = PREFIX + "fanouts"  # zset epoch -> started_at: revoke-all clean-ups under way
+SIGNING_KEYS = PREFIX + "keys"  # hash kid -> JSON record (private part encrypted)
+SIGNING_KEYS_VERSION = PREFIX + "keys:version"
+
+
+def fanout_progress(epoch: int) -> str:
+    return f"{PREFIX}fanout:{epoch}"
 
 
 def grant(jti: str) -> str:

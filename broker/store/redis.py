@@ -46,9 +46,10 @@ redis.call('XADD', KEYS[9], 'MAXLEN', '~', ARGV[8], '*', 'e', ARGV[9])
 return 'ok'
 """
 
-# KEYS: grant, expiry idx, audit. ARGV: jti, audit maxlen, audit json template (no jti info).
+# KEYS: grant, expiry idx, audit, revocation feed. ARGV: jti, audit maxlen, audit json.
+# Index key names are built here from the grant's own fields (prefixes as in store/keys.py).
 _REVOKE_GRANT = """
-local g = redis.call('HMGET', KEYS[1], 't', 'i', 'o')
+local g = redis.call('HMGET', KEYS[1], 't', 'i', 'o', 'e')
 if not g[1] then return 0 end
 redis.call('DEL', KEYS[1])
 redis.call('ZREM', 'errand:task:' .. g[1], ARGV[1])
@@ -56,14 +57,17 @@ redis.call('ZREM', 'errand:ident:' .. g[2], ARGV[1])
 redis.call('ZREM', 'errand:owner:' .. g[3], ARGV[1])
 redis.call('ZREM', KEYS[2], ARGV[1] .. ' ' .. g[1] .. ' ' .. g[2] .. ' ' .. g[3])
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[2], '*', 'e', ARGV[3])
+redis.call('XADD', KEYS[4], '*', 'k', 'jti', 'v', ARGV[1], 'n', g[4], 'x', g[4])
 return 1
 """
 
-# KEYS: tombstone, completing, audit. ARGV: ttl, now, audit maxlen, audit json
+# KEYS: tombstone, completing, audit, revocation feed.
+# ARGV: ttl, now, audit maxlen, audit json, task id, feed entry expiry
 _COMPLETE_TASK = """
 if not redis.call('SET', KEYS[1], ARGV[2], 'NX', 'EX', ARGV[1]) then return 0 end
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[5])
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', 'e', ARGV[4])
+redis.call('XADD', KEYS[4], '*', 'k', 'task', 'v', ARGV[5], 'n', ARGV[2], 'x', ARGV[6])
 return 1
 """
 
@@ -227,7 +231,7 @@ class RedisGrantStore:
         with self._guard():
             return bool(
                 self._revoke(
-                    keys=[keys.grant(jti), keys.EXPIRY_INDEX, keys.AUDIT_STREAM],
+                    keys=[keys.grant(jti), keys.EXPIRY_INDEX, keys.AUDIT_STREAM, keys.REVOCATION_FEED],
                     args=[jti, self._audit_maxlen, json.dumps(audit, separators=(",", ":"))],
                 )
             )
@@ -238,13 +242,19 @@ class RedisGrantStore:
         with self._guard():
             return bool(
                 self._complete(
-                    keys=[keys.task_tombstone(task_id), keys.COMPLETING, keys.AUDIT_STREAM],
+                    keys=[
+                        keys.task_tombstone(task_id),
+                        keys.COMPLETING,
+                        keys.AUDIT_STREAM,
+                        keys.REVOCATION_FEED,
+                    ],
                     args=[
                         tombstone_seconds,
                         now,
                         self._audit_maxlen,
                         json.dumps(audit, separators=(",", ":")),
                         task_id,
+                        now + tombstone_seconds,
                     ],
                 )
             )

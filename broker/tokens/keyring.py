@@ -92,6 +92,10 @@ class KeyRing:
     def jwks(self) -> dict[str, Any]:
         return self._jwks
 
+    def all_public_keys(self) -> dict[str, Any]:
+        """Keys for verifying old revocation records: with static files, the published set."""
+        return self._jwks
+
     @classmethod
     def from_dir(cls, directory: Path) -> KeyRing:
         if not directory.is_dir():
