@@ -28,6 +28,8 @@ class Settings:
     web_workers: int = 2  # ERRAND_WEB_WORKERS
     redis_timeout_seconds: float = 0.5  # ERRAND_REDIS_TIMEOUT_SECONDS: connect and op timeout
     sweep_interval_seconds: float = 5.0  # ERRAND_SWEEP_INTERVAL_SECONDS: expiry safety net
+    # ERRAND_RECONCILE_AFTER_SECONDS: re-enqueue clean-ups that no worker advanced this long
+    reconcile_after_seconds: float = 30.0
     # ERRAND_KEY_ENCRYPTION_KEY_FILE: keys live in Redis, sealed with this KEK, and rotate.
     kek_file: Path | None = None
     key_rotation_days: float = 30.0  # ERRAND_KEY_ROTATION_DAYS: scheduled rotation (0: off)
@@ -75,6 +77,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             web_workers=int(env.get("ERRAND_WEB_WORKERS", "2")),
             redis_timeout_seconds=float(env.get("ERRAND_REDIS_TIMEOUT_SECONDS", "0.5")),
             sweep_interval_seconds=float(env.get("ERRAND_SWEEP_INTERVAL_SECONDS", "5")),
+            reconcile_after_seconds=float(env.get("ERRAND_RECONCILE_AFTER_SECONDS", "30")),
             config_vars=dict(env),
         )
     except ValueError as err:

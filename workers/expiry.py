@@ -16,24 +16,24 @@ log = logging.getLogger(__name__)
 
 BATCH = 1000
 MAX_BATCHES = 200
-COMPLETION_GRACE_SECONDS = 30
 
 
 def sweep_expired() -> int:
     svc = services()
     now = svc.clock.now()
+    grace = svc.extras["settings"].reconcile_after_seconds
     total = 0
     for _ in range(MAX_BATCHES):
         removed = svc.store.sweep_expired(now=int(now), batch=BATCH)
         total += removed
         if removed < BATCH:
             break
-    for task_id in svc.store.stale_completions(now - COMPLETION_GRACE_SECONDS):
+    for task_id in svc.store.stale_completions(now - grace):
         svc.jobs.schedule_task_cleanup(task_id)
     # A revoke-all clean-up that no worker has advanced for a while is enqueued again.
-    for epoch in svc.revocations.pending_fanouts(now - COMPLETION_GRACE_SECONDS):
+    for epoch in svc.revocations.pending_fanouts(now - grace):
         progress = svc.revocations.fanout_progress(epoch)
-        if now - float(progress.get("updated_at", 0)) > COMPLETION_GRACE_SECONDS:
+        if now - float(progress.get("updated_at", 0)) > grace:
             svc.jobs.schedule_fanout(epoch)  # type: ignore[attr-defined]
     # Feed entries older than any token they could cover are dropped.
     broker = svc.config.broker

@@ -12,8 +12,17 @@ TOKEN_TYPE_JWT = "urn:ietf:params:oauth:token-type:jwt"
 TOKEN_TYPE_ID_TOKEN = "urn:ietf:params:oauth:token-type:id_token"
 TOKEN_TYPE_ACCESS_TOKEN = "urn:ietf:params:oauth:token-type:access_token"
 GRANT_TYPE_TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
+GRANT_TYPE_JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"  # RFC 7523 §2.1
 
 IDENTITY_TYPES = ("human", "service", "partner", "agent")
+
+# Issuer profiles (broker/identity/profiles.py): which claims a rule may name, how the
+# subject is read, and the default replay policy. "agent" is internal: identities that
+# register their own keys get one synthetic issuer each; it cannot be configured by hand.
+PROFILES = ("generic", "github-actions", "gitlab-ci", "kubernetes", "spiffe")
+AGENT_PROFILE = "agent"
+AGENT_ISSUER_PREFIX = "agent:"
+REPLAY_POLICIES = ("single-use", "reuse-within-lifetime")
 
 # Identifiers that end up in Redis keys, log lines and JWT claims are kept to a safe alphabet:
 # no separators, spaces, control characters or glob metacharacters.
@@ -31,7 +40,10 @@ class TrustedIssuer:
     """A workload-identity issuer whose tokens Errand accepts as subject tokens."""
 
     id: str
-    issuer: str  # exact `iss`
+    # Exact `iss`. "" only for a SPIFFE trust domain whose JWT-SVIDs carry no `iss`: those
+    # are routed by the trust domain of `sub` and must then carry no `iss` at all.
+    # For an agent's synthetic issuer it is the identity id (iss = sub = identity).
+    issuer: str
     audience: str  # the audience Errand expects in this issuer's tokens; never "any"
     jwks_uri: str | None  # None: OIDC discovery at {issuer}/.well-known/openid-configuration
     algorithms: tuple[str, ...]  # subset of the asymmetric allow-list
@@ -41,11 +53,25 @@ class TrustedIssuer:
     jwks_stale_seconds: int = 86400  # keep serving cached keys this long while refreshes fail
     max_token_lifetime_seconds: int = 86400  # refuse subject tokens that claim to live longer
     fetch_timeout_seconds: float = 3.0
+    profile: str = "generic"  # see PROFILES; "agent" for an identity's own keys
+    human: bool = False  # tokens from this issuer prove a person: they match human identities only
+    trust_domain: str | None = None  # spiffe: the trust domain every `sub` must belong to
+    jwks_file: str | None = None  # a JWKS / SPIFFE bundle on disk (re-read like a fetch)
+    jwks_json: str | None = field(default=None, repr=False)  # inline JWKS (agent keys)
+    identity_id: str | None = None  # agent: the identity these keys belong to
+
+    @property
+    def key_source(self) -> tuple[object, ...]:
+        """What decides which keys are trusted; a reload that changes it drops cached keys."""
+        return (self.issuer, self.jwks_uri, self.jwks_file, self.jwks_json, self.algorithms)
 
 
 @dataclass(frozen=True)
 class MatchRule:
-    """A caller matches when its token comes from `issuer_id` and every claim equals exactly."""
+    """A caller matches when its token comes from `issuer_id` and every claim matches.
+
+    A value is an exact string, or an anchored glob where `*` stands for one or more
+    characters other than `/` (broker/policy/patterns.py); it is compiled once."""
 
     id: str
     issuer_id: str
@@ -61,6 +87,15 @@ class Allowance:
 
 
 @dataclass(frozen=True)
+class AgentKeys:
+    """Public keys an identity registered to sign its own assertions (RFC 7523 style)."""
+
+    jwks_json: str | None = field(default=None, repr=False)  # inline JWKS
+    jwks_uri: str | None = None
+    algorithms: tuple[str, ...] = ("ES256", "ES384", "EdDSA", "RS256", "PS256")
+
+
+@dataclass(frozen=True)
 class Identity:
     id: str
     type: str
@@ -69,6 +104,41 @@ class Identity:
     expires: date | None
     rules: tuple[MatchRule, ...]
     allow: Allowance
+    keys: AgentKeys | None = None
+
+
+@dataclass(frozen=True)
+class IdentityTypeRules:
+    """Type-specific limits (config `identity_types:`); the configuration can only tighten them.
+
+    default_ttl_seconds None: the broker's default_token_ttl_seconds."""
+
+    default_ttl_seconds: int | None
+    max_ttl_seconds: int
+    require_task: bool = False  # the request must name task_id
+    require_purpose: bool = False  # the request must name purpose
+    single_audience: bool = False  # a token carries exactly one audience
+    audiences: tuple[str, ...] | None = None  # if set, identities of the type may use only these
+
+
+# The built-in rules and why (docs/identities.md, "Identity types"):
+# - every type defaults to the broker's default TTL (300 s unless configured);
+# - human 900 s max: a person acts through an interactive session elsewhere; a broker token is
+#   for one action, and a stolen laptop should not carry an hour of access;
+# - service 3600 s max: a CI deploy or batch step cannot always renew mid-step; still capped
+#   by broker.max_token_ttl_seconds (900 s unless raised);
+# - partner 900 s max, one audience per token: an outside party's token must not be usable
+#   at a second API of ours;
+# - agent 600 s max, task_id and purpose required: agents chain tools and retry at machine
+#   speed; every token must name the task it is for, and the client renews for long tasks.
+BUILTIN_IDENTITY_TYPES: Mapping[str, IdentityTypeRules] = {
+    "human": IdentityTypeRules(default_ttl_seconds=None, max_ttl_seconds=900),
+    "service": IdentityTypeRules(default_ttl_seconds=None, max_ttl_seconds=3600),
+    "partner": IdentityTypeRules(default_ttl_seconds=None, max_ttl_seconds=900, single_audience=True),
+    "agent": IdentityTypeRules(
+        default_ttl_seconds=None, max_ttl_seconds=600, require_task=True, require_purpose=True
+    ),
+}
 
 
 @dataclass(frozen=True)
@@ -88,6 +158,7 @@ class BrokerOptions:
     max_subject_token_bytes: int = 8192
     audit_stream_maxlen: int = 100_000
     task_tombstone_seconds: int = 3600  # how long a completed task stays refused
+    config_reload_seconds: float = 5.0  # how often the file's mtime is checked; 0: never
 
 
 @dataclass(frozen=True)
@@ -96,12 +167,40 @@ class Config:
     issuers: Mapping[str, TrustedIssuer]  # by id
     identities: tuple[Identity, ...]
     clients: Mapping[str, Client]
+    identity_types: Mapping[str, IdentityTypeRules] = field(
+        default_factory=lambda: dict(BUILTIN_IDENTITY_TYPES)
+    )
+    # One synthetic issuer per identity that registered its own keys, by identity id.
+    agent_issuers: Mapping[str, TrustedIssuer] = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()  # accepted but risky settings, shown by `errand config check`
 
     def issuer_by_url(self, iss: str) -> TrustedIssuer | None:
+        """The issuer an unverified `iss` selects: a configured issuer, or an agent's keys."""
+        if not iss:
+            return None
         for issuer in self.issuers.values():
             if issuer.issuer == iss:
                 return issuer
+        return self.agent_issuers.get(iss)
+
+    def issuer_by_trust_domain(self, trust_domain: str) -> TrustedIssuer | None:
+        """The SPIFFE issuer for JWT-SVIDs that carry no `iss` (routed by their `sub`)."""
+        for issuer in self.issuers.values():
+            if issuer.profile == "spiffe" and issuer.trust_domain == trust_domain and not issuer.issuer:
+                return issuer
         return None
+
+    def any_issuer(self, issuer_id: str) -> TrustedIssuer | None:
+        found = self.issuers.get(issuer_id)
+        if found is not None:
+            return found
+        for issuer in self.agent_issuers.values():
+            if issuer.id == issuer_id:
+                return issuer
+        return None
+
+    def type_rules(self, identity_type: str) -> IdentityTypeRules:
+        return self.identity_types.get(identity_type) or BUILTIN_IDENTITY_TYPES[identity_type]
 
     def identity(self, identity_id: str) -> Identity | None:
         for ident in self.identities:
@@ -124,6 +223,9 @@ class ExchangeRequest:
     requested_token_type: str | None = None
     client_address: str = ""
     request_id: str = ""
+    # How the workload JWT arrived: RFC 8693 `subject_token`, or the RFC 7523 jwt-bearer
+    # `assertion`. One verification path; only the error code differs (invalid_grant there).
+    grant_type: str = GRANT_TYPE_TOKEN_EXCHANGE
 
 
 @dataclass(frozen=True)
@@ -135,6 +237,16 @@ class VerifiedSubject:
     jti: str | None
     exp: int
     token_sha256: str
+    # What rules are matched against: the profile's view of the claims (for Kubernetes the
+    # namespace and service account read from `kubernetes.io`, for SPIFFE the SPIFFE ID).
+    # None: the claims themselves.
+    attributes: Mapping[str, Any] | None = None
+    # Non-secret workload context for the audit event (pod and node binding, CI run ids).
+    context: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def match_attributes(self) -> Mapping[str, Any]:
+        return self.claims if self.attributes is None else self.attributes
 
 
 @dataclass(frozen=True)
