@@ -45,6 +45,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     @app.before_request
     def _assign_request_id() -> None:
         request_id()  # before_request must return None, or Flask treats it as the response
+
     register_error_handlers(app)
     for module in (token, introspect, wellknown, health, admin, revocations):
         app.register_blueprint(module.bp)

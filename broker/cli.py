@@ -20,27 +20,42 @@ from broker.errors import BrokerError
 
 
 def _admin_request(
-    args: argparse.Namespace, method: str, path: str, *, extra_headers: dict[str, str] | None = None, **kw: Any
+    args: argparse.Namespace,
+    method: str,
+    path: str,
+    *,
+    extra_headers: dict[str, str] | None = None,
+    **kw: Any,
 ) -> Any:
-    token_file = args.admin_token_file or os.environ.get("ERRAND_ADMIN_TOKEN_FILE") or ".errand/admin-token"
+    token_file = (
+        args.admin_token_file or os.environ.get("ERRAND_ADMIN_TOKEN_FILE") or ".errand/admin-token"
+    )
     try:
         token = Path(token_file).read_text().strip()
     except OSError:
-        sys.exit(f"errand: cannot read the admin credential from {token_file} (set ERRAND_ADMIN_TOKEN_FILE)")
+        sys.exit(
+            f"errand: cannot read the admin credential from {token_file} (see --admin-token-file)"
+        )
     url = args.url.rstrip("/") + path
     try:
         headers = {"Authorization": f"Bearer {token}", **(extra_headers or {})}
         resp = requests.request(method, url, headers=headers, timeout=60, **kw)
     except requests.RequestException as err:
         sys.exit(f"errand: cannot reach {args.url}: {type(err).__name__}")
-    body = resp.json() if resp.headers.get("Content-Type", "").startswith("application/json") else {}
+    body = (
+        resp.json() if resp.headers.get("Content-Type", "").startswith("application/json") else {}
+    )
     if resp.status_code >= 400:
         sys.exit(f"errand: {resp.status_code} {body.get('error')}: {body.get('error_description')}")
     return body
 
 
 def cmd_grants(args: argparse.Namespace) -> int:
-    params = {k: v for k, v in (("task", args.task), ("identity", args.identity), ("owner", args.owner)) if v}
+    params = {
+        k: v
+        for k, v in (("task", args.task), ("identity", args.identity), ("owner", args.owner))
+        if v
+    }
     params["limit"] = str(args.limit)
     body = _admin_request(args, "GET", "/admin/grants", params=params)
     if args.json:
@@ -49,21 +64,26 @@ def cmd_grants(args: argparse.Namespace) -> int:
     rows = body["grants"]
     print(f"{'JTI':24} {'IDENTITY':24} {'TASK':28} {'EXPIRES':>10}  SCOPE")
     for g in rows:
-        print(f"{g['jti']:24} {g['identity_id']:24} {g['task_id']:28} {g['exp']:>10}  {' '.join(g['scopes'])}")
+        scopes = " ".join(g["scopes"])
+        print(f"{g['jti']:24} {g['identity_id']:24} {g['task_id']:28} {g['exp']:>10}  {scopes}")
     print(f"{len(rows)} live grant(s)")
     return 0
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    body = _admin_request(args, "GET", "/admin/audit", params={"task": args.task, "limit": str(args.limit)})
+    body = _admin_request(
+        args, "GET", "/admin/audit", params={"task": args.task, "limit": str(args.limit)}
+    )
     events = list(reversed(body["events"]))  # oldest first reads like a story
     if args.json:
         print(json.dumps(events, indent=2))
         return 0
     for e in events:
         extra = e.get("reason") or e.get("jti") or ""
-        print(f"{e.get('ts', 0):.3f} {e.get('event', '?'):18} {e.get('outcome', ''):10} "
-              f"identity={e.get('identity')} {extra}")
+        print(
+            f"{e.get('ts', 0):.3f} {e.get('event', '?'):18} {e.get('outcome', ''):10} "
+            f"identity={e.get('identity')} {extra}"
+        )
     print(f"{len(events)} event(s) for task {args.task}")
     return 0
 
@@ -78,17 +98,27 @@ def cmd_revoke(args: argparse.Namespace) -> int:
         body = _admin_request(args, "POST", f"/admin/grants/{args.jti}/revoke")
         print(f"revoked {body['revoked']} grant(s)")
         return 0
-    selectors = [(k, v) for k, v in (
-        ("task", args.task), ("identity", args.identity), ("owner", args.owner),
-        ("identity_type", args.type), ("issuer", args.issuer),
-    ) if v]
+    selectors = [
+        (k, v)
+        for k, v in (
+            ("task", args.task),
+            ("identity", args.identity),
+            ("owner", args.owner),
+            ("identity_type", args.type),
+            ("issuer", args.issuer),
+        )
+        if v
+    ]
     if len(selectors) != 1:
         sys.exit("errand: name exactly one of --jti, --task, --identity, --owner, --type, --issuer")
     if not args.reason:
         sys.exit("errand: --reason is required for a bulk revocation")
     kind, value = selectors[0]
     body = _admin_request(
-        args, "POST", "/admin/revoke", json={"kind": kind, "value": value, "reason": args.reason},
+        args,
+        "POST",
+        "/admin/revoke",
+        json={"kind": kind, "value": value, "reason": args.reason},
         extra_headers=_operator_headers(args),
     )
     return _print_revocation(args, body, f"revoked {body['revoked']} grant(s) of {kind} {value}")
@@ -106,11 +136,15 @@ def _print_revocation(args: argparse.Namespace, body: dict[str, Any], summary: s
 
 def cmd_revoke_all(args: argparse.Namespace) -> int:
     body = _admin_request(
-        args, "POST", "/admin/revoke-all", json={"reason": args.reason, "rotate_key": args.rotate_key},
+        args,
+        "POST",
+        "/admin/revoke-all",
+        json={"reason": args.reason, "rotate_key": args.rotate_key},
         extra_headers=_operator_headers(args),
     )
     return _print_revocation(
-        args, body,
+        args,
+        body,
         f"revoke-all: epoch is now {body['epoch']}; {body['revoked']} live grant(s) ended at once. "
         f"Clean-up runs in the background (errand revoke-all-status {body['epoch']}).",
     )
@@ -134,7 +168,9 @@ def cmd_evidence_verify(args: argparse.Namespace) -> int:
 
     text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text()
     try:
-        meta = requests.get(args.url.rstrip("/") + "/.well-known/oauth-authorization-server", timeout=10).json()
+        meta = requests.get(
+            args.url.rstrip("/") + "/.well-known/oauth-authorization-server", timeout=10
+        ).json()
         jwks = requests.get(args.url.rstrip("/") + "/evidence/keys", timeout=10).json()
     except (requests.RequestException, ValueError) as err:
         sys.exit(f"errand: cannot fetch the broker's keys: {type(err).__name__}")
@@ -155,8 +191,10 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     except ConfigError as err:
         print(f"errand: {path}: {err}", file=sys.stderr)
         return 1
-    print(f"{path}: OK ({len(config.issuers)} issuers, {len(config.identities)} identities, "
-          f"{len(config.clients)} clients)")
+    print(
+        f"{path}: OK ({len(config.issuers)} issuers, {len(config.identities)} identities, "
+        f"{len(config.clients)} clients)"
+    )
     return 0
 
 
@@ -182,8 +220,12 @@ def cmd_dev_token(args: argparse.Namespace) -> int:
 
     key = load_or_create_key(Path(args.state_dir) / "dev-issuer" / "key.pem")
     claims = github_claims(
-        issuer=args.issuer, audience=args.audience, repository=args.repository,
-        repository_id=args.repository_id, ref=args.ref, lifetime=args.lifetime,
+        issuer=args.issuer,
+        audience=args.audience,
+        repository=args.repository,
+        repository_id=args.repository_id,
+        ref=args.ref,
+        lifetime=args.lifetime,
     )
     for item in args.claim or []:
         name, _, value = item.partition("=")
@@ -194,7 +236,9 @@ def cmd_dev_token(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     conf = str(Path(__file__).resolve().parent.parent / "config" / "gunicorn.conf.py")
-    os.execvp(sys.executable, [sys.executable, "-m", "gunicorn", "-c", conf, "broker.app:create_app()"])
+    os.execvp(  # noqa: S606 - replaces this process with gunicorn; argv is ours
+        sys.executable, [sys.executable, "-m", "gunicorn", "-c", conf, "broker.app:create_app()"]
+    )
     return 0  # pragma: no cover
 
 
@@ -241,7 +285,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--limit", type=int, default=1000)
     s.set_defaults(fn=cmd_audit)
 
-    s = sub.add_parser("revoke", help="revoke a grant, or every grant of a task/identity/owner/type/issuer")
+    s = sub.add_parser(
+        "revoke", help="revoke a grant, or every grant of a task/identity/owner/type/issuer"
+    )
     admin(s)
     s.add_argument("--jti")
     s.add_argument("--task")
@@ -271,7 +317,9 @@ def build_parser() -> argparse.ArgumentParser:
     admin(e)
     e.add_argument("--limit", type=int, default=20)
     e.set_defaults(fn=cmd_evidence_list)
-    e = esub.add_parser("verify", help="verify a record (file or - for stdin) against the broker's keys")
+    e = esub.add_parser(
+        "verify", help="verify a record (file or - for stdin) against the broker's keys"
+    )
     e.add_argument("file")
     e.add_argument("--url", default=os.environ.get("ERRAND_URL", "http://127.0.0.1:8080"))
     e.set_defaults(fn=cmd_evidence_verify)
@@ -288,24 +336,45 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--dir", default=os.environ.get("ERRAND_SIGNING_KEY_DIR", ".errand/keys"))
     k.add_argument("--no-activate", action="store_true")
     k.set_defaults(fn=cmd_keys_generate)
-    k = ksub.add_parser("kek-generate", help="print a new base64 key-encryption key (store it as a secret)")
-    k.set_defaults(fn=lambda a: print(__import__("broker.tokens.keystore", fromlist=["x"]).new_kek()) or 0)
+    k = ksub.add_parser(
+        "kek-generate", help="print a new base64 key-encryption key (store it as a secret)"
+    )
+    k.set_defaults(
+        fn=lambda a: print(__import__("broker.tokens.keystore", fromlist=["x"]).new_kek()) or 0
+    )
     k = ksub.add_parser("status", help="signing keys and their states")
     admin(k)
-    k.set_defaults(fn=lambda a: print(json.dumps(_admin_request(a, "GET", "/admin/keys"), indent=2)) or 0)
+    k.set_defaults(
+        fn=lambda a: print(json.dumps(_admin_request(a, "GET", "/admin/keys"), indent=2)) or 0
+    )
     k = ksub.add_parser("rotate", help="schedule a rotation (or --emergency: replace the key now)")
     admin(k)
     k.add_argument("--emergency", action="store_true", help="the old key leaves the JWKS at once")
-    k.set_defaults(fn=lambda a: print(json.dumps(_admin_request(
-        a, "POST", "/admin/keys/rotate", json={"emergency": a.emergency}), indent=2)) or 0)
+    k.set_defaults(
+        fn=lambda a: (
+            print(
+                json.dumps(
+                    _admin_request(
+                        a, "POST", "/admin/keys/rotate", json={"emergency": a.emergency}
+                    ),
+                    indent=2,
+                )
+            )
+            or 0
+        )
+    )
 
     sub.add_parser("hash-secret", help="SHA-256 of a client secret read from stdin").set_defaults(
         fn=cmd_hash_secret
     )
 
-    s = sub.add_parser("dev-token", help="development: mint a GitHub-shaped token from the dev issuer")
+    s = sub.add_parser(
+        "dev-token", help="development: mint a GitHub-shaped token from the dev issuer"
+    )
     s.add_argument("--state-dir", default=os.environ.get("ERRAND_STATE_DIR", ".errand"))
-    s.add_argument("--issuer", default=os.environ.get("ERRAND_DEV_ISSUER_URL", "http://127.0.0.1:8081"))
+    s.add_argument(
+        "--issuer", default=os.environ.get("ERRAND_DEV_ISSUER_URL", "http://127.0.0.1:8081")
+    )
     s.add_argument("--audience", default="errand-dev")
     s.add_argument("--repository", default="acme/app")
     s.add_argument("--repository-id", default="100200300")

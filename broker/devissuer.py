@@ -29,7 +29,9 @@ def load_or_create_key(path: Path) -> SigningKey:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         private = ec.generate_private_key(ec.SECP256R1())
         pem = private.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
         )
         path.write_bytes(pem)
         path.chmod(0o600)
@@ -103,7 +105,7 @@ class DevIssuer:
         issuer_ref = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+            def do_GET(self) -> None:
                 if self.path == "/.well-known/openid-configuration":
                     body = {"issuer": issuer_ref.issuer, "jwks_uri": issuer_ref.issuer + "/jwks"}
                 elif self.path == "/jwks":
@@ -143,6 +145,8 @@ class DevIssuer:
         return mint_with(self.key, claims, headers=headers)
 
 
-def mint_with(key: SigningKey, claims: dict[str, Any], *, headers: dict[str, Any] | None = None) -> str:
+def mint_with(
+    key: SigningKey, claims: dict[str, Any], *, headers: dict[str, Any] | None = None
+) -> str:
     hdr = {"kid": key.kid, "typ": "JWT", **(headers or {})}
     return jwt.encode(claims, key.private_key, algorithm=key.alg, headers=hdr)

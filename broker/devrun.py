@@ -54,7 +54,9 @@ def run_dev(port: int, state_dir: Path) -> int:
     redis_url = env.get("REDIS_URL") or env.get("ERRAND_REDIS_URL")
     if redis_url:
         print(f"errand: using Redis at {redis_url.split('@')[-1]} (from REDIS_URL)")
-        policy = redis.Redis.from_url(redis_url).config_get("maxmemory-policy").get("maxmemory-policy")
+        policy = (
+            redis.Redis.from_url(redis_url).config_get("maxmemory-policy").get("maxmemory-policy")
+        )
         if policy != "noeviction":
             print(f"errand: WARNING: that Redis runs maxmemory-policy={policy}, not noeviction")
     else:

@@ -101,7 +101,8 @@ class InvalidToken(BrokerError):
     reason = "invalid_token"
 
     def headers(self) -> dict[str, str]:
-        return {"WWW-Authenticate": f'Bearer error="invalid_token", error_description="{self.description}"'}
+        challenge = f'Bearer error="invalid_token", error_description="{self.description}"'
+        return {"WWW-Authenticate": challenge}
 
 
 class AccessDenied(BrokerError):

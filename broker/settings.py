@@ -55,7 +55,9 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
 
     environment = env.get("ERRAND_ENV", "production")
     if environment not in ("production", "development"):
-        raise SettingsError(f"ERRAND_ENV must be 'production' or 'development', not {environment!r}")
+        raise SettingsError(
+            f"ERRAND_ENV must be 'production' or 'development', not {environment!r}"
+        )
     config_path = need("ERRAND_CONFIG")
     redis_url = need("REDIS_URL", "ERRAND_REDIS_URL")
     kek = env.get("ERRAND_KEY_ENCRYPTION_KEY_FILE")

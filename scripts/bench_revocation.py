@@ -60,15 +60,31 @@ def fill(svc, n: int, sample: int) -> list[str]:
     pipe = r.pipeline(transaction=False)
     for i in range(n):
         g = Grant(
-            jti=secrets.token_urlsafe(16), identity_id="bench-svc", identity_type="service",
-            owner="bench-team", task_id=f"task_{i // 4}", audiences=("https://api.bench",),
-            scopes=("read", "write"), iat=now, exp=now + 3000, client_id="bench-svc",
-            issuer_id="ci", epoch=0,
+            jti=secrets.token_urlsafe(16),
+            identity_id="bench-svc",
+            identity_type="service",
+            owner="bench-team",
+            task_id=f"task_{i // 4}",
+            audiences=("https://api.bench",),
+            scopes=("read", "write"),
+            iat=now,
+            exp=now + 3000,
+            client_id="bench-svc",
+            issuer_id="ci",
+            epoch=0,
         )
         script(
-            keys=[keys.grant(g.jti), keys.task_index(g.task_id), keys.identity_index(g.identity_id),
-                  keys.owner_index(g.owner), keys.EXPIRY_INDEX, keys.EPOCH,
-                  keys.task_tombstone(g.task_id), keys.EPOCH + ":none", keys.AUDIT_STREAM],
+            keys=[
+                keys.grant(g.jti),
+                keys.task_index(g.task_id),
+                keys.identity_index(g.identity_id),
+                keys.owner_index(g.owner),
+                keys.EXPIRY_INDEX,
+                keys.EPOCH,
+                keys.task_tombstone(g.task_id),
+                keys.EPOCH + ":none",
+                keys.AUDIT_STREAM,
+            ],
             args=[g.jti, g.exp, now, 0, "0", 0, expiry_member(g), "1000", "{}", *_grant_fields(g)],
             client=pipe,
         )
@@ -86,11 +102,20 @@ def run(n: int, workers: int, sample: int) -> dict[str, float]:
     key_dir = tmp / "keys"
     generate_key(key_dir)
     (tmp / "errand.yaml").write_text(CONFIG)
-    env = {**os.environ, "ERRAND_CONFIG": str(tmp / "errand.yaml"), "REDIS_URL": server.url,
-           "ERRAND_SIGNING_KEY_DIR": str(key_dir), "ERRAND_SWEEP_INTERVAL_SECONDS": "3600",
-           "ERRAND_ENV": "development"}
-    settings = Settings(config_path=tmp / "errand.yaml", redis_url=server.url, signing_key_dir=key_dir,
-                        redis_timeout_seconds=30)
+    env = {
+        **os.environ,
+        "ERRAND_CONFIG": str(tmp / "errand.yaml"),
+        "REDIS_URL": server.url,
+        "ERRAND_SIGNING_KEY_DIR": str(key_dir),
+        "ERRAND_SWEEP_INTERVAL_SECONDS": "3600",
+        "ERRAND_ENV": "development",
+    }
+    settings = Settings(
+        config_path=tmp / "errand.yaml",
+        redis_url=server.url,
+        signing_key_dir=key_dir,
+        redis_timeout_seconds=30,
+    )
     svc = build_services(settings)
     try:
         t0 = time.perf_counter()
@@ -98,8 +123,16 @@ def run(n: int, workers: int, sample: int) -> dict[str, float]:
         fill_s = time.perf_counter() - t0
         used = int(svc.extras["redis"].info("memory")["used_memory"])
         assert all(introspect(t, svc)["active"] for t in tokens)
-        procs = [subprocess.Popen([sys.executable, "-m", "workers"], env=env, cwd=ROOT,
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(workers)]
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-m", "workers"],
+                env=env,
+                cwd=ROOT,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            for _ in range(workers)
+        ]
         time.sleep(1.5)  # workers registered and listening
 
         t_cut = time.perf_counter()
@@ -127,13 +160,20 @@ def run(n: int, workers: int, sample: int) -> dict[str, float]:
             p.terminate()
         for p in procs:
             p.wait(10)
-        return {"live_grants": n, "fill_seconds": round(fill_s, 1),
-                "used_memory_mb": round(used / 2**20, 1),
-                "revoke_all_call_ms": round(cut_ms, 2),
-                "first_introspection_after_ms": round(cut_ms + first_ms, 2),
-                "whole_sample_inactive_ms": round(effect_ms, 2), "sample": len(tokens), "cleanup_seconds": round(cleanup_s, 2),
-                "grants_left": grants_left, "expiry_index_left": left,
-                "batches": int(progress.get("batches", 0)), "workers": workers}
+        return {
+            "live_grants": n,
+            "fill_seconds": round(fill_s, 1),
+            "used_memory_mb": round(used / 2**20, 1),
+            "revoke_all_call_ms": round(cut_ms, 2),
+            "first_introspection_after_ms": round(cut_ms + first_ms, 2),
+            "whole_sample_inactive_ms": round(effect_ms, 2),
+            "sample": len(tokens),
+            "cleanup_seconds": round(cleanup_s, 2),
+            "grants_left": grants_left,
+            "expiry_index_left": left,
+            "batches": int(progress.get("batches", 0)),
+            "workers": workers,
+        }
     finally:
         server.stop()
 
@@ -144,14 +184,18 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--sample", type=int, default=100)
     args = ap.parse_args()
-    print(f"{'live grants':>12} {'cut (ms)':>9} {'1st inactive (ms)':>18} {'sample (ms)':>12} "
-          f"{'clean-up (s)':>13} {'left':>6} {'fill (s)':>9} {'mem (MB)':>9}")
+    print(
+        f"{'live grants':>12} {'cut (ms)':>9} {'1st inactive (ms)':>18} {'sample (ms)':>12} "
+        f"{'clean-up (s)':>13} {'left':>6} {'fill (s)':>9} {'mem (MB)':>9}"
+    )
     for n in args.sizes:
         res = run(n, args.workers, args.sample)
-        print(f"{res['live_grants']:>12} {res['revoke_all_call_ms']:>9} "
-              f"{res['first_introspection_after_ms']:>18} {res['whole_sample_inactive_ms']:>12} "
-              f"{res['cleanup_seconds']:>13} "
-              f"{res['grants_left']:>6} {res['fill_seconds']:>9} {res['used_memory_mb']:>9}")
+        print(
+            f"{res['live_grants']:>12} {res['revoke_all_call_ms']:>9} "
+            f"{res['first_introspection_after_ms']:>18} {res['whole_sample_inactive_ms']:>12} "
+            f"{res['cleanup_seconds']:>13} "
+            f"{res['grants_left']:>6} {res['fill_seconds']:>9} {res['used_memory_mb']:>9}"
+        )
         print(json.dumps(res), flush=True)
 
 

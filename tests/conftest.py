@@ -3,6 +3,7 @@ a private redis-server started on a free port for the session."""
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
@@ -59,7 +60,9 @@ def app(svc, tmp_path: Path):  # type: ignore[no-untyped-def]
     admin = tmp_path / "admin-token"
     admin.write_text(ADMIN_TOKEN)
     settings = Settings(
-        config_path=Path("unused.yaml"), redis_url="redis://fake", signing_key_dir=Path("unused"),
+        config_path=Path("unused.yaml"),
+        redis_url="redis://fake",
+        signing_key_dir=Path("unused"),
         admin_token_file=admin,
     )
     return create_app(settings, services=svc)
@@ -84,10 +87,8 @@ def redis_url(redis_server: RedisProcess) -> Iterator[str]:
     client = redis.Redis.from_url(redis_server.url)
     client.flushdb()
     yield redis_server.url
-    try:
+    with contextlib.suppress(redis.RedisError):
         client.flushdb()
-    except redis.RedisError:
-        pass
 
 
 @pytest.fixture(scope="session")

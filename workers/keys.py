@@ -16,12 +16,18 @@ def rotate_if_due() -> dict[str, object] | None:
     svc = services()
     keyring = svc.keyring
     settings = svc.extras["settings"]
-    if not hasattr(keyring, "due_for_rotation") or not keyring.due_for_rotation(settings.key_rotation_days):
+    if not hasattr(keyring, "due_for_rotation") or not keyring.due_for_rotation(
+        settings.key_rotation_days
+    ):
         return None
     # One rotation fleet-wide: the lock outlives the publish lead.
-    if not svc.extras["redis"].set("errand:lock:rotate", "1", nx=True, ex=keyring.publish_lead_seconds + 60):
+    if not svc.extras["redis"].set(
+        "errand:lock:rotate", "1", nx=True, ex=keyring.publish_lead_seconds + 60
+    ):
         return None
     result: dict[str, object] = keyring.rotate(emergency=False)
-    svc.audit.record({"ts": svc.clock.now(), "event": "keys.rotated", "actor": "scheduler", **result})
+    svc.audit.record(
+        {"ts": svc.clock.now(), "event": "keys.rotated", "actor": "scheduler", **result}
+    )
     log.info("signing key rotation scheduled", extra={"kid": result.get("kid")})
     return result

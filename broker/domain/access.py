@@ -8,7 +8,9 @@ from broker.domain.ports import Services
 from broker.tokens.verify import NotOurToken, verify_access_token
 
 
-def read_our_token(token: str, svc: Services, *, allow_expired: bool = False) -> dict[str, Any] | None:
+def read_our_token(
+    token: str, svc: Services, *, allow_expired: bool = False
+) -> dict[str, Any] | None:
     """Claims of a token Errand signed, or None. Expired tokens pass only when asked."""
     try:
         return verify_access_token(

@@ -5,6 +5,7 @@ grants it ended, and leaves a signed revocation record an auditor can verify lat
 
 from __future__ import annotations
 
+import logging
 import secrets
 from dataclasses import dataclass
 from typing import Any
@@ -14,6 +15,7 @@ from broker.errors import InvalidRequest, TemporarilyUnavailable
 from broker.store import keys
 from broker.tokens.evidence import sign_record
 
+log = logging.getLogger(__name__)
 BATCH = 500
 KINDS = ("task", "identity", "owner", "identity_type", "issuer")
 
@@ -42,7 +44,9 @@ def _record(svc: Services, **fields: Any) -> tuple[str, str]:
 def _check_reason(reason: str) -> str:
     reason = (reason or "").strip()
     if not reason or len(reason) > 500 or any(ord(c) < 32 for c in reason):
-        raise InvalidRequest("reason: give a reason (1-500 printable characters)", reason="bad_reason")
+        raise InvalidRequest(
+            "reason: give a reason (1-500 printable characters)", reason="bad_reason"
+        )
     return reason
 
 
@@ -54,18 +58,30 @@ def revoke_all(svc: Services, *, reason: str, actor: str) -> RevocationResult:
     try:
         epoch, live = svc.revocations.revoke_all(
             now=now,
-            audit={"ts": svc.clock.now(), "event": "revoke.all", "outcome": "revoked", "reason": reason, "actor": actor},
+            audit={
+                "ts": svc.clock.now(),
+                "event": "revoke.all",
+                "outcome": "revoked",
+                "reason": reason,
+                "actor": actor,
+            },
         )
         record_id, jws = _record(
-            svc, action="revoke-all", selector={"all": True}, reason=reason, actor=actor,
-            revoked=live, epoch=epoch, at=now,
+            svc,
+            action="revoke-all",
+            selector={"all": True},
+            reason=reason,
+            actor=actor,
+            revoked=live,
+            epoch=epoch,
+            at=now,
         )
     except StoreUnavailable as err:
         raise TemporarilyUnavailable(debug=str(err)) from err
     try:
         svc.jobs.schedule_fanout(epoch)  # type: ignore[attr-defined]
-    except Exception:  # the sweeper re-enqueues pending fan-outs; the cut already holds
-        pass
+    except Exception as err:  # the sweeper re-enqueues pending fan-outs; the cut already holds
+        log.warning("could not enqueue the revoke-all clean-up: %s", type(err).__name__)
     return RevocationResult("all", "*", live, jws, record_id, epoch)
 
 
@@ -116,14 +132,26 @@ def revoke_by(svc: Services, *, kind: str, value: str, reason: str, actor: str) 
                     if ended == 0:
                         break
         event = {
-            "ts": svc.clock.now(), "event": "revoke.bulk", "outcome": "revoked", "kind": kind,
-            "value": value, "reason": reason, "actor": actor, "revoked": revoked,
+            "ts": svc.clock.now(),
+            "event": "revoke.bulk",
+            "outcome": "revoked",
+            "kind": kind,
+            "value": value,
+            "reason": reason,
+            "actor": actor,
+            "revoked": revoked,
         }
         if kind == "task":
             event["task"] = value
         svc.audit.record(event)
         record_id, jws = _record(
-            svc, action="revoke", selector={kind: value}, reason=reason, actor=actor, revoked=revoked, at=now
+            svc,
+            action="revoke",
+            selector={kind: value},
+            reason=reason,
+            actor=actor,
+            revoked=revoked,
+            at=now,
         )
     except StoreUnavailable as err:
         raise TemporarilyUnavailable(debug=str(err)) from err
@@ -151,11 +179,24 @@ def fanout(svc: Services, epoch: int, *, batch: int = 1000) -> dict[str, int]:
                 epoch, {**totals, "updated_at": int(svc.clock.now()), "done": 0}
             )
             svc.audit.record(
-                {"ts": svc.clock.now(), "event": "revoke.all.batch", "epoch": epoch,
-                 "batch_revoked": revoked, **totals}
+                {
+                    "ts": svc.clock.now(),
+                    "event": "revoke.all.batch",
+                    "epoch": epoch,
+                    "batch_revoked": revoked,
+                    **totals,
+                }
             )
         if pass_revoked == 0 or totals["passes"] >= 5:
             break
     store.record_fanout_progress(epoch, {**totals, "updated_at": int(svc.clock.now()), "done": 1})
-    svc.audit.record({"ts": svc.clock.now(), "event": "revoke.all.cleaned", "outcome": "done", "epoch": epoch, **totals})
+    svc.audit.record(
+        {
+            "ts": svc.clock.now(),
+            "event": "revoke.all.cleaned",
+            "outcome": "done",
+            "epoch": epoch,
+            **totals,
+        }
+    )
     return totals

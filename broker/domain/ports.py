@@ -14,7 +14,9 @@ class StoreUnavailable(Exception):
 
 
 class WriteRefused(Exception):
-    """The atomic grant write refused; `reason` says why (task_completed, epoch_changed, replayed)."""
+    """The atomic grant write refused; `reason` says why.
+
+    Reasons: task_completed, epoch_changed, replayed."""
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
@@ -44,7 +46,9 @@ class GrantStore(Protocol):
 
     def revoke_grant(self, jti: str, *, audit: Mapping[str, Any]) -> bool: ...
 
-    def complete_task(self, task_id: str, *, tombstone_seconds: int, audit: Mapping[str, Any], now: int) -> bool: ...
+    def complete_task(
+        self, task_id: str, *, tombstone_seconds: int, audit: Mapping[str, Any], now: int
+    ) -> bool: ...
 
     def task_grant_ids(self, task_id: str) -> list[str]: ...
 
@@ -54,7 +58,15 @@ class GrantStore(Protocol):
 
     def sweep_expired(self, *, now: int, batch: int) -> int: ...
 
-    def list_grants(self, *, now: int, task_id: str | None, identity_id: str | None, owner: str | None, limit: int) -> list[Grant]: ...
+    def list_grants(
+        self,
+        *,
+        now: int,
+        task_id: str | None,
+        identity_id: str | None,
+        owner: str | None,
+        limit: int,
+    ) -> list[Grant]: ...
 
     def audit_events(self, *, task_id: str | None, limit: int) -> list[dict[str, Any]]: ...
 

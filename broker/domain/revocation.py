@@ -23,18 +23,36 @@ def revoke_token(token: str, svc: Services, *, actor: str, request_id: str = "")
     if claims is None:
         return False
     return revoke_grant(
-        claims["jti"], svc, reason="revoked", actor=actor, request_id=request_id,
-        task_id=claims["task_id"], identity=claims["sub"],
+        claims["jti"],
+        svc,
+        reason="revoked",
+        actor=actor,
+        request_id=request_id,
+        task_id=claims["task_id"],
+        identity=claims["sub"],
     )
 
 
 def revoke_grant(
-    jti: str, svc: Services, *, reason: str, actor: str, request_id: str = "",
-    task_id: str | None = None, identity: str | None = None,
+    jti: str,
+    svc: Services,
+    *,
+    reason: str,
+    actor: str,
+    request_id: str = "",
+    task_id: str | None = None,
+    identity: str | None = None,
 ) -> bool:
     event = _event(
-        svc, "grant.revoked", outcome="revoked", jti=jti, reason=reason, actor=actor,
-        request_id=request_id, task=task_id, identity=identity,
+        svc,
+        "grant.revoked",
+        outcome="revoked",
+        jti=jti,
+        reason=reason,
+        actor=actor,
+        request_id=request_id,
+        task=task_id,
+        identity=identity,
     )
     try:
         removed = svc.store.revoke_grant(jti, audit=event)
@@ -45,7 +63,9 @@ def revoke_grant(
     return removed
 
 
-def complete_task(token: str, svc: Services, *, request_id: str = "", client_address: str = "") -> dict[str, Any]:
+def complete_task(
+    token: str, svc: Services, *, request_id: str = "", client_address: str = ""
+) -> dict[str, Any]:
     """Any live token of a task may declare the task complete.
 
     A tombstone makes every token of the task inactive at once (introspection checks it);
@@ -57,12 +77,21 @@ def complete_task(token: str, svc: Services, *, request_id: str = "", client_add
     task_id = claims["task_id"]
     now = svc.clock.now()
     event = _event(
-        svc, "task.completed", outcome="completed", task=task_id, identity=claims["sub"],
-        jti=claims["jti"], request_id=request_id, client_address=client_address,
+        svc,
+        "task.completed",
+        outcome="completed",
+        task=task_id,
+        identity=claims["sub"],
+        jti=claims["jti"],
+        request_id=request_id,
+        client_address=client_address,
     )
     try:
         newly = svc.store.complete_task(
-            task_id, tombstone_seconds=svc.config.broker.task_tombstone_seconds, audit=event, now=int(now)
+            task_id,
+            tombstone_seconds=svc.config.broker.task_tombstone_seconds,
+            audit=event,
+            now=int(now),
         )
     except StoreUnavailable as err:
         raise TemporarilyUnavailable(debug=str(err)) from err
@@ -71,7 +100,9 @@ def complete_task(token: str, svc: Services, *, request_id: str = "", client_add
     try:
         svc.jobs.schedule_task_cleanup(task_id)
     except Exception as err:  # the tombstone already holds; the sweeper re-enqueues the clean-up
-        log.warning("could not enqueue task clean-up: %s", type(err).__name__, extra={"task": task_id})
+        log.warning(
+            "could not enqueue task clean-up: %s", type(err).__name__, extra={"task": task_id}
+        )
     return {"task_id": task_id, "completed": True}
 
 

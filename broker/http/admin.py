@@ -7,9 +7,9 @@ from dataclasses import asdict
 
 from flask import Blueprint, Response, current_app, request
 
+from broker.domain.incident import revoke_all, revoke_by
 from broker.domain.models import is_safe_id
 from broker.domain.ports import StoreUnavailable
-from broker.domain.incident import revoke_all, revoke_by
 from broker.domain.revocation import revoke_grant
 from broker.errors import InvalidRequest, TemporarilyUnavailable
 from broker.http.client_auth import check_admin
@@ -75,15 +75,20 @@ def _body() -> dict[str, str]:
     data = request.get_json(silent=True) if request.is_json else request.form.to_dict()
     if not isinstance(data, dict):
         raise InvalidRequest("send a JSON object or a form", reason="bad_body")
-    return {k: (str(v).lower() if isinstance(v, bool) else v) for k, v in data.items()
-            if isinstance(v, str | bool)}
+    return {
+        k: (str(v).lower() if isinstance(v, bool) else v)
+        for k, v in data.items()
+        if isinstance(v, str | bool)
+    }
 
 
 @bp.post("/grants/<jti>/revoke")
 def revoke(jti: str) -> Response:
     if not is_safe_id(jti):
         raise InvalidRequest("jti: not a valid grant id", reason="bad_parameter")
-    ended = revoke_grant(jti, services(), reason="operator", actor=_operator(), request_id=request_id())
+    ended = revoke_grant(
+        jti, services(), reason="operator", actor=_operator(), request_id=request_id()
+    )
     return json_response({"revoked": int(ended)})
 
 
@@ -94,10 +99,17 @@ def revoke_bulk() -> Response:
     kind, value = body.get("kind", ""), body.get("value", "")
     if not is_safe_id(value):
         raise InvalidRequest("value: not a valid identifier", reason="bad_parameter")
-    result = revoke_by(services(), kind=kind, value=value, reason=body.get("reason", ""), actor=_operator())
+    result = revoke_by(
+        services(), kind=kind, value=value, reason=body.get("reason", ""), actor=_operator()
+    )
     return json_response(
-        {"kind": result.kind, "value": result.value, "revoked": result.revoked,
-         "record_id": result.record_id, "record": result.record}
+        {
+            "kind": result.kind,
+            "value": result.value,
+            "revoked": result.revoked,
+            "record_id": result.record_id,
+            "record": result.record,
+        }
     )
 
 
@@ -129,8 +141,13 @@ def revoke_everything() -> Response:
     rotation = _rotate(emergency=True) if rotate else None
     result = revoke_all(services(), reason=reason, actor=_operator())
     return json_response(
-        {"epoch": result.epoch, "revoked": result.revoked, "record_id": result.record_id,
-         "record": result.record, "key_rotation": rotation}
+        {
+            "epoch": result.epoch,
+            "revoked": result.revoked,
+            "record_id": result.record_id,
+            "record": result.record,
+            "key_rotation": rotation,
+        }
     )
 
 
@@ -140,8 +157,11 @@ def key_status() -> Response:
     if hasattr(keyring, "status"):
         return json_response({"source": "redis", "keys": keyring.status()})
     return json_response(
-        {"source": "files", "keys": [{"kid": k["kid"], "alg": k["alg"]} for k in keyring.jwks()["keys"]],
-         "active": keyring.active.kid}
+        {
+            "source": "files",
+            "keys": [{"kid": k["kid"], "alg": k["alg"]} for k in keyring.jwks()["keys"]],
+            "active": keyring.active.kid,
+        }
     )
 
 

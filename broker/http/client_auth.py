@@ -31,7 +31,9 @@ def _basic_credentials(header: str) -> tuple[str, str] | None:
     return unquote(client_id.replace("+", " ")), unquote(secret.replace("+", " "))
 
 
-def authenticate_client(request: Request, form: dict[str, Any], config: Config, *, required: bool) -> Client | None:
+def authenticate_client(
+    request: Request, form: dict[str, Any], config: Config, *, required: bool
+) -> Client | None:
     """The client that authenticated, None if none tried (and none is required)."""
     header = request.headers.get("Authorization", "")
     creds = _basic_credentials(header) if header else None
@@ -66,7 +68,10 @@ def bearer_token(request: Request) -> str:
 
 def check_admin(request: Request, admin_token_sha256: bytes | None) -> None:
     if admin_token_sha256 is None:
-        raise InvalidToken("operator endpoints are disabled: no admin credential is configured", reason="admin_disabled")
+        raise InvalidToken(
+            "operator endpoints are disabled: no admin credential is configured",
+            reason="admin_disabled",
+        )
     presented = hashlib.sha256(bearer_token(request).encode()).digest()
     if not hmac.compare_digest(presented, admin_token_sha256):
         raise InvalidToken("the admin credential is not valid", reason="bad_admin_token")

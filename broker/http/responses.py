@@ -63,6 +63,9 @@ def register_error_handlers(app: Flask) -> None:
         # Never a stack trace to the client; the log keeps the detail (not the request body).
         log.exception("unexpected error", extra={"request_id": g.get("request_id")})
         return json_response(
-            {"error": "server_error", "error_description": "The server could not complete the request."},
+            {
+                "error": "server_error",
+                "error_description": "The server could not complete the request.",
+            },
             500,
         )

@@ -175,7 +175,9 @@ class RedisGrantStore:
             pipe.exists(keys.replay(issuer_id, jti) if jti else keys.EPOCH + ":none")
             pipe.exists(keys.task_tombstone(task_id))
             epoch, replayed, done = pipe.execute()
-        return PreflightState(epoch=int(epoch or 0), replayed=bool(replayed and jti), task_completed=bool(done))
+        return PreflightState(
+            epoch=int(epoch or 0), replayed=bool(replayed and jti), task_completed=bool(done)
+        )
 
     def save_grant(
         self,
@@ -231,7 +233,12 @@ class RedisGrantStore:
         with self._guard():
             return bool(
                 self._revoke(
-                    keys=[keys.grant(jti), keys.EXPIRY_INDEX, keys.AUDIT_STREAM, keys.REVOCATION_FEED],
+                    keys=[
+                        keys.grant(jti),
+                        keys.EXPIRY_INDEX,
+                        keys.AUDIT_STREAM,
+                        keys.REVOCATION_FEED,
+                    ],
                     args=[jti, self._audit_maxlen, json.dumps(audit, separators=(",", ":"))],
                 )
             )
@@ -267,7 +274,9 @@ class RedisGrantStore:
 
     def stale_completions(self, older_than: float) -> list[str]:
         return self._call(
-            lambda: list(self._r.zrangebyscore(keys.COMPLETING, "-inf", older_than, start=0, num=1000))
+            lambda: list(
+                self._r.zrangebyscore(keys.COMPLETING, "-inf", older_than, start=0, num=1000)
+            )
         )
 
     def sweep_expired(self, *, now: int, batch: int) -> int:
@@ -300,7 +309,9 @@ class RedisGrantStore:
                 )
                 jtis = list(self._r.zrangebyscore(index, now + 1, "+inf", start=0, num=limit))
             else:
-                members = self._r.zrangebyscore(keys.EXPIRY_INDEX, now + 1, "+inf", start=0, num=limit)
+                members = self._r.zrangebyscore(
+                    keys.EXPIRY_INDEX, now + 1, "+inf", start=0, num=limit
+                )
                 jtis = [m.split(" ", 1)[0] for m in members]
             pipe = self._r.pipeline(transaction=False)
             for jti in jtis:

@@ -112,7 +112,13 @@ class RedisRevocationStore:
         """Bump the epoch; returns (new epoch, grants live at the cut)."""
         result = self._guard(
             lambda: self._revoke_all(
-                keys=[keys.EPOCH, keys.EPOCH_LOG, keys.AUDIT_STREAM, keys.FANOUTS, keys.EXPIRY_INDEX],
+                keys=[
+                    keys.EPOCH,
+                    keys.EPOCH_LOG,
+                    keys.AUDIT_STREAM,
+                    keys.FANOUTS,
+                    keys.EXPIRY_INDEX,
+                ],
                 args=[now, self._audit_maxlen, json.dumps(audit, separators=(",", ":"))],
             )
         )
@@ -123,7 +129,9 @@ class RedisRevocationStore:
 
     def fanout_batch(self, epoch: int, offset: int, batch: int) -> tuple[int, int, int]:
         """Returns (examined, revoked, survivors)."""
-        res = self._guard(lambda: self._fanout(keys=[keys.EXPIRY_INDEX], args=[epoch, offset, batch]))
+        res = self._guard(
+            lambda: self._fanout(keys=[keys.EXPIRY_INDEX], args=[epoch, offset, batch])
+        )
         return int(res[0]), int(res[1]), int(res[2])
 
     def record_fanout_progress(self, epoch: int, fields: Mapping[str, Any]) -> None:
@@ -167,7 +175,8 @@ class RedisRevocationStore:
     def publish(self, kind: str, value: str, *, not_after: int, expires: int) -> None:
         self._guard(
             lambda: self._r.xadd(
-                keys.REVOCATION_FEED, {"k": kind, "v": value, "n": str(not_after), "x": str(expires)}
+                keys.REVOCATION_FEED,
+                {"k": kind, "v": value, "n": str(not_after), "x": str(expires)},
             )
         )
 
@@ -194,7 +203,9 @@ class RedisRevocationStore:
                 exp = int(f["x"])
                 if exp < now:
                     continue  # every token it covered has expired
-                entries.append({"kind": f["k"], "value": f["v"], "not_after": int(f["n"]), "exp": exp})
+                entries.append(
+                    {"kind": f["k"], "value": f["v"], "not_after": int(f["n"]), "exp": exp}
+                )
             except (KeyError, ValueError):
                 continue
         cursor = rows[-1][0] if rows else since
@@ -202,14 +213,23 @@ class RedisRevocationStore:
 
     def trim_feed(self, older_than_seconds: int, now: int) -> None:
         min_id = max(0, (now - older_than_seconds) * 1000)
-        self._guard(lambda: self._r.xtrim(keys.REVOCATION_FEED, minid=str(min_id), approximate=True))
+        self._guard(
+            lambda: self._r.xtrim(keys.REVOCATION_FEED, minid=str(min_id), approximate=True)
+        )
 
     # -- signed revocation records ------------------------------------------------------------
     def append_evidence(self, record_id: str, jws: str) -> None:
         self._guard(
-            lambda: self._r.xadd(keys.EVIDENCE_STREAM, {"id": record_id, "jws": jws}, maxlen=100_000, approximate=True)
+            lambda: self._r.xadd(
+                keys.EVIDENCE_STREAM,
+                {"id": record_id, "jws": jws},
+                maxlen=100_000,
+                approximate=True,
+            )
         )
 
     def list_evidence(self, limit: int) -> list[dict[str, str]]:
         rows = self._guard(lambda: self._r.xrevrange(keys.EVIDENCE_STREAM, count=limit))
-        return [{"stream_id": sid, "id": f.get("id", ""), "jws": f.get("jws", "")} for sid, f in rows]
+        return [
+            {"stream_id": sid, "id": f.get("id", ""), "jws": f.get("jws", "")} for sid, f in rows
+        ]

@@ -45,8 +45,15 @@ def verify_record(jws: str, jwks: dict[str, Any], issuer: str) -> dict[str, Any]
             key = jwt.PyJWK(jwk, algorithm=alg).key
             try:
                 claims: dict[str, Any] = jwt.decode(
-                    jws, key, algorithms=[alg], issuer=issuer,
-                    options={"verify_aud": False, "verify_exp": False, "require": ["iss", "jti", "iat"]},
+                    jws,
+                    key,
+                    algorithms=[alg],
+                    issuer=issuer,
+                    options={
+                        "verify_aud": False,
+                        "verify_exp": False,
+                        "require": ["iss", "jti", "iat"],
+                    },
                 )
             except jwt.PyJWTError as err:
                 raise EvidenceInvalid(f"signature or claims invalid: {type(err).__name__}") from err

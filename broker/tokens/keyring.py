@@ -62,7 +62,11 @@ def thumbprint(jwk: dict[str, Any]) -> str:
     import base64
     import hashlib
 
-    required = {"EC": ("crv", "kty", "x", "y"), "RSA": ("e", "kty", "n"), "OKP": ("crv", "kty", "x")}
+    required = {
+        "EC": ("crv", "kty", "x", "y"),
+        "RSA": ("e", "kty", "n"),
+        "OKP": ("crv", "kty", "x"),
+    }
     members = {k: jwk[k] for k in required[jwk["kty"]]}
     digest = hashlib.sha256(json.dumps(members, separators=(",", ":"), sort_keys=True).encode())
     return base64.urlsafe_b64encode(digest.digest()).rstrip(b"=").decode()
@@ -70,7 +74,9 @@ def thumbprint(jwk: dict[str, Any]) -> str:
 
 def _load_key(path: Path) -> SigningKey:
     loaded = serialization.load_pem_private_key(path.read_bytes(), password=None)
-    if not isinstance(loaded, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey):
+    if not isinstance(
+        loaded, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
+    ):
         raise KeyError_(f"{path.name}: unsupported key type")
     probe = SigningKey(kid="", alg=_alg_for(loaded), private_key=loaded)
     return SigningKey(kid=thumbprint(probe.public_jwk()), alg=probe.alg, private_key=loaded)

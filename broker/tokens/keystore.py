@@ -71,7 +71,11 @@ class KeyRecord:
         return cls(**json.loads(text))
 
     def published(self, now: float) -> bool:
-        return not self.removed and self.publish_at <= now and (self.retire_at is None or now < self.retire_at)
+        return (
+            not self.removed
+            and self.publish_at <= now
+            and (self.retire_at is None or now < self.retire_at)
+        )
 
 
 def _seal(kek: bytes, kid: str, pem: bytes) -> str:
@@ -93,8 +97,15 @@ def make_record(kek: bytes, *, now: float, activate_at: float) -> KeyRecord:
     )
     jwk = SigningKey(kid=kid, alg="ES256", private_key=private).public_jwk()
     return KeyRecord(
-        kid=kid, alg="ES256", created_at=now, publish_at=now, activate_at=activate_at,
-        retire_at=None, removed=False, enc=_seal(kek, kid, pem), public_jwk=jwk,
+        kid=kid,
+        alg="ES256",
+        created_at=now,
+        publish_at=now,
+        activate_at=activate_at,
+        retire_at=None,
+        removed=False,
+        enc=_seal(kek, kid, pem),
+        public_jwk=jwk,
     )
 
 
@@ -104,8 +115,14 @@ class RedisKeyRing:
     It offers KeyRing's interface (active, get, jwks), so the domain does not know keys rotate."""
 
     def __init__(
-        self, store: KeyRecordStore, kek: bytes, *, max_token_ttl_seconds: int,
-        publish_lead_seconds: int = 120, refresh_seconds: float = 2.0, clock: Any = time,
+        self,
+        store: KeyRecordStore,
+        kek: bytes,
+        *,
+        max_token_ttl_seconds: int,
+        publish_lead_seconds: int = 120,
+        refresh_seconds: float = 2.0,
+        clock: Any = time,
     ) -> None:
         self._store = store
         self._kek = kek
@@ -138,7 +155,10 @@ class RedisKeyRing:
         self._current()
         return {
             "keys": [
-                {**r.public_jwk, "status": "retired" if not r.published(self._now()) else "published"}
+                {
+                    **r.public_jwk,
+                    "status": "retired" if not r.published(self._now()) else "published",
+                }
                 for r in self._records.values()
                 if not r.removed
             ]
@@ -164,7 +184,9 @@ class RedisKeyRing:
             if self._records:
                 break
             self.bootstrap(now)  # only one node wins; the others wait for its record
-            self._records = {kid: KeyRecord.from_json(t) for kid, t in self._store.load_all().items()}
+            self._records = {
+                kid: KeyRecord.from_json(t) for kid, t in self._store.load_all().items()
+            }
             if not self._records:
                 time.sleep(0.1)
         published = [r for r in self._records.values() if r.published(now)]
@@ -198,7 +220,11 @@ class RedisKeyRing:
         now = self._now()
         records = {kid: KeyRecord.from_json(t) for kid, t in self._store.load_all().items()}
         published = [r for r in records.values() if r.published(now)]
-        current = max((r for r in published if r.activate_at <= now), key=lambda r: r.activate_at, default=None)
+        current = max(
+            (r for r in published if r.activate_at <= now),
+            key=lambda r: r.activate_at,
+            default=None,
+        )
         pending = [r for r in published if r.activate_at > now]
         if pending and not emergency:
             nxt = pending[0]
@@ -219,8 +245,11 @@ class RedisKeyRing:
             retired.append(old.kid)
         self.invalidate()
         return {
-            "kid": new.kid, "activate_at": activate_at, "emergency": emergency,
-            "previous": current.kid if current else None, "retired_or_removed": retired,
+            "kid": new.kid,
+            "activate_at": activate_at,
+            "emergency": emergency,
+            "previous": current.kid if current else None,
+            "retired_or_removed": retired,
         }
 
     def due_for_rotation(self, rotation_days: float) -> bool:
@@ -238,13 +267,28 @@ class RedisKeyRing:
         now = self._now()
         out = []
         for r in sorted(
-            (KeyRecord.from_json(t) for t in self._store.load_all().values()), key=lambda r: r.created_at
+            (KeyRecord.from_json(t) for t in self._store.load_all().values()),
+            key=lambda r: r.created_at,
         ):
-            state = "removed" if r.removed else (
-                "retired" if not r.published(now) else ("pending" if r.activate_at > now else "published")
+            state = (
+                "removed"
+                if r.removed
+                else (
+                    "retired"
+                    if not r.published(now)
+                    else ("pending" if r.activate_at > now else "published")
+                )
             )
-            out.append({"kid": r.kid, "alg": r.alg, "state": state, "created_at": r.created_at,
-                        "activate_at": r.activate_at, "retire_at": r.retire_at})
+            out.append(
+                {
+                    "kid": r.kid,
+                    "alg": r.alg,
+                    "state": state,
+                    "created_at": r.created_at,
+                    "activate_at": r.activate_at,
+                    "retire_at": r.retire_at,
+                }
+            )
         active = self.active.kid
         for item in out:
             if item["kid"] == active:

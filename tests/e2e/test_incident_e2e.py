@@ -51,7 +51,9 @@ class KekStack(Stack):
 
 
 @pytest.fixture(scope="module")
-def kstack(tmp_path_factory: pytest.TempPathFactory, redis_server: Any, dev_issuer: Any) -> Iterator[KekStack]:
+def kstack(
+    tmp_path_factory: pytest.TempPathFactory, redis_server: Any, dev_issuer: Any
+) -> Iterator[KekStack]:
     url = f"redis://127.0.0.1:{redis_server.port}/{INCIDENT_DB}"
     redis.Redis.from_url(url).flushdb()
     running = KekStack(tmp_path_factory.mktemp("incident"), url, dev_issuer.issuer).start()
@@ -69,20 +71,32 @@ def db(kstack: KekStack) -> Iterator[redis.Redis]:
     client.close()
 
 
-def exchange(stack: Stack, dev_issuer: Any, session: requests.Session | None = None) -> requests.Response:
-    token = dev_issuer.mint(github_claims(issuer=dev_issuer.issuer, audience=AUDIENCE, environment=None))
+def exchange(
+    stack: Stack, dev_issuer: Any, session: requests.Session | None = None
+) -> requests.Response:
+    token = dev_issuer.mint(
+        github_claims(issuer=dev_issuer.issuer, audience=AUDIENCE, environment=None)
+    )
     return (session or requests).post(
         stack.url + "/token",
-        data={"grant_type": TX, "subject_token": token,
-              "subject_token_type": "urn:ietf:params:oauth:token-type:jwt",
-              "audience": DEPLOY_AUD, "scope": "deploy:write"},
+        data={
+            "grant_type": TX,
+            "subject_token": token,
+            "subject_token_type": "urn:ietf:params:oauth:token-type:jwt",
+            "audience": DEPLOY_AUD,
+            "scope": "deploy:write",
+        },
         timeout=10,
     )
 
 
 def active(stack: Stack, token: str) -> bool:
-    resp = requests.post(stack.url + "/introspect", data={"token": token},
-                         auth=(CLIENT_ID, stack.client_secret), timeout=10)
+    resp = requests.post(
+        stack.url + "/introspect",
+        data={"token": token},
+        auth=(CLIENT_ID, stack.client_secret),
+        timeout=10,
+    )
     assert resp.status_code == 200, resp.text
     return bool(resp.json()["active"])
 
@@ -92,7 +106,9 @@ def cli(stack: Stack, *args: str, check: bool = True) -> subprocess.CompletedPro
         [ERRAND, *args, "--url", stack.url, "--admin-token-file", str(stack.admin_token_file)]
         if args[0] != "evidence" or args[1] != "verify"
         else [ERRAND, *args, "--url", stack.url],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     if check:
         assert out.returncode == 0, out.stderr + out.stdout
@@ -161,19 +177,52 @@ def _fill(db: redis.Redis, n: int) -> None:
     epoch = int(db.get(keys.EPOCH) or 0)
     pipe = db.pipeline(transaction=False)
     for i in range(n):
-        g = Grant(jti=f"fill{i:08d}", identity_id="acme-app-deploy", identity_type="service",
-                  owner="platform-team", task_id=f"fill-task-{i // 10}", audiences=(DEPLOY_AUD,),
-                  scopes=("deploy:read",), iat=now, exp=now + 600, client_id="acme-app-deploy",
-                  issuer_id="dev-ci", epoch=epoch)
-        script(keys=[keys.grant(g.jti), keys.task_index(g.task_id), keys.identity_index(g.identity_id),
-                     keys.owner_index(g.owner), keys.EXPIRY_INDEX, keys.EPOCH,
-                     keys.task_tombstone(g.task_id), keys.EPOCH + ":none", keys.AUDIT_STREAM],
-               args=[g.jti, g.exp, now, epoch, "0", 0, expiry_member(g), "1000", "{}", *_grant_fields(g)],
-               client=pipe)
+        g = Grant(
+            jti=f"fill{i:08d}",
+            identity_id="acme-app-deploy",
+            identity_type="service",
+            owner="platform-team",
+            task_id=f"fill-task-{i // 10}",
+            audiences=(DEPLOY_AUD,),
+            scopes=("deploy:read",),
+            iat=now,
+            exp=now + 600,
+            client_id="acme-app-deploy",
+            issuer_id="dev-ci",
+            epoch=epoch,
+        )
+        script(
+            keys=[
+                keys.grant(g.jti),
+                keys.task_index(g.task_id),
+                keys.identity_index(g.identity_id),
+                keys.owner_index(g.owner),
+                keys.EXPIRY_INDEX,
+                keys.EPOCH,
+                keys.task_tombstone(g.task_id),
+                keys.EPOCH + ":none",
+                keys.AUDIT_STREAM,
+            ],
+            args=[
+                g.jti,
+                g.exp,
+                now,
+                epoch,
+                "0",
+                0,
+                expiry_member(g),
+                "1000",
+                "{}",
+                *_grant_fields(g),
+            ],
+            client=pipe,
+        )
     pipe.execute()
 
 
-def test_worker_killed_during_fanout_is_recovered(kstack: KekStack, dev_issuer: Any, db: redis.Redis) -> None:
+def test_worker_killed_during_fanout_is_recovered(
+    kstack: KekStack, dev_issuer: Any, db: redis.Redis
+) -> None:
     _fill(db, 60_000)
     before = exchange(kstack, dev_issuer).json()["access_token"]
     body = json.loads(cli(kstack, "revoke-all", "--reason", "kill test", "--json").stdout)
@@ -193,15 +242,21 @@ def test_worker_killed_during_fanout_is_recovered(kstack: KekStack, dev_issuer: 
     assert db.hget(key, "done") == "1", kstack.logs()
     left = [k for k in db.scan_iter("errand:grant:*") if int(db.hget(k, "p") or 0) < epoch]
     assert left == []
-    assert db.zcount("errand:expiry", "-inf", "+inf") == sum(1 for _ in db.scan_iter("errand:grant:*"))
+    assert db.zcount("errand:expiry", "-inf", "+inf") == sum(
+        1 for _ in db.scan_iter("errand:grant:*")
+    )
     if not killed_mid_way:
         pytest.skip("the fan-out finished before the kill landed; recovery path not exercised")
 
 
-def test_bulk_revocation_and_signed_records_via_cli(kstack: KekStack, dev_issuer: Any, tmp_path: Path) -> None:
+def test_bulk_revocation_and_signed_records_via_cli(
+    kstack: KekStack, dev_issuer: Any, tmp_path: Path
+) -> None:
     tokens = [exchange(kstack, dev_issuer).json()["access_token"] for _ in range(3)]
     assert all(active(kstack, t) for t in tokens)
-    out = cli(kstack, "revoke", "--identity", "acme-app-deploy", "--reason", "leaked runner", "--json")
+    out = cli(
+        kstack, "revoke", "--identity", "acme-app-deploy", "--reason", "leaked runner", "--json"
+    )
     body = json.loads(out.stdout)
     assert body["revoked"] >= 3
     assert not any(active(kstack, t) for t in tokens)
@@ -240,6 +295,10 @@ def test_feed_and_emergency_rotation(kstack: KekStack, dev_issuer: Any) -> None:
     assert active(kstack, fresh)
     # The revocation feed answers authenticated resource servers only.
     assert requests.get(kstack.url + "/revocations", timeout=10).status_code == 401
-    feed = requests.get(kstack.url + "/revocations", params={"since": "0"},
-                        auth=(CLIENT_ID, kstack.client_secret), timeout=10).json()
+    feed = requests.get(
+        kstack.url + "/revocations",
+        params={"since": "0"},
+        auth=(CLIENT_ID, kstack.client_secret),
+        timeout=10,
+    ).json()
     assert feed["epoch"] >= 1 and isinstance(feed["entries"], list) and feed["cursor"]

@@ -34,10 +34,15 @@ def svc(redis_url, issuer_key, tmp_path: Path):
     kek = tmp_path / "kek"
     kek.write_text(new_kek())
     settings = Settings(
-        config_path=tmp_path / "unused.yaml", redis_url=redis_url, signing_key_dir=None, kek_file=kek
+        config_path=tmp_path / "unused.yaml",
+        redis_url=redis_url,
+        signing_key_dir=None,
+        kek_file=kek,
     )
     return build_services(
-        settings, config=make_config(ISSUER), fetcher=StaticFetcher({"keys": [issuer_key.public_jwk()]})
+        settings,
+        config=make_config(ISSUER),
+        fetcher=StaticFetcher({"keys": [issuer_key.public_jwk()]}),
     )
 
 
@@ -96,8 +101,11 @@ def test_each_bulk_kind_ends_its_grants_only(svc, issuer_key, kind):
     target = [_exchange(svc, issuer_key, task="task-a") for _ in range(3)]
     other = _exchange(svc, issuer_key, task="task-b", ref="refs/heads/release")  # acme-release
     value = {
-        "task": "task-a", "identity": "acme-deploy", "owner": "platform-team",
-        "identity_type": "service", "issuer": "gha",
+        "task": "task-a",
+        "identity": "acme-deploy",
+        "owner": "platform-team",
+        "identity_type": "service",
+        "issuer": "gha",
     }[kind]
     result = revoke_by(svc, kind=kind, value=value, reason="contain", actor="bob")
     assert not any(_active(svc, t) for t in target)
@@ -182,14 +190,20 @@ def test_keys_are_shared_by_nodes_and_sealed_at_rest(svc, redis_url, tmp_path, i
     assert raw and all("PRIVATE KEY" not in v for v in raw.values())
     # A second node with the same KEK signs with the same key; one with another KEK fails.
     settings = svc.extras["settings"]
-    other = build_services(settings, config=svc.config, fetcher=StaticFetcher({"keys": [issuer_key.public_jwk()]}))
+    other = build_services(
+        settings, config=svc.config, fetcher=StaticFetcher({"keys": [issuer_key.public_jwk()]})
+    )
     assert other.keyring.active.kid == svc.keyring.active.kid
     token = _exchange(svc, issuer_key)
     assert _active(other, token)
     bad = tmp_path / "bad-kek"
     bad.write_text(new_kek())
-    wrong = Settings(config_path=settings.config_path, redis_url=redis_url, signing_key_dir=None, kek_file=bad)
-    with pytest.raises(Exception):
+    wrong = Settings(
+        config_path=settings.config_path, redis_url=redis_url, signing_key_dir=None, kek_file=bad
+    )
+    from cryptography.exceptions import InvalidTag
+
+    with pytest.raises(InvalidTag):
         build_services(wrong, config=svc.config).keyring.active  # noqa: B018
 
 
@@ -250,9 +264,15 @@ def test_redis_down_during_revoke_all_is_an_error_not_a_silent_success(tmp_path,
     server = RedisProcess(tmp_path / "r").start()
     kek = tmp_path / "kek"
     kek.write_text(new_kek())
-    s = Settings(config_path=tmp_path / "x", redis_url=server.url, signing_key_dir=None, kek_file=kek)
-    svc = build_services(s, config=make_config(ISSUER), clock=FixedClock(),
-                         fetcher=StaticFetcher({"keys": [issuer_key.public_jwk()]}))
+    s = Settings(
+        config_path=tmp_path / "x", redis_url=server.url, signing_key_dir=None, kek_file=kek
+    )
+    svc = build_services(
+        s,
+        config=make_config(ISSUER),
+        clock=FixedClock(),
+        fetcher=StaticFetcher({"keys": [issuer_key.public_jwk()]}),
+    )
     svc.keyring.active  # noqa: B018 - load keys while Redis is up
     server.kill()
     try:
