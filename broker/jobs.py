@@ -6,6 +6,7 @@ import hashlib
 
 import redis
 from rq import Queue, Retry
+from rq.job import Job, JobStatus
 
 QUEUE_NAME = "errand"
 RETRY = Retry(max=5, interval=[1, 2, 5, 10, 30])
@@ -22,8 +23,20 @@ class RqScheduler:
     def __init__(self, connection: redis.Redis) -> None:
         self.queue = Queue(QUEUE_NAME, connection=connection)
 
+    def _pending(self, job_id: str) -> bool:
+        """RQ pushes a fixed job id onto the queue again; skip while one is still pending."""
+        job = Job.fetch(job_id, connection=self.queue.connection) if self._exists(job_id) else None
+        return job is not None and job.get_status(refresh=False) in (
+            JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.DEFERRED,
+        )
+
+    def _exists(self, job_id: str) -> bool:
+        return bool(self.queue.connection.exists(Job.key_for(job_id)))
+
     def schedule_task_cleanup(self, task_id: str) -> None:
         # A fixed job id per task: a second completion does not queue a second clean-up.
+        if self._pending(task_job_id(task_id)):
+            return
         self.queue.enqueue(
             "workers.tasks.cleanup_task",
             task_id,

@@ -10,29 +10,41 @@ from __future__ import annotations
 from typing import Any
 
 from broker.domain.access import read_our_token
+from broker.domain.models import GrantState
 from broker.domain.ports import Services, StoreUnavailable
 from broker.errors import TemporarilyUnavailable
 
 INACTIVE: dict[str, Any] = {"active": False}
 
 
+def grant_state(claims: dict[str, Any], svc: Services) -> GrantState:
+    try:
+        return svc.store.grant_state(claims["jti"], claims["task_id"])
+    except StoreUnavailable as err:
+        raise TemporarilyUnavailable(debug=str(err)) from err
+
+
+def is_live(state: GrantState, claims: dict[str, Any], now: float) -> bool:
+    """Live: the grant exists, carries the current epoch, has not expired, matches the token,
+    and its task is not complete."""
+    grant = state.grant
+    return not (
+        grant is None
+        or state.task_completed
+        or grant.epoch != state.current_epoch
+        or grant.exp <= now
+        or grant.task_id != claims["task_id"]
+        or grant.identity_id != claims["sub"]
+    )
+
+
 def introspect(token: str, svc: Services) -> dict[str, Any]:
     claims = read_our_token(token, svc)
     if claims is None:
         return dict(INACTIVE)
-    try:
-        state = svc.store.grant_state(claims["jti"], claims["task_id"])
-    except StoreUnavailable as err:
-        raise TemporarilyUnavailable(debug=str(err)) from err
+    state = grant_state(claims, svc)
     grant = state.grant
-    if (
-        grant is None
-        or state.task_completed
-        or grant.epoch != state.current_epoch
-        or grant.exp <= svc.clock.now()
-        or grant.task_id != claims["task_id"]
-        or grant.identity_id != claims["sub"]
-    ):
+    if grant is None or not is_live(state, claims, svc.clock.now()):
         return dict(INACTIVE)
     return {
         "active": True,

@@ -6,6 +6,7 @@ import logging
 from typing import Any
 
 from broker.domain.access import read_our_token
+from broker.domain.introspection import grant_state, is_live
 from broker.domain.ports import Services, StoreUnavailable
 from broker.errors import InvalidToken, TemporarilyUnavailable
 
@@ -75,6 +76,12 @@ def complete_task(
     if claims is None:
         raise InvalidToken("the access token is invalid or expired")
     task_id = claims["task_id"]
+    state = grant_state(claims, svc)
+    if state.task_completed:
+        return {"task_id": task_id, "completed": True}  # idempotent: already complete
+    # Only a live token may end its task: a revoked or superseded one must not.
+    if not is_live(state, claims, svc.clock.now()):
+        raise InvalidToken("the access token is no longer active")
     now = svc.clock.now()
     event = _event(
         svc,

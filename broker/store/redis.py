@@ -27,7 +27,27 @@ T = TypeVar("T")
 # ARGV: jti, exp, now, expected epoch, use replay (0/1), replay exat, expiry member,
 #       audit maxlen, audit json, then grant field/value pairs
 _SAVE_GRANT = """
+-- Redis does not roll a script back: check every key the writes below touch first, so a
+-- command cannot fail half-way and leave a partial grant or a burned jti.
+local want = {[1] = 'hash', [2] = 'zset', [3] = 'zset', [4] = 'zset', [5] = 'zset', [9] = 'stream'}
+for i, t in pairs(want) do
+  local have = redis.call('TYPE', KEYS[i])['ok']
+  if have ~= 'none' and have ~= t then
+    return redis.error_reply('ERRAND_CORRUPT ' .. KEYS[i] .. ' holds a ' .. have)
+  end
+end
+if redis.call('EXISTS', KEYS[1]) == 1 then return redis.error_reply('ERRAND_CORRUPT jti reused') end
+local rtype = redis.call('TYPE', KEYS[8])['ok']
+if ARGV[5] == '1' and rtype ~= 'none' and rtype ~= 'string' then
+  return redis.error_reply('ERRAND_CORRUPT ' .. KEYS[8] .. ' holds a ' .. rtype)
+end
 if redis.call('EXISTS', KEYS[7]) == 1 then return 'task_completed' end
+-- A task belongs to the identity that opened it (ARGV[11] is the grant's 'i' field value).
+local first = redis.call('ZRANGE', KEYS[2], 0, 0)
+if first[1] then
+  local holder = redis.call('HGET', 'errand:grant:' .. first[1], 'i')
+  if holder and holder ~= ARGV[11] then return 'task_foreign' end
+end
 local epoch = redis.call('GET', KEYS[6]) or '0'
 if epoch ~= ARGV[4] then return 'epoch_changed' end
 if ARGV[5] == '1' then
@@ -362,6 +382,87 @@ class RedisGrantStore:
         except (StoreUnavailable, ResponseError):
             return None
         return str(value) if value is not None else None
+
+
+    # -- identity lifecycle (broker/domain/inventory.py) ------------------------------------
+    def identity_state(self, identity_id: str) -> dict[str, Any] | None:
+        """The suspension or offboarding record of an identity, None when it is active."""
+        raw = self._call(lambda: self._r.hget(keys.IDENTITY_STATE, identity_id))
+        return _state_record(raw)
+
+    def identity_states(self) -> dict[str, dict[str, Any]]:
+        raw = self._call(lambda: self._r.hgetall(keys.IDENTITY_STATE))
+        out = {}
+        for identity_id, value in raw.items():
+            record = _state_record(value)
+            if record is not None:
+                out[identity_id] = record
+        return out
+
+    def set_identity_state(
+        self, identity_id: str, record: Mapping[str, Any] | None, *, audit: Mapping[str, Any]
+    ) -> dict[str, Any] | None:
+        """Set (or clear, record=None) an identity's state with its audit event, atomically.
+
+        Offboarding is terminal: once the stored state is "offboarded" nothing changes it,
+        whoever races. Returns the previous record (the stored one if it was offboarded)."""
+        previous: dict[str, Any] | None = None
+
+        def transition(pipe: Any) -> None:
+            nonlocal previous
+            previous = _state_record(pipe.hget(keys.IDENTITY_STATE, identity_id))
+            if previous is not None and previous.get("state") == "offboarded":
+                return
+            pipe.multi()
+            if record is None:
+                pipe.hdel(keys.IDENTITY_STATE, identity_id)
+            else:
+                pipe.hset(keys.IDENTITY_STATE, identity_id, json.dumps(dict(record), separators=(",", ":")))
+            pipe.xadd(
+                keys.AUDIT_STREAM,
+                {"e": json.dumps(audit, separators=(",", ":"))},
+                maxlen=int(self._audit_maxlen),
+                approximate=True,
+            )
+
+        with self._guard():
+            self._r.transaction(transition, keys.IDENTITY_STATE)
+        return previous
+
+    def identity_grant_ids(self, identity_id: str) -> list[str]:
+        return self._call(lambda: list(self._r.zrange(keys.identity_index(identity_id), 0, -1)))
+
+    def live_grant_counts(self, identity_ids: list[str], *, now: int) -> dict[str, int]:
+        with self._guard():
+            pipe = self._r.pipeline(transaction=False)
+            for identity_id in identity_ids:
+                pipe.zcount(keys.identity_index(identity_id), now + 1, "+inf")
+            counts = pipe.execute()
+        return {i: int(c) for i, c in zip(identity_ids, counts, strict=True)}
+
+    def record_last_exchange(self, identity_id: str, ts: float) -> None:
+        self._call(lambda: self._r.hset(keys.LAST_EXCHANGE, identity_id, repr(float(ts))))
+
+    def last_exchanges(self) -> dict[str, float]:
+        raw = self._call(lambda: self._r.hgetall(keys.LAST_EXCHANGE))
+        out: dict[str, float] = {}
+        for identity_id, value in raw.items():
+            try:
+                out[identity_id] = float(value)
+            except ValueError:
+                continue
+        return out
+
+
+def _state_record(raw: Any) -> dict[str, Any] | None:
+    if not raw:
+        return None
+    try:
+        record = json.loads(raw)
+    except ValueError:
+        # Unreadable but present: treat it as suspended, never as active (fail closed).
+        return {"state": "suspended", "reason": "unreadable state record"}
+    return record if isinstance(record, dict) else {"state": "suspended", "reason": "unreadable state record"}
 
 
 class RedisJwksState:

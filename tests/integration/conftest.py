@@ -1,0 +1,157 @@
+"""Fixtures for the integration suite: real Services on the session's private redis-server.
+
+Nothing here talks HTTP to the broker; the JWKS of the test issuer is fetched over HTTP from
+the dev issuer on 127.0.0.1 (real discovery + JWKS), everything else is in-process."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+import yaml
+
+from broker.domain.exchange import exchange_token
+from broker.domain.models import TOKEN_TYPE_JWT, ExchangeRequest, IssuedToken
+from broker.domain.ports import Services
+from broker.services import build_services
+from broker.settings import Settings
+from broker.store import keys
+from tests.fixtures.builders import DEPLOY_AUD, config_dict, gha_token, make_config, make_key_dir
+
+# Keys a denied exchange may touch: the audit stream and the JWKS mirror / refresh lock.
+ALLOWED_ON_DENIAL_PREFIXES = ("errand:jwks:", "errand:lock:jwks:")
+
+
+@pytest.fixture
+def int_key_dir(tmp_path: Path) -> Path:
+    return make_key_dir(tmp_path)
+
+
+@pytest.fixture
+def raw(redis_url: str) -> Iterator[redis.Redis]:
+    """A plain client for looking at what the broker wrote (decoded strings)."""
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def make_svc(redis_url: str, dev_issuer: Any, int_key_dir: Path) -> Callable[..., Services]:
+    """Services on real Redis, built as production builds them (redis clients left None)."""
+
+    def build(url: str | None = None, mutate: Any = None, **broker_overrides: Any) -> Services:
+        settings = Settings(
+            config_path=Path("unused.yaml"), redis_url=url or redis_url, signing_key_dir=int_key_dir
+        )
+        return build_services(
+            settings, config=make_config(dev_issuer.issuer, mutate, **broker_overrides)
+        )
+
+    return build
+
+
+@pytest.fixture
+def svc(make_svc: Callable[..., Services]) -> Services:
+    return make_svc()
+
+
+@pytest.fixture
+def subject(issuer_key: Any, dev_issuer: Any) -> Callable[..., str]:
+    """A fresh GitHub-shaped subject token from the dev issuer (unique jti each call)."""
+
+    def mint(**overrides: Any) -> str:
+        return gha_token(issuer_key, dev_issuer.issuer, now=time.time(), **overrides)
+
+    return mint
+
+
+def request(token: str, **kw: Any) -> ExchangeRequest:
+    fields: dict[str, Any] = {
+        "subject_token": token,
+        "subject_token_type": TOKEN_TYPE_JWT,
+        "audiences": (DEPLOY_AUD,),
+        "scopes": ("deploy:write",),
+        "client_address": "127.0.0.1",
+        "request_id": "it-req",
+    }
+    fields.update(kw)
+    return ExchangeRequest(**fields)
+
+
+def exchange(svc: Services, token: str, **kw: Any) -> IssuedToken:
+    return exchange_token(request(token, **kw), svc)
+
+
+def snapshot(client: redis.Redis) -> dict[bytes, Any]:
+    """Every key except the ones a denial may touch, with its type, content and expiry.
+
+    Read as bytes: RQ's job hashes hold compressed, non-UTF-8 data."""
+    conn = client.connection_pool.connection_kwargs
+    r = redis.Redis(host=conn["host"], port=conn["port"], db=conn.get("db", 0))
+    skip = tuple(p.encode() for p in ALLOWED_ON_DENIAL_PREFIXES)
+    out: dict[bytes, Any] = {}
+    try:
+        for key in r.scan_iter(count=1000):
+            if key == keys.AUDIT_STREAM.encode() or key.startswith(skip):
+                continue
+            kind = r.type(key)
+            if kind == b"string":
+                value: Any = r.get(key)
+            elif kind == b"hash":
+                value = r.hgetall(key)
+            elif kind == b"zset":
+                value = r.zrange(key, 0, -1, withscores=True)
+            elif kind == b"set":
+                value = sorted(r.smembers(key))
+            elif kind == b"list":
+                value = r.lrange(key, 0, -1)
+            else:
+                value = kind
+            out[key] = (kind, value, r.pexpiretime(key))
+    finally:
+        r.close()
+    return out
+
+
+def audit_events(client: redis.Redis) -> list[dict[str, Any]]:
+    import json
+
+    return [json.loads(f["e"]) for _, f in client.xrange(keys.AUDIT_STREAM, "-", "+")]
+
+
+@pytest.fixture
+def worker_env(
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    redis_url: str,
+    dev_issuer: Any,
+    int_key_dir: Path,
+) -> Iterator[Path]:
+    """Environment for workers.context.services(): a YAML config, REDIS_URL, key dir."""
+    import workers.context
+
+    config_file = tmp_path / "errand.yaml"
+    config_file.write_text(yaml.safe_dump(config_dict(dev_issuer.issuer)))
+    monkeypatch.setenv("ERRAND_CONFIG", str(config_file))
+    monkeypatch.setenv("REDIS_URL", redis_url)
+    monkeypatch.setenv("ERRAND_SIGNING_KEY_DIR", str(int_key_dir))
+    monkeypatch.delenv("ERRAND_REDIS_URL", raising=False)
+    monkeypatch.setenv("ERRAND_ENV", "production")
+    workers.context.services.cache_clear()
+    yield config_file
+    workers.context.services.cache_clear()
+
+
+def run_jobs(svc: Services) -> None:
+    """Drain the errand queue with a SimpleWorker in burst mode (jobs run in this process)."""
+    from rq import Queue, SimpleWorker
+
+    from broker.jobs import QUEUE_NAME
+
+    conn = svc.extras["rq_redis"]
+    queue = Queue(QUEUE_NAME, connection=conn)
+    SimpleWorker([queue], connection=conn).work(burst=True)

@@ -1,0 +1,190 @@
+"""Reloading the configuration file without a restart; a bad file keeps the old one."""
+
+from __future__ import annotations
+
+import copy
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from broker.config import load_config
+from broker.reload import ConfigReloader
+from broker.settings import Settings
+from tests.fixtures.builders import fake_services
+from tests.unit.identity3.conftest import make_app
+from tests.unit.identity3.test_callers import denied, events, ok
+from tests.unit.identity3.world import DEPLOY, exchange_form, fetcher_for, github_token, jwks_of
+
+
+@pytest.fixture(autouse=True)
+def keep_sighup() -> Iterator[None]:
+    old = signal.getsignal(signal.SIGHUP)
+    yield
+    signal.signal(signal.SIGHUP, old)
+
+
+class World:
+    def __init__(self, path: Path, raw: dict[str, Any], svc: Any, client: Any) -> None:
+        self.path, self.raw, self.svc, self.client = path, raw, svc, client
+
+    @property
+    def reloader(self) -> ConfigReloader:
+        reloader = self.svc.extras["reloader"]
+        assert isinstance(reloader, ConfigReloader)
+        return reloader
+
+    def write(self, doc: Any, *, text: str | None = None) -> None:
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(text if text is not None else yaml.safe_dump(doc, sort_keys=False))
+        st = self.path.stat()
+        os.replace(tmp, self.path)
+        os.utime(self.path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))  # a visible change
+
+    def tick(self) -> Any:
+        """Let the periodic check run at the next request."""
+        self.reloader._next_check = 0.0
+        return self.client.get("/healthz")
+
+
+@pytest.fixture
+def world(tmp_path: Path, world_raw: dict[str, Any], wkeys: Any, key_dir: Path, clock: Any) -> World:
+    raw = copy.deepcopy(world_raw)
+    path = tmp_path / "errand.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    svc = fake_services(load_config(path), key_dir, clock=clock, fetcher=fetcher_for(wkeys))
+    svc.extras["settings"] = Settings(config_path=path, redis_url="redis://fake", signing_key_dir=key_dir)
+    client = make_app(svc, tmp_path, config_path=path).test_client()
+    return World(path, raw, svc, client)
+
+
+def new_identity(raw: dict[str, Any]) -> dict[str, Any]:
+    doc = copy.deepcopy(raw)
+    doc["identities"].append(
+        {
+            "id": "gh-docs", "type": "service", "owner": "docs-team", "purpose": "publish docs",
+            "match": [{"issuer": "github", "claims": {
+                "repository_id": "777", "repository_owner_id": "4242", "ref": "refs/heads/main"}}],
+            "allow": {"audiences": [DEPLOY], "scopes": ["deploy:read"], "default_scopes": ["deploy:read"]},
+        }
+    )  # fmt: skip
+    return doc
+
+
+def docs_token(wkeys: Any, clock: Any) -> str:
+    return github_token(wkeys.github, clock.now(), repository="acme/docs", repository_id="777")
+
+
+def test_a_changed_file_is_picked_up_without_restart(world: World, wkeys: Any, clock: Any, admin_headers: dict[str, str]) -> None:
+    denied(world.client.post("/token", data=exchange_form(docs_token(wkeys, clock), audience=DEPLOY)))
+    world.write(new_identity(world.raw))
+    world.tick()
+    ok(world.client.post("/token", data=exchange_form(docs_token(wkeys, clock), audience=DEPLOY)))
+    status = world.client.get("/admin/identities/reload", headers=admin_headers).get_json()
+    assert status["ok"] and status["generation"] == 2 and status["identities"] == 9
+    assert [e for e in events(world.svc) if e["event"] == "config.reload"][-1]["outcome"] == "loaded"
+
+
+def test_no_check_before_the_interval(world: World, wkeys: Any, clock: Any) -> None:
+    world.client.get("/healthz")  # the first check sets the next one ~5 s ahead
+    world.write(new_identity(world.raw))
+    world.client.get("/healthz")
+    assert world.svc.config.identity("gh-docs") is None
+
+
+@pytest.mark.parametrize(
+    ("change", "fragment"),
+    [
+        (lambda doc: "broker: [unclosed", "not valid YAML"),
+        (lambda doc: {**doc, "issuers": [{**doc["issuers"][0], "algorithms": ["HS256"]}, *doc["issuers"][1:]]}, "issuers.0.algorithms.0"),
+        (lambda doc: {**doc, "identities": []}, "lists no identities"),
+        (lambda doc: {**doc, "broker": {**doc["broker"], "issuer": "https://other.example"}}, "broker.issuer cannot change"),
+    ],
+    ids=["bad-yaml", "invalid", "truncated", "issuer-change"],
+)
+def test_a_bad_reload_keeps_the_running_configuration(
+    world: World, wkeys: Any, clock: Any, admin_headers: dict[str, str], change: Any, fragment: str
+) -> None:
+    before = world.svc.config
+    result = change(copy.deepcopy(world.raw))
+    if isinstance(result, str):
+        world.write(None, text=result)
+    else:
+        world.write(result)
+    world.tick()
+    assert world.svc.config is before  # nothing half-loaded
+    ok(world.client.post("/token", data=exchange_form(github_token(wkeys.github, clock.now()), audience=DEPLOY)))
+    status = world.client.get("/admin/identities/reload", headers=admin_headers).get_json()
+    assert not status["ok"] and fragment in status["error"]
+    refused = [e for e in events(world.svc) if e["event"] == "config.reload"][-1]
+    assert refused["outcome"] == "refused" and fragment in refused["error"]
+
+
+def test_a_bad_file_is_parsed_once_then_a_fix_is_applied(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    import broker.reload as reload_module
+
+    calls = {"n": 0}
+    real = reload_module.load_config
+
+    def counting(*a: Any, **kw: Any) -> Any:
+        calls["n"] += 1
+        return real(*a, **kw)
+
+    monkeypatch.setattr(reload_module, "load_config", counting)
+    world.write(None, text="broker: [")
+    for _ in range(3):
+        world.tick()
+    assert calls["n"] == 1
+    world.write(new_identity(world.raw))
+    world.tick()
+    assert calls["n"] == 2 and world.svc.config.identity("gh-docs") is not None
+    assert world.reloader.status["ok"]
+
+
+def test_sighup_forces_a_check(world: World) -> None:
+    world.client.get("/healthz")
+    world.write(new_identity(world.raw))
+    signal.raise_signal(signal.SIGHUP)
+    world.client.get("/healthz")
+    assert world.svc.config.identity("gh-docs") is not None
+
+
+def test_admin_reload_now(world: World, admin_headers: dict[str, str]) -> None:
+    world.write(new_identity(world.raw))
+    body = world.client.post("/admin/identities/reload", headers=admin_headers).get_json()
+    assert body["ok"] and body["identities"] == 9
+
+
+def test_changed_key_source_drops_cached_keys(world: World, wkeys: Any, clock: Any) -> None:
+    """Moving an issuer to a new key set (jwks_uri) must not keep trusting the old keys."""
+    ok(world.client.post("/token", data=exchange_form(github_token(wkeys.github, clock.now()), audience=DEPLOY)))
+    fetcher = world.svc.verifier._jwks._fetcher
+    fetcher.by_issuer["github"] = jwks_of(wkeys.stranger)
+    doc = copy.deepcopy(world.raw)
+    doc["issuers"][0]["jwks_uri"] = "https://token.actions.githubusercontent.com/.well-known/jwks-v2"
+    world.write(doc)
+    clock.advance(1)
+    world.tick()
+    denied(world.client.post("/token", data=exchange_form(github_token(wkeys.github, clock.now()), audience=DEPLOY)))
+    ok(world.client.post("/token", data=exchange_form(github_token(wkeys.stranger, clock.now()), audience=DEPLOY)))
+
+
+def test_reloaded_agent_keys_take_effect(world: World, wkeys: Any, clock: Any) -> None:
+    from tests.unit.identity3.world import assertion
+
+    form = lambda key: exchange_form(assertion(key, "agent-summariser", clock.now()), task_id="t", purpose="p")  # noqa: E731
+    ok(world.client.post("/token", data=form(wkeys.agent)))
+    doc = copy.deepcopy(world.raw)
+    next(i for i in doc["identities"] if i["id"] == "agent-summariser")["keys"] = {"jwks": jwks_of(wkeys.stranger)}
+    world.write(doc)
+    world.tick()
+    denied(world.client.post("/token", data=form(wkeys.agent)))  # the rotated-out key
+    ok(world.client.post("/token", data=form(wkeys.stranger)))
+
+
+def test_no_reloader_without_a_file(wclient: Any, admin_headers: dict[str, str]) -> None:
+    assert wclient.get("/admin/identities/reload", headers=admin_headers).status_code == 404
