@@ -382,6 +382,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--lifetime", type=int, default=300)
     s.add_argument("--claim", action="append", metavar="NAME=VALUE")
     s.set_defaults(fn=cmd_dev_token)
+    # `errand exchange` / `errand complete`: the CI client (errand_client/ci.py).
+    from errand_client.ci import register as register_ci_commands
+
+    register_ci_commands(sub)
     return p
 
 
