@@ -128,7 +128,7 @@ def _try_it(url: str, issuer_url: str, state_dir: Path, client_secret: Path) -> 
 errand is running at {url} (development mode), with an RQ worker and a dev OIDC issuer at
 {issuer_url}. Try a real exchange in another shell:
 
-  TOKEN=$(.venv/bin/errand dev-token --issuer {issuer_url})      # a GitHub-Actions-shaped ID token
+  TOKEN=$(.venv/bin/errand dev-token --issuer {issuer_url} --state-dir {state_dir})   # GitHub-shaped ID token
   curl -s {url}/token \\
     -d grant_type=urn:ietf:params:oauth:grant-type:token-exchange \\
     -d subject_token_type=urn:ietf:params:oauth:token-type:jwt \\
@@ -140,6 +140,6 @@ errand is running at {url} (development mode), with an RQ worker and a dev OIDC 
   # complete its task (every token of the task dies):
   curl -s -X POST -H "Authorization: Bearer <access_token>" {url}/tasks/complete
   # operator views (admin credential in {state_dir}/admin-token):
-  .venv/bin/errand grants --url {url}
-  .venv/bin/errand audit <task_id> --url {url}
+  .venv/bin/errand grants --url {url} --admin-token-file {state_dir}/admin-token
+  .venv/bin/errand audit <task_id> --url {url} --admin-token-file {state_dir}/admin-token
 """

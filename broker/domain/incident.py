@@ -12,7 +12,6 @@ from typing import Any
 
 from broker.domain.ports import Services, StoreUnavailable
 from broker.errors import InvalidRequest, TemporarilyUnavailable
-from broker.store import keys
 from broker.tokens.evidence import sign_record
 
 log = logging.getLogger(__name__)
@@ -41,7 +40,7 @@ def _record(svc: Services, **fields: Any) -> tuple[str, str]:
     return record_id, jws
 
 
-def _check_reason(reason: str) -> str:
+def check_reason(reason: str) -> str:
     reason = (reason or "").strip()
     if not reason or len(reason) > 500 or any(ord(c) < 32 for c in reason):
         raise InvalidRequest(
@@ -53,19 +52,23 @@ def _check_reason(reason: str) -> str:
 def revoke_all(svc: Services, *, reason: str, actor: str) -> RevocationResult:
     """The cut: one epoch bump ends every live grant for introspection at once, whatever
     their number; workers then remove the old grants in batches."""
-    reason = _check_reason(reason)
+    reason = check_reason(reason)
     now = int(svc.clock.now())
+    event = {
+        "ts": svc.clock.now(),
+        "event": "revoke.all",
+        "outcome": "revoked",
+        "reason": reason,
+        "actor": actor,
+    }
     try:
-        epoch, live = svc.revocations.revoke_all(
-            now=now,
-            audit={
-                "ts": svc.clock.now(),
-                "event": "revoke.all",
-                "outcome": "revoked",
-                "reason": reason,
-                "actor": actor,
-            },
-        )
+        epoch, live = svc.revocations.revoke_all(now=now, audit=event)
+    except StoreUnavailable as err:
+        raise TemporarilyUnavailable(debug=str(err)) from err
+    svc.audit.record({**event, "epoch": epoch, "live_grants": live}, stored=True)
+    # The cut has happened: from here on nothing may turn the answer into an error.
+    record_id, jws = "", ""
+    try:
         record_id, jws = _record(
             svc,
             action="revoke-all",
@@ -77,7 +80,7 @@ def revoke_all(svc: Services, *, reason: str, actor: str) -> RevocationResult:
             at=now,
         )
     except StoreUnavailable as err:
-        raise TemporarilyUnavailable(debug=str(err)) from err
+        log.error("revoke-all: the cut holds but its record could not be stored: %s", err)
     try:
         svc.jobs.schedule_fanout(epoch)  # type: ignore[attr-defined]
     except Exception as err:  # the sweeper re-enqueues pending fan-outs; the cut already holds
@@ -85,22 +88,17 @@ def revoke_all(svc: Services, *, reason: str, actor: str) -> RevocationResult:
     return RevocationResult("all", "*", live, jws, record_id, epoch)
 
 
-def _index_for(svc: Services, kind: str, value: str) -> list[str]:
-    if kind == "task":
-        return [keys.task_index(value)]
-    if kind == "identity":
-        return [keys.identity_index(value)]
-    if kind == "owner":
-        return [keys.owner_index(value)]
+def _indexes_for(svc: Services, kind: str, value: str) -> list[tuple[str, str]]:
+    """The (index kind, value) pairs whose grants a bulk revocation ends."""
     if kind == "identity_type":
-        return [keys.identity_index(i.id) for i in svc.config.identities if i.type == value]
-    return []
+        return [("identity", i.id) for i in svc.config.identities if i.type == value]
+    return [(kind, value)]
 
 
 def revoke_by(svc: Services, *, kind: str, value: str, reason: str, actor: str) -> RevocationResult:
     if kind not in KINDS:
         raise InvalidRequest(f"kind: must be one of {', '.join(KINDS)}", reason="bad_kind")
-    reason = _check_reason(reason)
+    reason = check_reason(reason)
     now = int(svc.clock.now())
     horizon = now + svc.config.broker.max_token_ttl_seconds + svc.config.broker.clock_skew_seconds
     store = svc.revocations
@@ -117,20 +115,15 @@ def revoke_by(svc: Services, *, kind: str, value: str, reason: str, actor: str) 
                 revoked += ended
                 offset += len(page) - ended
         else:
-            if kind != "task":
-                # Resource servers learn of the revocation at once, before the fan-out ends.
-                store.publish(kind, value, not_after=now, expires=horizon)
-            else:
-                store.publish("task", value, not_after=now, expires=horizon)
-            for index in _index_for(svc, kind, value):
+            # Resource servers learn of the revocation at once, before the fan-out ends.
+            store.publish(kind, value, not_after=now, expires=horizon)
+            for index in (store.index_key(k, v) for k, v in _indexes_for(svc, kind, value)):
                 while True:
                     jtis = store.index_members(index, BATCH)
                     if not jtis:
                         break
-                    ended = store.revoke_many(jtis, publish_each=False)
-                    revoked += ended
-                    if ended == 0:
-                        break
+                    # Every jti read leaves the index (revoked or already expired): the loop ends.
+                    revoked += store.revoke_many(jtis, publish_each=False, index=index)
         event = {
             "ts": svc.clock.now(),
             "event": "revoke.bulk",

@@ -59,9 +59,11 @@ def revoke_grant(
         removed = svc.store.revoke_grant(jti, audit=event)
     except StoreUnavailable as err:
         raise TemporarilyUnavailable(debug=str(err)) from err
-    if removed:
-        svc.audit.record(event, stored=True)
-    return removed
+    if removed is None:
+        return False
+    event["task"], event["identity"] = removed  # as the grant itself recorded them
+    svc.audit.record(event, stored=True)
+    return True
 
 
 def complete_task(

@@ -8,7 +8,7 @@ from dataclasses import asdict
 
 from flask import Blueprint, Response, current_app, request
 
-from broker.domain.incident import revoke_all, revoke_by
+from broker.domain.incident import check_reason, revoke_all, revoke_by
 from broker.domain.models import is_safe_id
 from broker.domain.ports import StoreUnavailable
 from broker.domain.revocation import revoke_grant
@@ -138,7 +138,7 @@ def revoke_everything() -> Response:
     """The incident switch: every live grant ends at once; clean-up follows in the background.
     With rotate_key=true the signing key is also replaced and leaves the JWKS at once."""
     body = _body()
-    reason = body.get("reason", "")
+    reason = check_reason(body.get("reason", ""))  # before anything changes
     rotate = str(body.get("rotate_key", "")).lower() in ("1", "true", "yes")
     rotation = _rotate(emergency=True) if rotate else None
     result = revoke_all(services(), reason=reason, actor=_operator())

@@ -76,9 +76,12 @@ redis.call('ZREM', 'errand:task:' .. g[1], ARGV[1])
 redis.call('ZREM', 'errand:ident:' .. g[2], ARGV[1])
 redis.call('ZREM', 'errand:owner:' .. g[3], ARGV[1])
 redis.call('ZREM', KEYS[2], ARGV[1] .. ' ' .. g[1] .. ' ' .. g[2] .. ' ' .. g[3])
-redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[2], '*', 'e', ARGV[3])
+local ev = cjson.decode(ARGV[3])
+ev['task'] = g[1]
+ev['identity'] = g[2]
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[2], '*', 'e', cjson.encode(ev))
 redis.call('XADD', KEYS[4], '*', 'k', 'jti', 'v', ARGV[1], 'n', g[4], 'x', g[4])
-return 1
+return {g[1], g[2]}
 """
 
 # KEYS: tombstone, completing, audit, revocation feed.
@@ -249,9 +252,10 @@ class RedisGrantStore:
         return GrantState(grant=grant, current_epoch=int(epoch or 0), task_completed=bool(done))
 
     # -- revocation and completion ---------------------------------------------------------
-    def revoke_grant(self, jti: str, *, audit: Mapping[str, Any]) -> bool:
+    def revoke_grant(self, jti: str, *, audit: Mapping[str, Any]) -> tuple[str, str] | None:
+        """Revoke one grant; returns its (task, identity), or None if it was not live."""
         with self._guard():
-            return bool(
+            found = (
                 self._revoke(
                     keys=[
                         keys.grant(jti),
@@ -262,6 +266,9 @@ class RedisGrantStore:
                     args=[jti, self._audit_maxlen, json.dumps(audit, separators=(",", ":"))],
                 )
             )
+        if not found:
+            return None
+        return str(found[0]), str(found[1])
 
     def complete_task(
         self, task_id: str, *, tombstone_seconds: int, audit: Mapping[str, Any], now: int
@@ -392,11 +399,11 @@ class RedisGrantStore:
 
     def identity_states(self) -> dict[str, dict[str, Any]]:
         raw = self._call(lambda: self._r.hgetall(keys.IDENTITY_STATE))
-        out = {}
+        out: dict[str, dict[str, Any]] = {}
         for identity_id, value in raw.items():
             record = _state_record(value)
             if record is not None:
-                out[identity_id] = record
+                out[str(identity_id)] = record
         return out
 
     def set_identity_state(
@@ -417,7 +424,11 @@ class RedisGrantStore:
             if record is None:
                 pipe.hdel(keys.IDENTITY_STATE, identity_id)
             else:
-                pipe.hset(keys.IDENTITY_STATE, identity_id, json.dumps(dict(record), separators=(",", ":")))
+                pipe.hset(
+                    keys.IDENTITY_STATE,
+                    identity_id,
+                    json.dumps(dict(record), separators=(",", ":")),
+                )
             pipe.xadd(
                 keys.AUDIT_STREAM,
                 {"e": json.dumps(audit, separators=(",", ":"))},
@@ -430,7 +441,8 @@ class RedisGrantStore:
         return previous
 
     def identity_grant_ids(self, identity_id: str) -> list[str]:
-        return self._call(lambda: list(self._r.zrange(keys.identity_index(identity_id), 0, -1)))
+        members = self._call(lambda: self._r.zrange(keys.identity_index(identity_id), 0, -1))
+        return [str(m) for m in members]
 
     def live_grant_counts(self, identity_ids: list[str], *, now: int) -> dict[str, int]:
         with self._guard():
@@ -448,7 +460,7 @@ class RedisGrantStore:
         out: dict[str, float] = {}
         for identity_id, value in raw.items():
             try:
-                out[identity_id] = float(value)
+                out[str(identity_id)] = float(value)
             except ValueError:
                 continue
         return out
@@ -462,7 +474,9 @@ def _state_record(raw: Any) -> dict[str, Any] | None:
     except ValueError:
         # Unreadable but present: treat it as suspended, never as active (fail closed).
         return {"state": "suspended", "reason": "unreadable state record"}
-    return record if isinstance(record, dict) else {"state": "suspended", "reason": "unreadable state record"}
+    if not isinstance(record, dict):
+        return {"state": "suspended", "reason": "unreadable state record"}
+    return record
 
 
 class RedisJwksState:

@@ -33,12 +33,15 @@ redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[2], '*', 'e', cjson.encode(event
 return {epoch, live}
 """
 
-# Revoke a batch of grants. KEYS: expiry idx, feed. ARGV: '1' to publish one feed entry per
-# grant (when no coarser entry covers them), issuer filter ('' for any), then jtis.
+# Revoke a batch of grants. KEYS: expiry idx, feed, and optionally the index the jtis were
+# read from (every passed jti leaves it, expired ones included, so a caller's loop ends).
+# ARGV: '1' to publish one feed entry per grant (when no coarser entry covers them),
+# issuer filter ('' for any), then jtis.
 _REVOKE_MANY = """
 local n = 0
 for i = 3, #ARGV do
   local jti = ARGV[i]
+  if KEYS[3] then redis.call('ZREM', KEYS[3], jti) end
   local gk = 'errand:grant:' .. jti
   local g = redis.call('HMGET', gk, 't', 'i', 'o', 'e', 'u')
   if g[1] and (ARGV[2] == '' or ARGV[2] == g[5]) then
@@ -153,6 +156,14 @@ class RedisRevocationStore:
         return [int(e) for e in raw]
 
     # -- bulk by index ------------------------------------------------------------------------
+    @staticmethod
+    def index_key(kind: str, value: str) -> str:
+        return {
+            "task": keys.task_index,
+            "identity": keys.identity_index,
+            "owner": keys.owner_index,
+        }[kind](value)
+
     def index_members(self, index_key: str, batch: int) -> list[str]:
         return list(self._guard(lambda: self._r.zrange(index_key, 0, batch - 1)))
 
@@ -160,13 +171,16 @@ class RedisRevocationStore:
         members = self._guard(lambda: self._r.zrange(keys.EXPIRY_INDEX, offset, offset + batch - 1))
         return [m.split(" ", 1)[0] for m in members]
 
-    def revoke_many(self, jtis: list[str], *, publish_each: bool, issuer_id: str = "") -> int:
+    def revoke_many(
+        self, jtis: list[str], *, publish_each: bool, issuer_id: str = "", index: str | None = None
+    ) -> int:
         if not jtis:
             return 0
+        index_keys = [index] if index else []
         return int(
             self._guard(
                 lambda: self._revoke_many(
-                    keys=[keys.EXPIRY_INDEX, keys.REVOCATION_FEED],
+                    keys=[keys.EXPIRY_INDEX, keys.REVOCATION_FEED, *index_keys],
                     args=["1" if publish_each else "0", issuer_id, *jtis],
                 )
             )

@@ -81,6 +81,16 @@ def test_completion_job_removes_every_grant_of_the_task_and_is_idempotent(
     } == snapshot_before
     assert introspect(other.access_token, svc)["active"] is True
 
+    # A second clean-up run (a retry, the reconciler) finds nothing left and changes nothing.
+    svc.jobs.schedule_task_cleanup("job-task")
+    run_jobs(svc)
+    job = Job.fetch(task_job_id("job-task"), connection=svc.extras["rq_redis"])
+    assert job.get_status() == JobStatus.FINISHED
+    assert job.return_value(refresh=True) == 0
+    assert {
+        k: raw.type(k) for k in raw.keys("errand:*") if k != keys.AUDIT_STREAM
+    } == snapshot_before
+
 
 def test_cleanup_task_called_directly_is_idempotent(worker_env, svc, raw, subject):
     import workers.tasks
@@ -169,4 +179,8 @@ def test_repeated_completion_queues_one_cleanup(worker_env, svc, raw, subject):
     for _ in range(20):
         complete_task(issued.access_token, svc)
     queue = Queue(QUEUE_NAME, connection=svc.extras["rq_redis"])
+    assert queue.count == 1
+    # The scheduler itself keeps one pending clean-up per task (the reconciler calls it too).
+    for _ in range(20):
+        svc.jobs.schedule_task_cleanup("dup-task")
     assert queue.count == 1

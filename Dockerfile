@@ -1,0 +1,34 @@
+# One image for both processes:
+#   docker run ... errand                  -> `errand serve` (gunicorn, the HTTP broker)
+#   docker run ... errand errand worker    -> the RQ worker
+# Configuration, Redis URL, signing keys and the admin credential come from the environment
+# and mounted secrets at run time (see config/broker.env.example); nothing secret is baked in.
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY broker ./broker
+COPY workers ./workers
+COPY errand_client ./errand_client
+COPY config ./config
+# Installed in place (-e): `errand serve` loads config/gunicorn.conf.py from the source tree
+# next to the `broker` package, so the package must not be copied into site-packages.
+RUN pip install -e . \
+ && useradd --create-home --uid 10001 --user-group errand
+
+# Listen on all interfaces inside the container; terminate TLS in front of it.
+# Default locations for the mounted configuration and signing keys; override as needed.
+# REDIS_URL must be given at run time.
+ENV ERRAND_BIND=0.0.0.0:8080 \
+    ERRAND_CONFIG=/etc/errand/errand.yaml \
+    ERRAND_SIGNING_KEY_DIR=/var/run/secrets/errand/signing-keys
+
+# Non-root. Its home directory is writable for gunicorn's control socket.
+USER errand
+EXPOSE 8080
+CMD ["errand", "serve"]

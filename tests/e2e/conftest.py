@@ -1,0 +1,61 @@
+"""End-to-end fixtures: one gunicorn + worker stack for the session, on its own database of
+the session's private redis-server (db 1: the integration suite flushes db 0 per test)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+import requests
+
+from tests.e2e.stack import Stack
+
+E2E_DB = 1
+
+
+@pytest.fixture(scope="session")
+def e2e_redis_url(redis_server: Any) -> Iterator[str]:
+    url = f"redis://127.0.0.1:{redis_server.port}/{E2E_DB}"
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    yield url
+    with contextlib.suppress(redis.RedisError):
+        client.flushdb()
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def stack(
+    tmp_path_factory: pytest.TempPathFactory, e2e_redis_url: str, dev_issuer: Any
+) -> Iterator[Stack]:
+    running = Stack(tmp_path_factory.mktemp("e2e-stack"), e2e_redis_url, dev_issuer.issuer).start()
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+@pytest.fixture
+def peek(e2e_redis_url: str) -> Iterator[redis.Redis]:
+    """Read-only looks at Redis for assertions the HTTP API cannot make (key expiry)."""
+    client = redis.Redis.from_url(e2e_redis_url, decode_responses=True)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def http() -> Iterator[requests.Session]:
+    with requests.Session() as session:
+        session.trust_env = False  # 127.0.0.1 only, never through a proxy
+        yield session
+
+
+def pytest_runtest_makereport(item: pytest.Item, call: Any) -> None:
+    """On failure, show the stack's logs (gunicorn and worker)."""
+    if call.when == "call" and call.excinfo is not None:
+        running = item.funcargs.get("stack") if hasattr(item, "funcargs") else None
+        if isinstance(running, Stack):
+            item.add_report_section("call", "stack logs", running.logs())
