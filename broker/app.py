@@ -5,13 +5,16 @@ from __future__ import annotations
 import hashlib
 import logging
 
-from flask import Flask
+import time
+
+from flask import Flask, Response, g, request
 
 from broker.audit import configure_audit_logging
 from broker.domain.ports import Services
-from broker.http import admin, health, introspect, revocations, token, wellknown
+from broker.http import admin, health, introspect, inventory, revocations, token, wellknown
 from broker.http.context import request_id
 from broker.http.responses import register_error_handlers
+from broker.metrics import HTTP_REQUESTS, HTTP_SECONDS
 from broker.settings import Settings, load_settings
 
 MAX_BODY_BYTES = 64 * 1024
@@ -46,7 +49,21 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     def _assign_request_id() -> None:
         request_id()  # before_request must return None, or Flask treats it as the response
 
+    @app.before_request
+    def _start_timer() -> None:
+        g.started = time.perf_counter()
+
+    @app.after_request
+    def _observe(response: Response) -> Response:
+        # The endpoint name (a fixed set), never the path: paths can carry ids.
+        endpoint = request.endpoint or "unknown"
+        HTTP_REQUESTS.labels(endpoint, str(response.status_code)).inc()
+        started = g.get("started")
+        if started is not None:
+            HTTP_SECONDS.labels(endpoint).observe(time.perf_counter() - started)
+        return response
+
     register_error_handlers(app)
-    for module in (token, introspect, wellknown, health, admin, revocations):
+    for module in (token, introspect, wellknown, health, admin, revocations, inventory):
         app.register_blueprint(module.bp)
     return app

@@ -10,6 +10,8 @@ import sys
 from collections.abc import Mapping
 from typing import Any, Protocol
 
+from broker.metrics import count_audit_event
+
 audit_log = logging.getLogger("errand.audit")
 
 
@@ -34,6 +36,7 @@ class AuditLog:
 
     def record(self, event: Mapping[str, Any], *, stored: bool = False) -> None:
         audit_log.info(json.dumps(event, separators=(",", ":"), default=str))
+        count_audit_event(dict(event))
         if stored or self._appender is None:
             return
         try:

@@ -120,6 +120,24 @@ class NotFound(BrokerError):
     reason = "not_found"
 
 
+class TooManyRequests(BrokerError):
+    """A rate limit or quota: retryable after Retry-After seconds (HTTP 429, RFC 6585).
+
+    The OAuth code is temporarily_unavailable, so standard clients read it as 'retry later'."""
+
+    error = "temporarily_unavailable"
+    status_code = 429
+    description = "Too many requests; retry later."
+    reason = "rate_limited"
+
+    def __init__(self, description: str | None = None, *, retry_after: int = 1, **kw: object) -> None:
+        super().__init__(description, **kw)  # type: ignore[arg-type]
+        self.retry_after = retry_after
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(max(1, int(self.retry_after)))}
+
+
 class TemporarilyUnavailable(BrokerError):
     """Retryable: the client may try again after Retry-After seconds."""
 

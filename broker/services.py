@@ -15,6 +15,7 @@ from broker.jobs import RqScheduler
 from broker.policy.matcher import IdentityMatcher
 from broker.settings import Settings
 from broker.store.redis import RedisGrantStore, RedisJwksState, connect
+from broker.store.limits import RedisLimits
 from broker.store.revocations import RedisRevocationStore
 from broker.tokens.keyring import KeyRing
 from broker.tokens.keystore import RedisKeyRecords, RedisKeyRing, load_kek
@@ -49,6 +50,7 @@ def build_services(
         clock=clock,
         extras={"redis": r, "rq_redis": r_rq, "jwks": jwks, "settings": settings},
         revocations=RedisRevocationStore(r, audit_maxlen=config.broker.audit_stream_maxlen),  # type: ignore[arg-type]
+        limits=RedisLimits(r),  # type: ignore[arg-type]
     )
 
 

@@ -27,7 +27,6 @@ from broker.embedded_redis import RedisProcess  # noqa: E402
 from broker.services import build_services  # noqa: E402
 from broker.settings import Settings  # noqa: E402
 from broker.store import keys  # noqa: E402
-from broker.store.redis import _SAVE_GRANT, _grant_fields, expiry_member  # noqa: E402
 from broker.tokens.keyring import generate_key  # noqa: E402
 from broker.tokens.mint import mint_access_token  # noqa: E402
 
@@ -52,48 +51,19 @@ identities:
 
 
 def fill(svc, n: int, sample: int) -> list[str]:
-    """Write n grants through the real Lua grant write (pipelined), return sample tokens."""
-    r = svc.extras["redis"]
-    script = r.register_script(_SAVE_GRANT)
+    """Write n grants through the real grant-write script (pipelined); return sample tokens."""
     now = int(time.time())
-    tokens: list[str] = []
-    pipe = r.pipeline(transaction=False)
-    for i in range(n):
-        g = Grant(
-            jti=secrets.token_urlsafe(16),
-            identity_id="bench-svc",
-            identity_type="service",
-            owner="bench-team",
-            task_id=f"task_{i // 4}",
-            audiences=("https://api.bench",),
-            scopes=("read", "write"),
-            iat=now,
-            exp=now + 3000,
-            client_id="bench-svc",
-            issuer_id="ci",
-            epoch=0,
+    grants = [
+        Grant(
+            jti=secrets.token_urlsafe(16), identity_id="bench-svc", identity_type="service",
+            owner="bench-team", task_id=f"task_{i // 4}", audiences=("https://api.bench",),
+            scopes=("read", "write"), iat=now, exp=now + 3000, client_id="bench-svc",
+            issuer_id="ci", epoch=0,
         )
-        script(
-            keys=[
-                keys.grant(g.jti),
-                keys.task_index(g.task_id),
-                keys.identity_index(g.identity_id),
-                keys.owner_index(g.owner),
-                keys.EXPIRY_INDEX,
-                keys.EPOCH,
-                keys.task_tombstone(g.task_id),
-                keys.EPOCH + ":none",
-                keys.AUDIT_STREAM,
-            ],
-            args=[g.jti, g.exp, now, 0, "0", 0, expiry_member(g), "1000", "{}", *_grant_fields(g)],
-            client=pipe,
-        )
-        if i < sample:
-            tokens.append(mint_access_token(g, svc.keyring, svc.config.broker.issuer))
-        if i % 2000 == 1999:
-            pipe.execute()
-    pipe.execute()
-    return tokens
+        for i in range(n)
+    ]
+    svc.store.save_many(grants, now=now)
+    return [mint_access_token(g, svc.keyring, svc.config.broker.issuer) for g in grants[:sample]]
 
 
 def run(n: int, workers: int, sample: int) -> dict[str, float]:

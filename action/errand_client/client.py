@@ -99,9 +99,12 @@ def _error_from(resp: requests.Response) -> TokenRequestError:
     return TokenRequestError(error, description, status=resp.status_code)
 
 
+RETRYABLE_STATUS = (429, 503)  # 503 temporarily_unavailable; 429 a rate limit: both say when
+
+
 def _retryable_503(resp: requests.Response, what: str) -> Retryable:
     retry_after = parse_retry_after(resp.headers.get("Retry-After"))
-    return Retryable(f"{what} answered 503 temporarily_unavailable", retry_after)
+    return Retryable(f"{what} answered {resp.status_code} temporarily_unavailable", retry_after)
 
 
 @dataclass(frozen=True)
@@ -130,7 +133,7 @@ class IssuedToken:
 
 
 def _read_token_response(resp: requests.Response, obtained_at: float, task_id: str) -> IssuedToken:
-    if resp.status_code == 503:
+    if resp.status_code in RETRYABLE_STATUS:
         raise _retryable_503(resp, "the broker")
     if resp.status_code != 200:
         raise _error_from(resp)
@@ -199,7 +202,7 @@ def complete_task(
             return True
         if resp.status_code == 401:
             return False
-        if resp.status_code == 503:
+        if resp.status_code in RETRYABLE_STATUS:
             raise _retryable_503(resp, "the broker")
         raise _error_from(resp)
 

@@ -102,3 +102,4 @@ class Services:
     clock: Clock
     extras: dict[str, Any]  # process-level handles (redis clients, jwks cache) for health/metrics
     revocations: Any = None  # broker.store.revocations.RedisRevocationStore
+    limits: Any = None  # broker.store.limits.RedisLimits (rate counters)

@@ -7,6 +7,7 @@ from flask import Blueprint, Response
 from broker.domain.ports import StoreUnavailable
 from broker.http.context import services
 from broker.http.responses import json_response
+from broker.metrics import render
 
 bp = Blueprint("health", __name__)
 
@@ -14,6 +15,13 @@ bp = Blueprint("health", __name__)
 @bp.get("/healthz")
 def healthz() -> Response:
     return json_response({"status": "ok"})
+
+
+@bp.get("/metrics")
+def metrics() -> Response:
+    """Prometheus exposition; labels carry no tasks, principals or secrets."""
+    body, content_type = render()
+    return Response(body, mimetype=None, content_type=content_type)
 
 
 @bp.get("/readyz")

@@ -24,6 +24,14 @@ SIGNING_KEYS = PREFIX + "keys"  # hash kid -> JSON record (private part encrypte
 SIGNING_KEYS_VERSION = PREFIX + "keys:version"
 
 
+def rate_counter(kind: str, value: str) -> str:
+    """kind: addr | issuer | identity | denials. Client addresses are hashed: an IPv6 literal
+    or a proxy's value never shapes a key."""
+    if kind == "addr":
+        value = hashlib.sha256(value.encode("utf-8", "replace")).hexdigest()[:24]
+    return f"{PREFIX}rl:{kind}:{value}"
+
+
 def fanout_progress(epoch: int) -> str:
     return f"{PREFIX}fanout:{epoch}"
 
@@ -59,3 +67,10 @@ def jwks(issuer_id: str) -> str:
 
 def jwks_lock(issuer_id: str) -> str:
     return f"{PREFIX}lock:jwks:{issuer_id}"
+
+
+# Identity lifecycle (broker/domain/inventory.py). One field per identity of the inventory,
+# so their size is bounded by the inventory. No TTL, by design: a suspension must not lapse
+# by itself, and offboarding is permanent (it is also the audit's answer to "who removed it").
+IDENTITY_STATE = PREFIX + "identity:state"  # hash identity -> JSON {state, at, actor, reason}
+LAST_EXCHANGE = PREFIX + "identity:last-exchange"  # hash identity -> unix time of last issue

@@ -25,7 +25,7 @@ T = TypeVar("T")
 
 # KEYS: grant, task idx, identity idx, owner idx, expiry idx, epoch, tombstone, replay, audit
 # ARGV: jti, exp, now, expected epoch, use replay (0/1), replay exat, expiry member,
-#       audit maxlen, audit json, then grant field/value pairs
+#       audit maxlen, audit json, live-grant quota (0: none), then grant field/value pairs
 _SAVE_GRANT = """
 -- Redis does not roll a script back: check every key the writes below touch first, so a
 -- command cannot fail half-way and leave a partial grant or a burned jti.
@@ -42,11 +42,15 @@ if ARGV[5] == '1' and rtype ~= 'none' and rtype ~= 'string' then
   return redis.error_reply('ERRAND_CORRUPT ' .. KEYS[8] .. ' holds a ' .. rtype)
 end
 if redis.call('EXISTS', KEYS[7]) == 1 then return 'task_completed' end
--- A task belongs to the identity that opened it (ARGV[11] is the grant's 'i' field value).
+-- A task belongs to the identity that opened it (ARGV[12] is the grant's 'i' field value).
 local first = redis.call('ZRANGE', KEYS[2], 0, 0)
 if first[1] then
   local holder = redis.call('HGET', 'errand:grant:' .. first[1], 'i')
-  if holder and holder ~= ARGV[11] then return 'task_foreign' end
+  if holder and holder ~= ARGV[12] then return 'task_foreign' end
+end
+-- A quota of live grants per identity: a runaway agent or CI loop cannot flood Redis.
+if tonumber(ARGV[10]) > 0 and redis.call('ZCOUNT', KEYS[3], '(' .. ARGV[3], '+inf') >= tonumber(ARGV[10]) then
+  return 'quota_exceeded'
 end
 local epoch = redis.call('GET', KEYS[6]) or '0'
 if epoch ~= ARGV[4] then return 'epoch_changed' end
@@ -55,7 +59,7 @@ if ARGV[5] == '1' then
 end
 local exp = tonumber(ARGV[2])
 local ttl = exp - tonumber(ARGV[3])
-redis.call('HSET', KEYS[1], unpack(ARGV, 10))
+redis.call('HSET', KEYS[1], unpack(ARGV, 11))
 redis.call('EXPIREAT', KEYS[1], exp)
 for i = 2, 4 do
   redis.call('ZADD', KEYS[i], exp, ARGV[1])
@@ -209,36 +213,62 @@ class RedisGrantStore:
         replay: tuple[str, str, int] | None,
         audit: Mapping[str, Any],
         now: int,
+        quota: int = 0,
     ) -> None:
-        replay_key = keys.replay(replay[0], replay[1]) if replay else keys.EPOCH + ":none"
         with self._guard():
-            result = self._save(
-                keys=[
-                    keys.grant(grant.jti),
-                    keys.task_index(grant.task_id),
-                    keys.identity_index(grant.identity_id),
-                    keys.owner_index(grant.owner),
-                    keys.EXPIRY_INDEX,
-                    keys.EPOCH,
-                    keys.task_tombstone(grant.task_id),
-                    replay_key,
-                    keys.AUDIT_STREAM,
-                ],
-                args=[
-                    grant.jti,
-                    grant.exp,
-                    now,
-                    grant.epoch,
-                    "1" if replay else "0",
-                    replay[2] if replay else 0,
-                    expiry_member(grant),
-                    self._audit_maxlen,
-                    json.dumps(audit, separators=(",", ":")),
-                    *_grant_fields(grant),
-                ],
-            )
+            result = self._save_call(grant, replay=replay, audit=audit, now=now, quota=quota)
         if result != "ok":
             raise WriteRefused(str(result))
+
+    def save_many(self, grants: list[Grant], *, now: int, batch: int = 2000) -> None:
+        """Pipelined grant writes with no replay entry and no audit detail: for benchmarks
+        and tests that need many live grants fast. Refusals are not reported."""
+        with self._guard():
+            pipe = self._r.pipeline(transaction=False)
+            for i, grant in enumerate(grants, 1):
+                self._save_call(grant, replay=None, audit={}, now=now, quota=0, client=pipe)
+                if i % batch == 0:
+                    pipe.execute()
+            pipe.execute()
+
+    def _save_call(
+        self,
+        grant: Grant,
+        *,
+        replay: tuple[str, str, int] | None,
+        audit: Mapping[str, Any],
+        now: int,
+        quota: int,
+        client: Any = None,
+    ) -> Any:
+        replay_key = keys.replay(replay[0], replay[1]) if replay else keys.EPOCH + ":none"
+        return self._save(
+            keys=[
+                keys.grant(grant.jti),
+                keys.task_index(grant.task_id),
+                keys.identity_index(grant.identity_id),
+                keys.owner_index(grant.owner),
+                keys.EXPIRY_INDEX,
+                keys.EPOCH,
+                keys.task_tombstone(grant.task_id),
+                replay_key,
+                keys.AUDIT_STREAM,
+            ],
+            args=[
+                grant.jti,
+                grant.exp,
+                now,
+                grant.epoch,
+                "1" if replay else "0",
+                replay[2] if replay else 0,
+                expiry_member(grant),
+                self._audit_maxlen,
+                json.dumps(audit, separators=(",", ":")),
+                quota,
+                *_grant_fields(grant),
+            ],
+            client=client,
+        )
 
     # -- introspection --------------------------------------------------------------------
     def grant_state(self, jti: str, task_id: str) -> GrantState:
@@ -255,16 +285,14 @@ class RedisGrantStore:
     def revoke_grant(self, jti: str, *, audit: Mapping[str, Any]) -> tuple[str, str] | None:
         """Revoke one grant; returns its (task, identity), or None if it was not live."""
         with self._guard():
-            found = (
-                self._revoke(
-                    keys=[
-                        keys.grant(jti),
-                        keys.EXPIRY_INDEX,
-                        keys.AUDIT_STREAM,
-                        keys.REVOCATION_FEED,
-                    ],
-                    args=[jti, self._audit_maxlen, json.dumps(audit, separators=(",", ":"))],
-                )
+            found = self._revoke(
+                keys=[
+                    keys.grant(jti),
+                    keys.EXPIRY_INDEX,
+                    keys.AUDIT_STREAM,
+                    keys.REVOCATION_FEED,
+                ],
+                args=[jti, self._audit_maxlen, json.dumps(audit, separators=(",", ":"))],
             )
         if not found:
             return None
@@ -389,7 +417,6 @@ class RedisGrantStore:
         except (StoreUnavailable, ResponseError):
             return None
         return str(value) if value is not None else None
-
 
     # -- identity lifecycle (broker/domain/inventory.py) ------------------------------------
     def identity_state(self, identity_id: str) -> dict[str, Any] | None:

@@ -167,57 +167,22 @@ def test_revoke_all_under_load(kstack: KekStack, dev_issuer: Any, db: redis.Redi
 
 
 def _fill(db: redis.Redis, n: int) -> None:
-    """Live grants written straight through the grant-write script, fast."""
+    """Live grants written through the real grant-write script, pipelined, fast."""
     from broker.domain.models import Grant
-    from broker.store import keys
-    from broker.store.redis import _SAVE_GRANT, _grant_fields, expiry_member
+    from broker.store.redis import RedisGrantStore
 
-    script = db.register_script(_SAVE_GRANT)
     now = int(time.time())
-    epoch = int(db.get(keys.EPOCH) or 0)
-    pipe = db.pipeline(transaction=False)
-    for i in range(n):
-        g = Grant(
-            jti=f"fill{i:08d}",
-            identity_id="acme-app-deploy",
-            identity_type="service",
-            owner="platform-team",
-            task_id=f"fill-task-{i // 10}",
-            audiences=(DEPLOY_AUD,),
-            scopes=("deploy:read",),
-            iat=now,
-            exp=now + 600,
-            client_id="acme-app-deploy",
-            issuer_id="dev-ci",
-            epoch=epoch,
+    epoch = int(db.get("errand:epoch") or 0)
+    grants = [
+        Grant(
+            jti=f"fill{i:08d}", identity_id="acme-app-deploy", identity_type="service",
+            owner="platform-team", task_id=f"fill-task-{i // 10}", audiences=(DEPLOY_AUD,),
+            scopes=("deploy:read",), iat=now, exp=now + 600, client_id="acme-app-deploy",
+            issuer_id="dev-ci", epoch=epoch,
         )
-        script(
-            keys=[
-                keys.grant(g.jti),
-                keys.task_index(g.task_id),
-                keys.identity_index(g.identity_id),
-                keys.owner_index(g.owner),
-                keys.EXPIRY_INDEX,
-                keys.EPOCH,
-                keys.task_tombstone(g.task_id),
-                keys.EPOCH + ":none",
-                keys.AUDIT_STREAM,
-            ],
-            args=[
-                g.jti,
-                g.exp,
-                now,
-                epoch,
-                "0",
-                0,
-                expiry_member(g),
-                "1000",
-                "{}",
-                *_grant_fields(g),
-            ],
-            client=pipe,
-        )
-    pipe.execute()
+        for i in range(n)
+    ]
+    RedisGrantStore(db, audit_maxlen=1000).save_many(grants, now=now)
 
 
 def test_worker_killed_during_fanout_is_recovered(

@@ -1,0 +1,122 @@
+"""Abuse limits on the token endpoint (issue 5): rates, a live-grant quota, and flagging of
+identities that keep being denied.
+
+- Per client address, before anything is parsed.
+- Per configured issuer, from the unverified `iss`, before the signature check: a flood of
+  forged tokens for one issuer is slowed without touching any identity's budget.
+- Per verified identity, after the token is verified and matched: never keyed by a claimed
+  identity, so nobody can lock a victim out by sending garbage in its name (SECURITY.md §1).
+- A quota of live grants per identity, enforced inside the atomic grant write.
+- Denials of a verified identity (scope escalation, audiences it never had, tokens used after
+  their task completed) are counted; past a threshold the identity is flagged (audit event
+  and metric) and, if configured, suspended."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from broker.domain.ports import Services, StoreUnavailable
+from broker.errors import TooManyRequests
+
+log = logging.getLogger(__name__)
+
+# Denial reasons that say "this identity is reaching for more than it was given".
+SUSPICIOUS_REASONS = frozenset(
+    {
+        "audience_not_allowed",
+        "scope_not_allowed",
+        "task_completed",
+        "task_foreign",
+        "used_after_completion",
+        "quota_exceeded",
+    }
+)
+
+
+@dataclass(frozen=True)
+class LimitOptions:
+    window_seconds: int = 60
+    per_address: int = 600  # token requests per client address per window
+    per_issuer: int = 6000  # token requests naming one configured issuer per window
+    per_identity: int = 120  # exchanges per verified identity per window
+    max_live_grants_per_identity: int = 1000
+    denials_before_flag: int = 20  # suspicious denials per identity per window
+    auto_suspend: bool = False  # suspend a flagged identity (and revoke its grants)
+
+
+def options(svc: Services) -> LimitOptions:
+    found = getattr(svc.config.broker, "limits", None)
+    return found if isinstance(found, LimitOptions) else LimitOptions()
+
+
+def _check(svc: Services, kind: str, value: str, limit: int, what: str) -> None:
+    limiter = getattr(svc, "limits", None)
+    if limiter is None or limit <= 0:
+        return
+    opts = options(svc)
+    try:
+        count, reset = limiter.hit(kind, value, window_seconds=opts.window_seconds)
+    except StoreUnavailable:
+        return  # the grant write will fail closed anyway; a limiter outage is not a denial
+    if count > limit:
+        raise TooManyRequests(
+            f"too many requests for this {what}; retry later",
+            retry_after=reset,
+            reason="rate_limited",
+            details={"limit": limit, "window_seconds": opts.window_seconds, "scope": kind},
+        )
+
+
+def check_address(svc: Services, address: str) -> None:
+    _check(svc, "addr", address or "unknown", options(svc).per_address, "client address")
+
+
+def check_issuer(svc: Services, issuer_id: str) -> None:
+    _check(svc, "issuer", issuer_id, options(svc).per_issuer, "issuer")
+
+
+def check_identity(svc: Services, identity_id: str) -> None:
+    _check(svc, "identity", identity_id, options(svc).per_identity, "identity")
+
+
+def note_denial(svc: Services, identity_id: str | None, reason: str, event: dict[str, Any]) -> None:
+    """Count a suspicious denial of a verified identity; flag (and maybe suspend) it."""
+    if not identity_id or reason not in SUSPICIOUS_REASONS:
+        return
+    limiter = getattr(svc, "limits", None)
+    if limiter is None:
+        return
+    opts = options(svc)
+    try:
+        count, _ = limiter.hit("denials", identity_id, window_seconds=opts.window_seconds)
+    except StoreUnavailable:
+        return
+    if count != opts.denials_before_flag:
+        return  # flag once per window, at the threshold
+    flagged = {
+        "ts": svc.clock.now(),
+        "event": "identity.flagged",
+        "identity": identity_id,
+        "outcome": "flagged",
+        "reason": reason,
+        "denials": count,
+        "window_seconds": opts.window_seconds,
+        "auto_suspend": opts.auto_suspend,
+        "request_id": event.get("request_id"),
+    }
+    svc.audit.record(flagged)
+    from broker.metrics import IDENTITY_FLAGGED
+
+    IDENTITY_FLAGGED.inc()
+    if opts.auto_suspend:
+        try:
+            from broker.domain.inventory import suspend_identity
+
+            suspend_identity(
+                svc, identity_id, actor="errand:abuse-detector",
+                reason=f"{count} suspicious denials in {opts.window_seconds} s (last: {reason})",
+            )
+        except Exception as err:  # the flag stands; an operator follows up
+            log.error("auto-suspension of %s failed: %s", identity_id, type(err).__name__)
