@@ -191,6 +191,8 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     except ConfigError as err:
         print(f"errand: {path}: {err}", file=sys.stderr)
         return 1
+    for warning in config.warnings:
+        print(f"{path}: warning: {warning}", file=sys.stderr)
     print(
         f"{path}: OK ({len(config.issuers)} issuers, {len(config.identities)} identities, "
         f"{len(config.clients)} clients)"
@@ -382,6 +384,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--lifetime", type=int, default=300)
     s.add_argument("--claim", action="append", metavar="NAME=VALUE")
     s.set_defaults(fn=cmd_dev_token)
+    # `errand review` and `errand identity ...`: the inventory (broker/inventory_cli.py).
+    from broker.inventory_cli import register as register_inventory
+
+    register_inventory(sub, admin)
+
     # `errand exchange` / `errand complete`: the CI client (errand_client/ci.py).
     from errand_client.ci import register as register_ci_commands
 

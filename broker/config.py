@@ -5,7 +5,9 @@ and the broker refuses to start on a bad file (see docs/configuration.md)."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import json
 import re
 from collections.abc import Mapping
 from datetime import date, datetime
@@ -26,18 +28,29 @@ from marshmallow import (
 )
 
 from broker.domain.models import (
+    AGENT_ISSUER_PREFIX,
+    AGENT_PROFILE,
+    BUILTIN_IDENTITY_TYPES,
     IDENTITY_TYPES,
+    LimitOptions,
+    PROFILES,
+    REPLAY_POLICIES,
     SAFE_ID,
     SCOPE_TOKEN,
+    AgentKeys,
     Allowance,
     BrokerOptions,
     Client,
     Config,
     Identity,
+    IdentityTypeRules,
     MatchRule,
     TrustedIssuer,
 )
 from broker.errors import BrokerError
+from broker.identity.profiles import PROFILES as PROFILE_TABLE
+from broker.identity.profiles import rule_problems
+from broker.policy.patterns import values_overlap
 from broker.tokens.algorithms import ASYMMETRIC_ALGORITHMS
 
 
@@ -45,7 +58,9 @@ class ConfigError(BrokerError):
     """The configuration file is unusable; the message lists every problem with its key path."""
 
 
-_id = validate.Regexp(SAFE_ID.pattern + r"\Z", error="must match [A-Za-z0-9][A-Za-z0-9._:@+-]{0,127}")
+# marshmallow runs error strings through str.format: no braces in them.
+SAFE_ID_RULE = "must be 1-128 characters of A-Z a-z 0-9 . _ : @ + - starting with a letter or digit"
+_id = validate.Regexp(SAFE_ID.pattern + r"\Z", error=SAFE_ID_RULE)
 _scope = validate.Regexp(SCOPE_TOKEN.pattern + r"\Z", error="is not a valid RFC 6749 scope token")
 _positive = validate.Range(min=1)
 
@@ -59,6 +74,27 @@ def _url(value: str) -> None:
 class _Strict(Schema):
     class Meta:
         unknown = RAISE
+
+
+def _flag(default: bool | None) -> fields.Boolean:
+    """A YAML boolean only: the strings "yes"/"1" are not silently read as true."""
+    return fields.Boolean(load_default=default, truthy={True}, falsy={False})
+
+
+class LimitsSchema(_Strict):
+    window_seconds = fields.Integer(load_default=60, validate=validate.Range(min=1, max=3600), strict=True)
+    per_address = fields.Integer(load_default=600, validate=validate.Range(min=0), strict=True)
+    per_issuer = fields.Integer(load_default=6000, validate=validate.Range(min=0), strict=True)
+    per_identity = fields.Integer(load_default=120, validate=validate.Range(min=0), strict=True)
+    max_live_grants_per_identity = fields.Integer(
+        load_default=1000, validate=validate.Range(min=0), strict=True
+    )
+    denials_before_flag = fields.Integer(load_default=20, validate=validate.Range(min=1), strict=True)
+    auto_suspend = fields.Boolean(load_default=False)
+
+    @post_load
+    def _make(self, data: dict[str, Any], **_: Any) -> LimitOptions:
+        return LimitOptions(**data)
 
 
 class BrokerSchema(_Strict):
@@ -75,6 +111,9 @@ class BrokerSchema(_Strict):
     )
     audit_stream_maxlen = fields.Integer(load_default=100_000, validate=_positive, strict=True)
     task_tombstone_seconds = fields.Integer(load_default=3600, validate=_positive, strict=True)
+    config_reload_seconds = fields.Float(load_default=5.0, validate=validate.Range(min=0, max=3600))
+
+    limits = fields.Nested(LimitsSchema, load_default=lambda: LimitOptions())
 
     @validates_schema
     def _ttls(self, data: dict[str, Any], **_: Any) -> None:
@@ -93,37 +132,70 @@ class BrokerSchema(_Strict):
         return BrokerOptions(**data)
 
 
+_TRUST_DOMAIN = validate.Regexp(
+    r"[a-z0-9._-]{1,255}\Z", error="must be a SPIFFE trust domain name (lowercase, no scheme)"
+)
+
+
 class IssuerSchema(_Strict):
     id = fields.String(required=True, validate=_id)
-    issuer = fields.String(required=True, validate=_url)
+    # Required, except for a SPIFFE trust domain whose JWT-SVIDs carry no `iss`.
+    issuer = fields.String(load_default=None, validate=_url)
     audience = fields.String(required=True, validate=validate.Length(min=1, max=512))
+    profile = fields.String(load_default="generic", validate=validate.OneOf(PROFILES))
+    human = _flag(False)
+    trust_domain = fields.String(load_default=None, validate=_TRUST_DOMAIN)
     jwks_uri = fields.String(load_default=None, validate=_url)
+    jwks_file = fields.String(load_default=None, validate=validate.Length(min=1, max=4096))
     algorithms = fields.List(
         fields.String(validate=validate.OneOf(ASYMMETRIC_ALGORITHMS)),
         load_default=lambda: ["RS256", "ES256"],
         validate=validate.Length(min=1),
     )
-    replay = fields.String(
-        load_default="single-use",
-        validate=validate.OneOf(["single-use", "reuse-within-lifetime"]),
-    )
+    # None: the profile's default (docs/identities.md, "Replay").
+    replay = fields.String(load_default=None, validate=validate.OneOf(REPLAY_POLICIES))
     refresh_cooldown_seconds = fields.Integer(
         load_default=60, validate=validate.Range(min=1, max=3600), strict=True
     )
     jwks_max_age_seconds = fields.Integer(load_default=3600, validate=_positive, strict=True)
     jwks_stale_seconds = fields.Integer(load_default=86400, validate=_positive, strict=True)
     max_token_lifetime_seconds = fields.Integer(load_default=86400, validate=_positive, strict=True)
-    fetch_timeout_seconds = fields.Float(
-        load_default=3.0, validate=validate.Range(min=0.1, max=10)
-    )
+    fetch_timeout_seconds = fields.Float(load_default=3.0, validate=validate.Range(min=0.1, max=10))
+
+    @validates_schema
+    def _profile_fields(self, data: dict[str, Any], **_: Any) -> None:
+        profile = data.get("profile", "generic")
+        if profile == "spiffe":
+            if not data.get("trust_domain"):
+                raise ValidationError("a spiffe issuer names its trust domain", "trust_domain")
+            if not (data.get("jwks_uri") or data.get("jwks_file") or data.get("issuer")):
+                raise ValidationError(
+                    "a spiffe issuer needs its bundle: jwks_file or jwks_uri", "jwks_file"
+                )
+        else:
+            if data.get("issuer") is None:
+                raise ValidationError("Missing data for required field.", "issuer")
+            if data.get("trust_domain") is not None:
+                raise ValidationError("only a spiffe issuer has a trust domain", "trust_domain")
+        if data.get("jwks_uri") and data.get("jwks_file"):
+            raise ValidationError("give jwks_uri or jwks_file, not both", "jwks_file")
+        if data.get("human") and profile != "generic":
+            raise ValidationError(
+                f"a {profile} issuer proves workloads, never people: only a generic issuer "
+                "may be marked human",
+                "human",
+            )
 
     @post_load
     def _make(self, data: dict[str, Any], **_: Any) -> TrustedIssuer:
         data["algorithms"] = tuple(data["algorithms"])
+        data["issuer"] = data["issuer"] or ""
+        if data["replay"] is None:
+            data["replay"] = PROFILE_TABLE[data["profile"]].default_replay
         return TrustedIssuer(**data)
 
 
-class ClaimValue(fields.Field):
+class ClaimValue(fields.Field[str]):
     """A claim's expected value: a string, or an integer written as a number in YAML."""
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
@@ -135,7 +207,7 @@ class ClaimValue(fields.Field):
         return text
 
 
-class DateField(fields.Field):
+class DateField(fields.Field[date]):
     """A date written as YAML's date (2027-06-30) or as an ISO string."""
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> date:
@@ -178,22 +250,76 @@ class AllowSchema(_Strict):
             raise ValidationError("must be a subset of scopes", "default_scopes")
 
 
+_PRIVATE_JWK_MEMBERS = ("d", "p", "q", "dp", "dq", "qi", "k", "oth")
+
+
+class KeysSchema(_Strict):
+    """An identity's own public keys: inline JWKS or a URL (fetched like an issuer's JWKS)."""
+
+    jwks = fields.Dict(load_default=None)
+    jwks_uri = fields.String(load_default=None, validate=_url)
+    algorithms = fields.List(
+        fields.String(validate=validate.OneOf(ASYMMETRIC_ALGORITHMS)),
+        load_default=lambda: list(AgentKeys.algorithms),
+        validate=validate.Length(min=1),
+    )
+
+    @validates_schema
+    def _one_source(self, data: dict[str, Any], **_: Any) -> None:
+        if (data.get("jwks") is None) == (data.get("jwks_uri") is None):
+            raise ValidationError("give exactly one of jwks or jwks_uri", "jwks")
+        jwks = data.get("jwks")
+        if jwks is None:
+            return
+        keys = jwks.get("keys")
+        if not isinstance(keys, list) or not keys:
+            raise ValidationError("must be a JWKS: an object with a non-empty 'keys' list", "jwks")
+        for key in keys:
+            if not isinstance(key, dict):
+                raise ValidationError("every key must be a JWK object", "jwks")
+            if any(m in key for m in _PRIVATE_JWK_MEMBERS):
+                raise ValidationError(
+                    "holds private or symmetric key material: register public keys only", "jwks"
+                )
+
+
 class IdentitySchema(_Strict):
     id = fields.String(required=True, validate=_id)
     type = fields.String(required=True, validate=validate.OneOf(IDENTITY_TYPES))
     owner = fields.String(required=True, validate=_id)
     purpose = fields.String(required=True, validate=validate.Length(min=1, max=512))
     expires = DateField(load_default=None)
-    match = fields.List(
-        fields.Nested(MatchSchema), required=True, validate=validate.Length(min=1)
-    )
+    # At least one rule, unless the identity registers its own keys.
+    match = fields.List(fields.Nested(MatchSchema), load_default=list)
+    keys = fields.Nested(KeysSchema, load_default=None)
     allow = fields.Nested(AllowSchema, required=True)
+
+    @validates_schema
+    def _some_way_in(self, data: dict[str, Any], **_: Any) -> None:
+        if not data.get("match") and data.get("keys") is None:
+            raise ValidationError(
+                "Shorter than minimum length 1. (give at least one rule, or register keys)", "match"
+            )
+
+
+class TypeRulesSchema(_Strict):
+    default_ttl_seconds = fields.Integer(load_default=None, validate=_positive, strict=True)
+    max_ttl_seconds = fields.Integer(load_default=None, validate=_positive, strict=True)
+    require_task = _flag(None)
+    require_purpose = _flag(None)
+    single_audience = _flag(None)
+    audiences = fields.List(
+        fields.String(validate=validate.Length(min=1, max=512)),
+        load_default=None,
+        validate=validate.Length(min=1),
+    )
 
 
 class ClientSchema(_Strict):
     client_id = fields.String(required=True, validate=_id)
     secret_sha256 = fields.String(
-        load_default=None, validate=validate.Regexp(r"[0-9a-f]{64}\Z", error="must be 64 hex digits")
+        load_default=None,
+        validate=validate.Regexp(r"[0-9a-f]{64}\Z", error="must be 64 hex digits"),
     )
     secret_file = fields.String(load_default=None)
 
@@ -206,6 +332,11 @@ class ClientSchema(_Strict):
 class ConfigSchema(_Strict):
     broker = fields.Nested(BrokerSchema, required=True)
     issuers = fields.List(fields.Nested(IssuerSchema), required=True)
+    identity_types = fields.Dict(
+        keys=fields.String(validate=validate.OneOf(IDENTITY_TYPES)),
+        values=fields.Nested(TypeRulesSchema),
+        load_default=dict,
+    )
     identities = fields.List(fields.Nested(IdentitySchema), load_default=list)
     clients = fields.List(fields.Nested(ClientSchema), load_default=list)
 
@@ -227,11 +358,68 @@ def _flatten(messages: Any, prefix: str = "") -> list[str]:
 
 
 def _rules_overlap(a: MatchRule, b: MatchRule) -> bool:
-    """Exact-value rules can match one token unless some claim they share differs."""
+    """Two rules can match one token unless some claim they share has values that no claim
+    value can match both of (exact values differ, or patterns are provably disjoint)."""
     if a.issuer_id != b.issuer_id:
         return False
     da, db = dict(a.claims), dict(b.claims)
-    return all(da[k] == db[k] for k in da.keys() & db.keys())
+    return all(values_overlap(da[k], db[k]) for k in da.keys() & db.keys())
+
+
+def _type_rules(
+    configured: Mapping[str, Mapping[str, Any]], errors: list[str]
+) -> dict[str, IdentityTypeRules]:
+    """Built-in type rules, tightened by the `identity_types:` section (never loosened)."""
+    out = dict(BUILTIN_IDENTITY_TYPES)
+    for name, given in configured.items():
+        where = f"identity_types.{name}"
+        base = BUILTIN_IDENTITY_TYPES[name]
+        max_ttl = given.get("max_ttl_seconds") or base.max_ttl_seconds
+        if max_ttl > base.max_ttl_seconds:
+            errors.append(
+                f"{where}.max_ttl_seconds: can only tighten the built-in {base.max_ttl_seconds}"
+            )
+        default = given.get("default_ttl_seconds")
+        if default is not None and default > max_ttl:
+            errors.append(f"{where}.default_ttl_seconds: must not exceed max_ttl_seconds")
+        flags = {}
+        for flag in ("require_task", "require_purpose", "single_audience"):
+            value = given.get(flag)
+            if value is None:
+                value = getattr(base, flag)
+            elif getattr(base, flag) and not value:
+                errors.append(
+                    f"{where}.{flag}: the built-in rule requires it; it cannot be turned off"
+                )
+            flags[flag] = value
+        audiences = given.get("audiences")
+        out[name] = IdentityTypeRules(
+            default_ttl_seconds=default,
+            max_ttl_seconds=min(max_ttl, base.max_ttl_seconds),
+            audiences=tuple(audiences) if audiences is not None else base.audiences,
+            **flags,
+        )
+    return out
+
+
+def _agent_issuer(
+    identity_id: str, keys: Mapping[str, Any], broker: BrokerOptions
+) -> TrustedIssuer:
+    """The synthetic issuer for an identity's own keys: iss = sub = identity id, aud = our
+    token endpoint, at most 5 minutes between iat and exp, every jti used once."""
+    jwks = keys.get("jwks")
+    return TrustedIssuer(
+        id=AGENT_ISSUER_PREFIX + identity_id,
+        issuer=identity_id,
+        audience=broker.issuer.rstrip("/") + "/token",
+        jwks_uri=keys.get("jwks_uri"),
+        algorithms=tuple(keys["algorithms"]),
+        replay="single-use",
+        max_token_lifetime_seconds=300,
+        profile=AGENT_PROFILE,
+        jwks_json=json.dumps(jwks, sort_keys=True) if jwks is not None else None,
+        identity_id=identity_id,
+    )
 
 
 def _read_secret_hash(path_text: str, base: Path, where: str, errors: list[str]) -> bytes:
@@ -255,29 +443,64 @@ def parse_config(raw: Any, base_dir: Path = Path(".")) -> Config:
     try:
         data = ConfigSchema().load(raw)
     except ValidationError as err:
-        raise ConfigError("invalid configuration:\n  " + "\n  ".join(_flatten(err.messages))) from err
+        raise ConfigError(
+            "invalid configuration:\n  " + "\n  ".join(_flatten(err.messages))
+        ) from err
 
     errors: list[str] = []
+    warnings: list[str] = []
     broker: BrokerOptions = data["broker"]
     issuers: dict[str, TrustedIssuer] = {}
     for i, issuer in enumerate(data["issuers"]):
         if issuer.id in issuers:
             errors.append(f"issuers.{i}.id: duplicate issuer id {issuer.id!r}")
-        if any(other.issuer == issuer.issuer for other in issuers.values()):
+        if issuer.id.startswith(AGENT_ISSUER_PREFIX):
+            errors.append(f"issuers.{i}.id: ids starting with {AGENT_ISSUER_PREFIX!r} are reserved")
+        if issuer.issuer and any(other.issuer == issuer.issuer for other in issuers.values()):
             errors.append(f"issuers.{i}.issuer: issuer URL listed twice")
+        if (
+            issuer.profile == "spiffe"
+            and not issuer.issuer
+            and any(
+                o.profile == "spiffe" and not o.issuer and o.trust_domain == issuer.trust_domain
+                for o in issuers.values()
+            )
+        ):
+            errors.append(f"issuers.{i}.trust_domain: trust domain listed twice")
+        if issuer.jwks_file:
+            path = Path(issuer.jwks_file)
+            if not path.is_absolute():
+                path = base_dir / path
+            issuer = dataclasses.replace(issuer, jwks_file=str(path))
+            if not path.is_file():
+                warnings.append(f"issuers.{i}.jwks_file: {path} does not exist (yet)")
+        if issuer.replay == "reuse-within-lifetime" and issuer.profile in (
+            "github-actions",
+            "gitlab-ci",
+        ):
+            warnings.append(
+                f"issuers.{i}.replay: {issuer.profile} tokens carry a jti and are requested per "
+                "job; reuse-within-lifetime lets a leaked token be exchanged again"
+            )
         issuers[issuer.id] = issuer
 
+    type_rules = _type_rules(data["identity_types"], errors)
     identities: list[Identity] = []
+    agent_issuers: dict[str, TrustedIssuer] = {}
     seen_ids: set[str] = set()
     for i, item in enumerate(data["identities"]):
         where = f"identities.{i}"
+        kind = item["type"]
         if item["id"] in seen_ids:
             errors.append(f"{where}.id: duplicate identity id {item['id']!r}")
         seen_ids.add(item["id"])
         rules = []
         for j, match in enumerate(item["match"]):
-            if match["issuer"] not in issuers:
+            issuer = issuers.get(match["issuer"])
+            if issuer is None:
                 errors.append(f"{where}.match.{j}.issuer: no issuer with id {match['issuer']!r}")
+            else:
+                _check_rule(issuer, kind, match["claims"], f"{where}.match.{j}", errors, warnings)
             rules.append(
                 MatchRule(
                     id=f"{item['id']}#{j}",
@@ -285,11 +508,47 @@ def parse_config(raw: Any, base_dir: Path = Path(".")) -> Config:
                     claims=tuple(sorted(match["claims"].items())),
                 )
             )
+        keys = item["keys"]
+        agent_keys: AgentKeys | None = None
+        if keys is not None:
+            if kind == "human":
+                errors.append(
+                    f"{where}.keys: a human identity signs in through a human issuer, not own keys"
+                )
+            agent_issuer = _agent_issuer(item["id"], keys, broker)
+            agent_issuers[item["id"]] = agent_issuer
+            agent_keys = AgentKeys(
+                jwks_json=agent_issuer.jwks_json,
+                jwks_uri=agent_issuer.jwks_uri,
+                algorithms=agent_issuer.algorithms,
+            )
+            rules.append(
+                MatchRule(
+                    id=f"{item['id']}#keys",
+                    issuer_id=agent_issuer.id,
+                    claims=(("sub", item["id"]),),
+                )
+            )
+            if keys.get("jwks") is not None:
+                _check_inline_jwks(agent_issuer, f"{where}.keys.jwks", errors)
         allow = item["allow"]
+        rules_for_type = type_rules[kind]
+        if rules_for_type.audiences is not None:
+            outside = [a for a in allow["audiences"] if a not in rules_for_type.audiences]
+            if outside:
+                errors.append(
+                    f"{where}.allow.audiences: {kind} identities are confined to "
+                    f"identity_types.{kind}.audiences; not listed there: {', '.join(outside)}"
+                )
+        if allow["max_ttl_seconds"] > rules_for_type.max_ttl_seconds:
+            warnings.append(
+                f"{where}.allow.max_ttl_seconds: capped at {rules_for_type.max_ttl_seconds} "
+                f"for {kind} identities"
+            )
         identities.append(
             Identity(
                 id=item["id"],
-                type=item["type"],
+                type=kind,
                 owner=item["owner"],
                 purpose=item["purpose"],
                 expires=item["expires"],
@@ -300,6 +559,7 @@ def parse_config(raw: Any, base_dir: Path = Path(".")) -> Config:
                     default_scopes=tuple(allow["default_scopes"]),
                     max_ttl_seconds=allow["max_ttl_seconds"],
                 ),
+                keys=agent_keys,
             )
         )
 
@@ -326,7 +586,57 @@ def parse_config(raw: Any, base_dir: Path = Path(".")) -> Config:
 
     if errors:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(errors))
-    return Config(broker=broker, issuers=issuers, identities=tuple(identities), clients=clients)
+    return Config(
+        broker=broker,
+        issuers=issuers,
+        identities=tuple(identities),
+        clients=clients,
+        identity_types=type_rules,
+        agent_issuers=agent_issuers,
+        warnings=tuple(warnings),
+    )
+
+
+def _check_rule(
+    issuer: TrustedIssuer,
+    kind: str,
+    claims: Mapping[str, str],
+    where: str,
+    errors: list[str],
+    warnings: list[str],
+) -> None:
+    """A rule's claims against its issuer's profile, and the human/workload separation."""
+    if kind == "human" and not issuer.human:
+        errors.append(
+            f"{where}.issuer: a human identity can only be matched by an issuer marked "
+            f"'human: true'; {issuer.id!r} issues workload tokens"
+        )
+    if kind != "human" and issuer.human:
+        errors.append(
+            f"{where}.issuer: {issuer.id!r} is a human issuer: "
+            "its tokens match human identities only"
+        )
+    rule_errors, rule_warnings = rule_problems(PROFILE_TABLE[issuer.profile], claims)
+    errors.extend(f"{where}.{e}" for e in rule_errors)
+    warnings.extend(f"{where}.{w}" for w in rule_warnings)
+    if issuer.profile == "spiffe" and "spiffe_id" in claims:
+        prefix = f"spiffe://{issuer.trust_domain}/"
+        if not claims["spiffe_id"].startswith(prefix):
+            errors.append(
+                f"{where}.claims.spiffe_id: must be a SPIFFE ID in trust domain "
+                f"{issuer.trust_domain!r} (start with {prefix})"
+            )
+
+
+def _check_inline_jwks(issuer: TrustedIssuer, where: str, errors: list[str]) -> None:
+    from broker.identity.jwks import parse_jwks
+
+    assert issuer.jwks_json is not None
+    if not parse_jwks(json.loads(issuer.jwks_json), issuer):
+        errors.append(
+            f"{where}: no usable public signing key (allowed algorithms: "
+            f"{', '.join(issuer.algorithms)}; RSA keys need at least 2048 bits)"
+        )
 
 
 _VAR = re.compile(r"\$\{([A-Z][A-Z0-9_]*)(?::-([^}]*))?\}")
@@ -347,7 +657,9 @@ def expand_vars(text: str, variables: Mapping[str, str]) -> str:
 
     out = _VAR.sub(sub, text)
     if missing:
-        raise ConfigError("configuration refers to unset variables: " + ", ".join(sorted(set(missing))))
+        raise ConfigError(
+            "configuration refers to unset variables: " + ", ".join(sorted(set(missing)))
+        )
     return out
 
 
@@ -359,6 +671,8 @@ def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict[
     seen: set[Any] = set()
     for key_node, _ in node.value:
         key = loader.construct_object(key_node)
+        if not isinstance(key, str | int | float | bool) and key is not None:
+            raise ConfigError(f"line {key_node.start_mark.line + 1}: keys must be plain scalars")
         if key in seen:
             raise ConfigError(f"duplicate key {key!r} at line {key_node.start_mark.line + 1}")
         seen.add(key)
@@ -373,9 +687,23 @@ def load_config(path: Path, variables: Mapping[str, str] | None = None) -> Confi
         text = path.read_text()
     except OSError as err:
         raise ConfigError(f"cannot read configuration {path}: {err.strerror}") from err
-    text = expand_vars(text, variables or {})
     try:
         raw = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from err
+    except ValueError as err:  # e.g. an impossible date such as 2027-13-01
+        raise ConfigError(f"{path}: bad value: {err}") from err
+    # Variables are expanded in string values after parsing, so comments are left alone and a
+    # variable's value can never change the document's structure.
+    raw = _expand_tree(raw, variables or {})
     return parse_config(raw, base_dir=path.resolve().parent)
+
+
+def _expand_tree(node: Any, variables: Mapping[str, str]) -> Any:
+    if isinstance(node, str):
+        return expand_vars(node, variables)
+    if isinstance(node, list):
+        return [_expand_tree(item, variables) for item in node]
+    if isinstance(node, dict):
+        return {key: _expand_tree(value, variables) for key, value in node.items()}
+    return node

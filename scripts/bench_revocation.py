@@ -34,6 +34,7 @@ CONFIG = """
 broker:
   issuer: https://errand.bench
   max_token_ttl_seconds: 3600
+  limits: {per_address: 0, per_issuer: 0, per_identity: 0, max_live_grants_per_identity: 0}
   task_tombstone_seconds: 3600
 issuers:
   - id: ci

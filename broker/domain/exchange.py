@@ -1,16 +1,43 @@
-"""The token exchange: a verified workload identity in, a task-scoped access token out."""
+"""The token exchange: a verified workload identity in, a task-scoped access token out.
+
+One path serves both ways a workload JWT arrives: the RFC 8693 `subject_token` and the
+RFC 7523 jwt-bearer `assertion`. Only the error code for a bad subject differs:
+`invalid_request` for token exchange (RFC 8693 §2.2.2), `invalid_grant` for jwt-bearer
+(RFC 7523 §3.1)."""
 
 from __future__ import annotations
 
 import secrets
 from typing import Any
 
-from broker.domain.models import Grant, IssuedToken, VerifiedSubject
+from broker.domain.inventory import OFFBOARDED, blocked_state, record_exchange
+from broker.domain.limits import check_identity, check_issuer, note_denial
+from broker.domain.limits import options as limit_options
+from broker.domain.models import (
+    AGENT_PROFILE,
+    GRANT_TYPE_JWT_BEARER,
+    Grant,
+    IssuedToken,
+    VerifiedSubject,
+)
 from broker.domain.models import ExchangeRequest as ExchangeRequest
 from broker.domain.ports import Services, StoreUnavailable, WriteRefused
-from broker.errors import BrokerError, InvalidRequest, TemporarilyUnavailable
+from broker.domain.revocation import revoke_grant
+from broker.errors import (
+    BrokerError,
+    InvalidGrant,
+    InvalidRequest,
+    TemporarilyUnavailable,
+    TooManyRequests,
+)
 from broker.identity.errors import KeysUnavailable, VerificationError
-from broker.policy.engine import check_identity_usable, evaluate
+from broker.identity.verifier import token_sha256
+from broker.policy.engine import (
+    check_identity_usable,
+    check_type_requirements,
+    evaluate,
+    issuer_kind_mismatch,
+)
 from broker.policy.matcher import Miss
 from broker.tokens.mint import mint_access_token
 
@@ -19,11 +46,28 @@ def new_id(prefix: str = "") -> str:
     return prefix + secrets.token_urlsafe(16)
 
 
-def _denial_from_verification(err: VerificationError) -> BrokerError:
+def bad_subject(req: ExchangeRequest, message: str, **kw: Any) -> BrokerError:
+    """The workload JWT itself is unacceptable: invalid, replayed, unmatched or blocked."""
+    if req.grant_type == GRANT_TYPE_JWT_BEARER:
+        # RFC 7523 §3.1: a JWT that is not valid, or not acceptable, is invalid_grant.
+        return InvalidGrant(f"assertion: {message}", **kw)
+    # RFC 8693 §2.2.2: an invalid or unacceptable subject_token is invalid_request.
+    return InvalidRequest(f"subject_token: {message}", **kw)
+
+
+def _denial_from_verification(req: ExchangeRequest, err: VerificationError) -> BrokerError:
     if isinstance(err, KeysUnavailable):
         return TemporarilyUnavailable(err.message, debug=err.debug, reason=err.reason)
-    # RFC 8693 §2.2.2: an invalid or unacceptable subject_token is invalid_request.
-    return InvalidRequest(f"subject_token: {err.message}", debug=err.debug, reason=err.reason)
+    return bad_subject(req, err.message, debug=err.debug, reason=err.reason)
+
+
+def _blocked(req: ExchangeRequest, identity_id: str, state: str) -> BrokerError:
+    return bad_subject(
+        req,
+        f"the matched identity is {state}",
+        reason=f"identity_{state}",
+        details={"identity": identity_id},
+    )
 
 
 def exchange_token(req: ExchangeRequest, svc: Services) -> IssuedToken:
@@ -33,23 +77,38 @@ def exchange_token(req: ExchangeRequest, svc: Services) -> IssuedToken:
     step before the token is returned. A denial never says which rule value was expected;
     the audit event records the rule and the values compared."""
     now = svc.clock.now()
+    # One snapshot of the inventory for the whole request: a reload swaps these between
+    # requests (broker/reload.py), never under a request that has started.
+    verifier, matcher, config = svc.verifier, svc.matcher, svc.config
     event: dict[str, Any] = {
         "event": "token.exchange",
+        "grant_type": req.grant_type,
         "request_id": req.request_id,
         "client_address": req.client_address,
-        "token_sha256": None,
+        "token_sha256": token_sha256(req.subject_token),
         "issuer": None,
         "identity": None,
         "task": req.task_id,
     }
+    if req.purpose:
+        event["purpose"] = req.purpose
     try:
         try:
-            subject: VerifiedSubject = svc.verifier.verify(req.subject_token, now=now)
+            subject: VerifiedSubject = verifier.verify(
+                req.subject_token,
+                now=now,
+                # Rate-limited by the claimed issuer before any signature work, never by a
+                # claimed identity (which a forger could exhaust for its victim).
+                on_issuer=lambda issuer: (
+                    None if issuer.profile == AGENT_PROFILE else check_issuer(svc, issuer.id)
+                ),
+            )
         except VerificationError as err:
-            raise _denial_from_verification(err) from err
+            raise _denial_from_verification(req, err) from err
         event["issuer"] = subject.issuer.id
         event["token_sha256"] = subject.token_sha256
         event["subject"] = str(subject.claims.get("sub", ""))[:256]
+        event.update(subject.context)  # workload binding: pod and node, CI run, SPIFFE ID
 
         # Replay is read here and claimed only in the atomic grant write: a request refused
         # later must not burn the caller's jti (SECURITY.md: no token, no state).
@@ -57,29 +116,53 @@ def exchange_token(req: ExchangeRequest, svc: Services) -> IssuedToken:
         event["task"] = task_id
         replay_jti = subject.jti if subject.issuer.replay == "single-use" else None
         try:
-            state = svc.store.preflight(issuer_id=subject.issuer.id, jti=replay_jti, task_id=task_id)
+            state = svc.store.preflight(
+                issuer_id=subject.issuer.id, jti=replay_jti, task_id=task_id
+            )
         except StoreUnavailable as err:
             raise TemporarilyUnavailable(debug=str(err)) from err
         if state.replayed:
-            raise InvalidRequest("subject_token: the token has already been used", reason="replayed")
+            raise bad_subject(req, "the token has already been used", reason="replayed")
         if state.task_completed:
             raise InvalidRequest("task_id: the task is already complete", reason="task_completed")
 
-        found = svc.matcher.match(subject.issuer.id, subject.claims)
+        found = matcher.match(subject.issuer.id, subject.match_attributes)
         if isinstance(found, Miss):
             names = ", ".join(f"'{c}'" for c in found.claims)
-            raise InvalidRequest(
-                f"subject_token: no identity matches this token (claims that did not match: {names})"
+            raise bad_subject(
+                req,
+                f"no identity matches this token (claims that did not match: {names})"
                 if found.claims
-                else "subject_token: no identity is configured for this issuer",
+                else "no identity is configured for this issuer",
                 reason="no_matching_identity",
                 details={"nearest_rule": found.rule_id, "compared": dict(found.compared)},
             )
         identity, rule = found.identity, found.rule
-        event.update(identity=identity.id, rule=rule.id, owner=identity.owner)
+        event.update(
+            identity=identity.id, rule=rule.id, owner=identity.owner, identity_type=identity.type
+        )
+        check_identity(svc, identity.id)  # verified now: safe to count against the identity
+        if issuer_kind_mismatch(identity, subject.issuer):
+            raise bad_subject(
+                req,
+                "this kind of token cannot act for the matched identity",
+                reason="identity_type_mismatch",
+                details={
+                    "identity": identity.id,
+                    "type": identity.type,
+                    "issuer": subject.issuer.id,
+                },
+            )
         check_identity_usable(identity, now)
-        decision = evaluate(identity, req, svc.config.broker)
-
+        try:
+            blocked = blocked_state(svc, identity.id)
+        except StoreUnavailable as err:
+            raise TemporarilyUnavailable(debug=str(err)) from err
+        if blocked:
+            raise _blocked(req, identity.id, blocked)
+        rules = config.type_rules(identity.type)
+        check_type_requirements(identity, req, rules)
+        decision = evaluate(identity, req, config.broker, rules)
 
         iat = int(now)
         grant = Grant(
@@ -97,7 +180,7 @@ def exchange_token(req: ExchangeRequest, svc: Services) -> IssuedToken:
             epoch=state.epoch,
             purpose=req.purpose or "",
         )
-        token = mint_access_token(grant, svc.keyring, svc.config.broker.issuer)
+        token = mint_access_token(grant, svc.keyring, config.broker.issuer)
         event.update(
             outcome="issued",
             jti=grant.jti,
@@ -107,28 +190,48 @@ def exchange_token(req: ExchangeRequest, svc: Services) -> IssuedToken:
             ts=now,
         )
         replay = (
-            (subject.issuer.id, replay_jti, subject.exp + svc.config.broker.clock_skew_seconds)
+            (subject.issuer.id, replay_jti, subject.exp + config.broker.clock_skew_seconds)
             if replay_jti
             else None
         )
         try:
-            svc.store.save_grant(grant, replay=replay, audit=event, now=iat)
+            svc.store.save_grant(
+                grant,
+                replay=replay,
+                audit=event,
+                now=iat,
+                quota=limit_options(svc).max_live_grants_per_identity,
+            )
         except StoreUnavailable as err:
             raise TemporarilyUnavailable(debug=str(err)) from err
         except WriteRefused as refused:
             if refused.reason == "replayed":
-                raise InvalidRequest(
-                    "subject_token: the token has already been used", reason="replayed"
+                raise bad_subject(
+                    req, "the token has already been used", reason="replayed"
                 ) from refused
             if refused.reason == "task_completed":
                 raise InvalidRequest(
                     "task_id: the task is already complete", reason="task_completed"
+                ) from refused
+            if refused.reason == "quota_exceeded":
+                raise TooManyRequests(
+                    "this identity holds too many live tokens; complete tasks or retry later",
+                    retry_after=30,
+                    reason="quota_exceeded",
+                ) from refused
+            if refused.reason == "task_foreign":
+                # A task belongs to the identity that opened it: another identity naming it
+                # could otherwise complete (end) that identity's tokens.
+                raise InvalidRequest(
+                    "task_id: the task belongs to another identity", reason="task_foreign"
                 ) from refused
             # epoch_changed: a revoke-all ran while we worked; the caller retries.
             raise TemporarilyUnavailable(
                 "credentials were revoked while the exchange ran; retry", reason=refused.reason
             ) from refused
         svc.audit.record(event, stored=True)
+        _recheck_after_write(req, svc, grant)
+        record_exchange(svc, identity.id, now)
         return IssuedToken(access_token=token, grant=grant, expires_in=decision.ttl_seconds)
     except BrokerError as err:
         event.update(
@@ -143,4 +246,30 @@ def exchange_token(req: ExchangeRequest, svc: Services) -> IssuedToken:
         if err.details:
             event["details"] = err.details
         svc.audit.record(event)
+        err.audited = True
+        note_denial(svc, event.get("identity"), err.reason, event)
         raise
+
+
+def _recheck_after_write(req: ExchangeRequest, svc: Services, grant: Grant) -> None:
+    """A suspension that landed between our check and our write: its revocation sweep may
+    have run before our grant reached the identity index, so we end our own grant. Either
+    the exchange is refused, or its grant is revoked: never live for a suspended identity."""
+    try:
+        blocked = blocked_state(svc, grant.identity_id)
+    except StoreUnavailable:
+        blocked = "suspended"  # cannot tell: fail closed, end the grant we just wrote
+    if not blocked:
+        return
+    revoke_grant(
+        grant.jti,
+        svc,
+        reason=f"identity_{blocked}",
+        actor="exchange",
+        request_id=req.request_id,
+        task_id=grant.task_id,
+        identity=grant.identity_id,
+    )
+    if blocked == OFFBOARDED:
+        raise _blocked(req, grant.identity_id, OFFBOARDED)
+    raise _blocked(req, grant.identity_id, "suspended")

@@ -100,7 +100,6 @@ def revoke_by(svc: Services, *, kind: str, value: str, reason: str, actor: str) 
         raise InvalidRequest(f"kind: must be one of {', '.join(KINDS)}", reason="bad_kind")
     reason = check_reason(reason)
     now = int(svc.clock.now())
-    horizon = now + svc.config.broker.max_token_ttl_seconds + svc.config.broker.clock_skew_seconds
     store = svc.revocations
     revoked = 0
     try:
@@ -115,15 +114,15 @@ def revoke_by(svc: Services, *, kind: str, value: str, reason: str, actor: str) 
                 revoked += ended
                 offset += len(page) - ended
         else:
-            # Resource servers learn of the revocation at once, before the fan-out ends.
-            store.publish(kind, value, not_after=now, expires=horizon)
+            # One feed entry per revoked grant: exact, and independent of node clocks (an iat
+            # cut-off would miss tokens from a node whose clock runs ahead, or hit new ones).
             for index in (store.index_key(k, v) for k, v in _indexes_for(svc, kind, value)):
                 while True:
                     jtis = store.index_members(index, BATCH)
                     if not jtis:
                         break
                     # Every jti read leaves the index (revoked or already expired): the loop ends.
-                    revoked += store.revoke_many(jtis, publish_each=False, index=index)
+                    revoked += store.revoke_many(jtis, publish_each=True, index=index)
         event = {
             "ts": svc.clock.now(),
             "event": "revoke.bulk",

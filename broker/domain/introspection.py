@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from broker.domain.access import read_our_token
+from broker.domain.limits import note_denial
 from broker.domain.models import GrantState
 from broker.domain.ports import Services, StoreUnavailable
 from broker.errors import TemporarilyUnavailable
@@ -45,6 +46,9 @@ def introspect(token: str, svc: Services) -> dict[str, Any]:
     state = grant_state(claims, svc)
     grant = state.grant
     if grant is None or not is_live(state, claims, svc.clock.now()):
+        if state.task_completed:
+            # A token used after its task completed: a sign of an agent acting on stale state.
+            note_denial(svc, claims["sub"], "used_after_completion", {})
         return dict(INACTIVE)
     return {
         "active": True,

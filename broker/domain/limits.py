@@ -14,9 +14,9 @@ identities that keep being denied.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from typing import Any
 
+from broker.domain.models import LimitOptions
 from broker.domain.ports import Services, StoreUnavailable
 from broker.errors import TooManyRequests
 
@@ -33,17 +33,6 @@ SUSPICIOUS_REASONS = frozenset(
         "quota_exceeded",
     }
 )
-
-
-@dataclass(frozen=True)
-class LimitOptions:
-    window_seconds: int = 60
-    per_address: int = 600  # token requests per client address per window
-    per_issuer: int = 6000  # token requests naming one configured issuer per window
-    per_identity: int = 120  # exchanges per verified identity per window
-    max_live_grants_per_identity: int = 1000
-    denials_before_flag: int = 20  # suspicious denials per identity per window
-    auto_suspend: bool = False  # suspend a flagged identity (and revoke its grants)
 
 
 def options(svc: Services) -> LimitOptions:

@@ -134,7 +134,9 @@ class IdentityTypeRules:
 BUILTIN_IDENTITY_TYPES: Mapping[str, IdentityTypeRules] = {
     "human": IdentityTypeRules(default_ttl_seconds=None, max_ttl_seconds=900),
     "service": IdentityTypeRules(default_ttl_seconds=None, max_ttl_seconds=3600),
-    "partner": IdentityTypeRules(default_ttl_seconds=None, max_ttl_seconds=900, single_audience=True),
+    "partner": IdentityTypeRules(
+        default_ttl_seconds=None, max_ttl_seconds=900, single_audience=True
+    ),
     "agent": IdentityTypeRules(
         default_ttl_seconds=None, max_ttl_seconds=600, require_task=True, require_purpose=True
     ),
@@ -150,6 +152,19 @@ class Client:
 
 
 @dataclass(frozen=True)
+class LimitOptions:
+    """Abuse limits on the token endpoint (broker.limits in the YAML; see domain/limits.py)."""
+
+    window_seconds: int = 60
+    per_address: int = 600  # token requests per client address per window (0: off)
+    per_issuer: int = 6000  # token requests naming one configured issuer per window (0: off)
+    per_identity: int = 120  # exchanges per verified identity per window (0: off)
+    max_live_grants_per_identity: int = 1000  # 0: no quota
+    denials_before_flag: int = 20  # suspicious denials of one identity per window
+    auto_suspend: bool = False  # suspend a flagged identity (and revoke its grants)
+
+
+@dataclass(frozen=True)
 class BrokerOptions:
     issuer: str  # our own `iss`
     default_token_ttl_seconds: int = 300
@@ -159,6 +174,7 @@ class BrokerOptions:
     audit_stream_maxlen: int = 100_000
     task_tombstone_seconds: int = 3600  # how long a completed task stays refused
     config_reload_seconds: float = 5.0  # how often the file's mtime is checked; 0: never
+    limits: LimitOptions = field(default_factory=LimitOptions)
 
 
 @dataclass(frozen=True)
@@ -186,7 +202,11 @@ class Config:
     def issuer_by_trust_domain(self, trust_domain: str) -> TrustedIssuer | None:
         """The SPIFFE issuer for JWT-SVIDs that carry no `iss` (routed by their `sub`)."""
         for issuer in self.issuers.values():
-            if issuer.profile == "spiffe" and issuer.trust_domain == trust_domain and not issuer.issuer:
+            if (
+                issuer.profile == "spiffe"
+                and issuer.trust_domain == trust_domain
+                and not issuer.issuer
+            ):
                 return issuer
         return None
 

@@ -47,7 +47,13 @@ class GrantStore(Protocol):
     def revoke_grant(self, jti: str, *, audit: Mapping[str, Any]) -> tuple[str, str] | None: ...
 
     def complete_task(
-        self, task_id: str, *, tombstone_seconds: int, audit: Mapping[str, Any], now: int
+        self,
+        task_id: str,
+        *,
+        tombstone_seconds: int,
+        audit: Mapping[str, Any],
+        now: int,
+        skew_seconds: int = 60,
     ) -> bool: ...
 
     def task_grant_ids(self, task_id: str) -> list[str]: ...
@@ -81,7 +87,7 @@ class JobScheduler(Protocol):
 
 
 class SubjectVerifier(Protocol):
-    def verify(self, token: str, *, now: float) -> Any: ...
+    def verify(self, token: str, *, now: float, on_issuer: Any = None) -> Any: ...
 
 
 class Clock(Protocol):

@@ -101,6 +101,7 @@ def complete_task(
             tombstone_seconds=svc.config.broker.task_tombstone_seconds,
             audit=event,
             now=int(now),
+            skew_seconds=svc.config.broker.clock_skew_seconds,
         )
     except StoreUnavailable as err:
         raise TemporarilyUnavailable(debug=str(err)) from err

@@ -22,6 +22,8 @@ from broker.domain.models import (
 )
 from broker.errors import InvalidRequest, InvalidScope
 
+# marshmallow runs error strings through str.format: no braces in them.
+SAFE_ID_RULE = "must be 1-128 characters of A-Z a-z 0-9 . _ : @ + - starting with a letter or digit"
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 MAX_PARAM_CHARS = 16384
 SENSITIVE = ("subject_token", "actor_token", "token", "assertion", "client_secret")
@@ -31,7 +33,9 @@ def read_form(request: Request, *, repeatable: Iterable[str] = ()) -> dict[str, 
     """The body's parameters as str (or list[str] for repeatable ones)."""
     if any(name in request.args for name in SENSITIVE):
         # Tokens in URLs end up in access logs and proxies.
-        raise InvalidRequest("send credentials in the request body, not the URL", reason="token_in_url")
+        raise InvalidRequest(
+            "send credentials in the request body, not the URL", reason="token_in_url"
+        )
     mimetype = request.mimetype
     if mimetype != "application/x-www-form-urlencoded":
         raise InvalidRequest(
@@ -45,8 +49,15 @@ def read_form(request: Request, *, repeatable: Iterable[str] = ()) -> dict[str, 
         for value in values:
             if len(value) > MAX_PARAM_CHARS:
                 raise InvalidRequest(f"{name[:64]}: the value is too long", reason="param_too_long")
-            if name not in ("subject_token", "actor_token", "token", "assertion") and _CONTROL.search(value):
-                raise InvalidRequest(f"{name[:64]}: control characters are not allowed", reason="bad_characters")
+            if name not in (
+                "subject_token",
+                "actor_token",
+                "token",
+                "assertion",
+            ) and _CONTROL.search(value):
+                raise InvalidRequest(
+                    f"{name[:64]}: control characters are not allowed", reason="bad_characters"
+                )
         if name in allowed_repeats:
             out[name] = values
         elif len(values) > 1:
@@ -109,14 +120,18 @@ class TokenExchangeForm(_Strict):
             [TOKEN_TYPE_ACCESS_TOKEN, TOKEN_TYPE_JWT], error="unsupported token type"
         ),
     )
-    audience = fields.List(fields.String(validate=validate.Length(min=1, max=512)), load_default=list)
-    resource = fields.List(fields.String(validate=validate.Length(min=1, max=512)), load_default=list)
+    audience = fields.List(
+        fields.String(validate=validate.Length(min=1, max=512)), load_default=list
+    )
+    resource = fields.List(
+        fields.String(validate=validate.Length(min=1, max=512)), load_default=list
+    )
     scope = fields.String(load_default=None)
     actor_token = fields.String(load_default=None)
     actor_token_type = fields.String(load_default=None)
     task_id = fields.String(
         load_default=None,
-        validate=validate.Regexp(SAFE_ID.pattern + r"\Z", error="must match " + SAFE_ID.pattern),
+        validate=validate.Regexp(SAFE_ID.pattern + r"\Z", error=SAFE_ID_RULE),
     )
     purpose = fields.String(load_default=None, validate=validate.Length(min=1, max=256))
     requested_lifetime = fields.String(
@@ -127,6 +142,37 @@ class TokenExchangeForm(_Strict):
     @validates("resource")
     def _absolute(self, value: list[str], **_: Any) -> None:
         # RFC 8707 §2: an absolute URI without a fragment.
+        for uri in value:
+            if not re.match(r"[A-Za-z][A-Za-z0-9+.-]*:", uri) or "#" in uri:
+                raise ValidationError("must be an absolute URI without a fragment")
+
+
+class JwtBearerForm(_Strict):
+    """RFC 7523 §2.1 jwt-bearer grant, plus the same Errand extension parameters as token
+    exchange (audience, resource, task_id, purpose, requested_lifetime)."""
+
+    grant_type = fields.String(required=True)
+    assertion = fields.String(required=True, validate=_no_blank)
+    scope = fields.String(load_default=None)
+    audience = fields.List(
+        fields.String(validate=validate.Length(min=1, max=512)), load_default=list
+    )
+    resource = fields.List(
+        fields.String(validate=validate.Length(min=1, max=512)), load_default=list
+    )
+    task_id = fields.String(
+        load_default=None,
+        validate=validate.Regexp(SAFE_ID.pattern + r"\Z", error=SAFE_ID_RULE),
+    )
+    purpose = fields.String(load_default=None, validate=validate.Length(min=1, max=256))
+    requested_lifetime = fields.String(
+        load_default=None,
+        validate=validate.Regexp(r"[1-9][0-9]{0,5}\Z", error="must be a whole number of seconds"),
+    )
+    client_id = fields.String(load_default=None, validate=validate.Length(min=1, max=256))
+
+    @validates("resource")
+    def _absolute(self, value: list[str], **_: Any) -> None:
         for uri in value:
             if not re.match(r"[A-Za-z][A-Za-z0-9+.-]*:", uri) or "#" in uri:
                 raise ValidationError("must be an absolute URI without a fragment")

@@ -26,7 +26,9 @@ def feed() -> Response:
         raise InvalidRequest("limit: must be 1 to 10000", reason="bad_parameter")
     now = int(svc.clock.now())
     try:
-        page = svc.revocations.read_feed(since, limit=int(limit_text), now=now)
+        page = svc.revocations.read_feed(
+            since, limit=int(limit_text), now=now, margin=svc.config.broker.clock_skew_seconds
+        )
     except StoreUnavailable as err:
         raise TemporarilyUnavailable(debug=str(err)) from err
     return json_response(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify
 
-from broker.domain.models import GRANT_TYPE_TOKEN_EXCHANGE
+from broker.domain.models import GRANT_TYPE_JWT_BEARER, GRANT_TYPE_TOKEN_EXCHANGE
 from broker.http.context import services
 from broker.tokens.algorithms import ASYMMETRIC_ALGORITHMS
 
@@ -22,7 +22,7 @@ def metadata() -> Response:
             "jwks_uri": f"{base}/.well-known/jwks.json",
             "introspection_endpoint": f"{base}/introspect",
             "revocation_endpoint": f"{base}/revoke",
-            "grant_types_supported": [GRANT_TYPE_TOKEN_EXCHANGE],
+            "grant_types_supported": [GRANT_TYPE_TOKEN_EXCHANGE, GRANT_TYPE_JWT_BEARER],
             "response_types_supported": [],
             "token_endpoint_auth_methods_supported": ["none"],
             "introspection_endpoint_auth_methods_supported": [

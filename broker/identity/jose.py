@@ -56,9 +56,7 @@ def strict_json_object(raw: bytes) -> dict[str, Any]:
     except UnicodeDecodeError as err:
         raise JoseError("not UTF-8") from err
     try:
-        value = json.loads(
-            text, object_pairs_hook=_no_duplicates, parse_constant=_reject_constant
-        )
+        value = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_reject_constant)
     except JoseError:
         raise
     except (ValueError, RecursionError) as err:

@@ -7,7 +7,9 @@
 - A failed refresh keeps the cached keys in use for `jwks_stale_seconds`; only a cold cache
   with an unreachable issuer is a (retryable) failure.
 - Only configured URLs are fetched: nothing in a token (`jku`, `x5u`, `jwk`, `kid`, `iss`)
-  causes egress."""
+  causes egress.
+- A `jwks_file` (a SPIFFE bundle kept current by spiffe-helper, say) is re-read like a fetch;
+  inline keys (an agent's registered JWKS) are parsed once and never touch Redis or HTTP."""
 
 from __future__ import annotations
 
@@ -30,6 +32,13 @@ log = logging.getLogger(__name__)
 MAX_JWKS_BYTES = 256 * 1024
 MAX_KEYS = 100
 MAX_NEGATIVE_KIDS = 1024
+SOURCE_MEMBER = "errand_key_source"  # added to mirrored JWKS: which key source it came from
+
+
+def source_fingerprint(issuer: TrustedIssuer) -> str:
+    import hashlib
+
+    return hashlib.sha256(repr(issuer.key_source).encode()).hexdigest()[:16]
 
 
 class SharedJwksState(Protocol):
@@ -37,7 +46,9 @@ class SharedJwksState(Protocol):
 
     def load(self, issuer_id: str) -> tuple[str, float] | None: ...
 
-    def store(self, issuer_id: str, jwks_json: str, fetched_at: float, ttl_seconds: int) -> None: ...
+    def store(
+        self, issuer_id: str, jwks_json: str, fetched_at: float, ttl_seconds: int
+    ) -> None: ...
 
     def try_lock_refresh(self, issuer_id: str, cooldown_seconds: int) -> bool: ...
 
@@ -70,7 +81,9 @@ def _bounded_get(url: str, timeout: float) -> bytes:
         for chunk in resp.iter_content(16384):
             body += chunk
             if len(body) > MAX_JWKS_BYTES:
-                raise KeysUnavailable("the issuer's keys are unavailable", debug=f"{url}: too large")
+                raise KeysUnavailable(
+                    "the issuer's keys are unavailable", debug=f"{url}: too large"
+                )
         return body
 
 
@@ -88,7 +101,9 @@ class HttpJwksFetcher:
                 "the issuer's keys are unavailable", debug=f"{issuer.id}: {type(err).__name__}"
             ) from err
         if not isinstance(doc, dict) or not isinstance(doc.get("keys"), list):
-            raise KeysUnavailable("the issuer's keys are unavailable", debug="JWKS has no keys list")
+            raise KeysUnavailable(
+                "the issuer's keys are unavailable", debug="JWKS has no keys list"
+            )
         return doc
 
     def _discover(self, issuer: TrustedIssuer) -> str:
@@ -104,11 +119,45 @@ class HttpJwksFetcher:
         return uri
 
 
+def read_jwks_file(issuer: TrustedIssuer) -> dict[str, Any]:
+    """A JWKS (or SPIFFE trust bundle) from a configured file, size-capped like a fetch."""
+    assert issuer.jwks_file is not None
+    try:
+        with open(issuer.jwks_file, "rb") as fh:
+            raw = fh.read(MAX_JWKS_BYTES + 1)
+        if len(raw) > MAX_JWKS_BYTES:
+            raise KeysUnavailable(
+                "the issuer's keys are unavailable", debug=f"{issuer.id}: bundle too large"
+            )
+        doc = json.loads(raw)
+    except OSError as err:
+        raise KeysUnavailable(
+            "the issuer's keys are unavailable",
+            debug=f"{issuer.id}: cannot read bundle: {err.strerror}",
+        ) from err
+    except ValueError as err:
+        raise KeysUnavailable(
+            "the issuer's keys are unavailable", debug=f"{issuer.id}: bundle is not JSON"
+        ) from err
+    if not isinstance(doc, dict) or not isinstance(doc.get("keys"), list):
+        raise KeysUnavailable("the issuer's keys are unavailable", debug="JWKS has no keys list")
+    return doc
+
+
+def _usable_use(jwk: dict[str, Any], issuer: TrustedIssuer) -> bool:
+    use = jwk.get("use", "sig")
+    # A SPIFFE trust bundle marks JWT-SVID keys "jwt-svid" (and X.509 roots "x509-svid").
+    return use == "sig" or (use == "jwt-svid" and issuer.profile == "spiffe")
+
+
 def parse_jwks(doc: dict[str, Any], issuer: TrustedIssuer) -> dict[str, VerificationKey]:
     """Public signing keys by kid; each key is bound to exactly one algorithm."""
     out: dict[str, VerificationKey] = {}
-    for jwk in doc.get("keys", [])[:MAX_KEYS]:
-        if not isinstance(jwk, dict) or jwk.get("use", "sig") != "sig":
+    keys = doc.get("keys", [])
+    if not isinstance(keys, list):
+        return out
+    for jwk in keys[:MAX_KEYS]:
+        if not isinstance(jwk, dict) or not _usable_use(jwk, issuer):
             continue
         kty = jwk.get("kty")
         alg = jwk.get("alg")
@@ -141,9 +190,38 @@ class JwksCache:
         self._cache: dict[str, _Cached] = {}
         self._lock = threading.Lock()
         self._local_cooldown: dict[str, float] = {}
+        self._inline: dict[str, tuple[str, dict[str, VerificationKey]]] = {}
+        self._fetch_now: set[str] = set()  # issuers whose key source a reload just changed
         self.fetches = 0  # observable for tests and metrics
 
+    def forget(self, issuer_id: str) -> None:
+        """Drop cached keys after a reload changed where an issuer's keys come from. Shared
+        mirrors carry the fingerprint of the key source they came from, so one written from
+        the old source is not adopted either."""
+        with self._lock:
+            self._cache.pop(issuer_id, None)
+            self._inline.pop(issuer_id, None)
+            # One fetch from the new source may skip the cooldown (an operator's reload, not
+            # something a token can trigger): the old source's lock must not delay the new keys.
+            self._fetch_now.add(issuer_id)
+
+    def _inline_key(self, issuer: TrustedIssuer, kid: str | None) -> VerificationKey:
+        assert issuer.jwks_json is not None
+        cached = self._inline.get(issuer.id)
+        if cached is None or cached[0] != issuer.jwks_json:
+            cached = (issuer.jwks_json, parse_jwks(json.loads(issuer.jwks_json), issuer))
+            self._inline[issuer.id] = cached
+        found = self._pick(_Cached(keys=cached[1], fetched_at=0.0), kid)
+        if found is None:
+            raise UnknownKey(
+                "the token's key is not registered for this identity", debug=f"kid={kid!r}"[:300]
+            )
+        return found
+
     def key_for(self, issuer: TrustedIssuer, kid: str | None) -> VerificationKey:
+        if issuer.jwks_json is not None:
+            with self._lock:
+                return self._inline_key(issuer, kid)
         now = self._clock.now()
         with self._lock:
             cached = self._cache.get(issuer.id)
@@ -187,14 +265,21 @@ class JwksCache:
         if current is not None and current.fetched_at >= fetched_at:
             return current
         try:
-            keys = parse_jwks(json.loads(jwks_json), issuer)
-        except ValueError:
+            doc = json.loads(jwks_json)
+            source = doc.get(SOURCE_MEMBER) if isinstance(doc, dict) else None
+            if source is not None and source != source_fingerprint(issuer):
+                return None  # fetched from a key source that a reload replaced
+            keys = parse_jwks(doc, issuer)
+        except (ValueError, AttributeError):
             return None
         adopted = _Cached(keys=keys, fetched_at=fetched_at)
         self._cache[issuer.id] = adopted
         return adopted
 
     def _may_fetch(self, issuer: TrustedIssuer, now: float) -> bool:
+        if issuer.id in self._fetch_now:
+            self._fetch_now.discard(issuer.id)
+            return True
         try:
             return self._shared.try_lock_refresh(issuer.id, issuer.refresh_cooldown_seconds)
         except Exception:
@@ -213,7 +298,7 @@ class JwksCache:
             )
         try:
             self.fetches += 1
-            doc = self._fetcher.fetch(issuer)
+            doc = read_jwks_file(issuer) if issuer.jwks_file else self._fetcher.fetch(issuer)
             keys = parse_jwks(doc, issuer)
             if not keys:
                 raise KeysUnavailable(
@@ -221,13 +306,17 @@ class JwksCache:
                 )
         except KeysUnavailable as err:
             if cached is not None and now - cached.fetched_at < issuer.jwks_stale_seconds:
-                log.warning("jwks refresh failed; serving cached keys", extra={"issuer": issuer.id, "debug": err.debug})
+                log.warning(
+                    "jwks refresh failed; serving cached keys",
+                    extra={"issuer": issuer.id, "debug": err.debug},
+                )
                 return cached
             raise
         fresh = _Cached(keys=keys, fetched_at=now)
         self._cache[issuer.id] = fresh
         try:
-            self._shared.store(issuer.id, json.dumps(doc), now, issuer.jwks_stale_seconds)
+            mirrored = {**doc, SOURCE_MEMBER: source_fingerprint(issuer)}
+            self._shared.store(issuer.id, json.dumps(mirrored), now, issuer.jwks_stale_seconds)
         except Exception:
             log.warning("could not mirror JWKS to Redis", extra={"issuer": issuer.id})
         return fresh

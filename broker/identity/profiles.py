@@ -28,7 +28,9 @@ from broker.identity.errors import ClaimInvalid
 
 MAX_CONTEXT_CHARS = 256
 
-Reader = Callable[[Mapping[str, Any], TrustedIssuer], tuple[Mapping[str, Any] | None, dict[str, Any]]]
+Reader = Callable[
+    [Mapping[str, Any], TrustedIssuer], tuple[Mapping[str, Any] | None, dict[str, Any]]
+]
 
 
 def _text(value: Any) -> str | None:
@@ -54,34 +56,91 @@ def _pick(claims: Mapping[str, Any], names: tuple[str, ...]) -> dict[str, Any]:
 # https://docs.github.com/actions/security-for-github-actions/security-hardening-your-deployments/about-security-hardening-with-openid-connect
 GITHUB_RULE_CLAIMS = frozenset(
     {
-        "repository", "repository_id", "repository_owner", "repository_owner_id",
-        "repository_visibility", "ref", "ref_type", "ref_protected", "environment",
-        "environment_node_id", "workflow", "workflow_ref", "workflow_sha", "job_workflow_ref",
-        "job_workflow_sha", "event_name", "head_ref", "base_ref", "actor", "actor_id",
-        "runner_environment", "sha", "enterprise", "enterprise_id",
+        "repository",
+        "repository_id",
+        "repository_owner",
+        "repository_owner_id",
+        "repository_visibility",
+        "ref",
+        "ref_type",
+        "ref_protected",
+        "environment",
+        "environment_node_id",
+        "workflow",
+        "workflow_ref",
+        "workflow_sha",
+        "job_workflow_ref",
+        "job_workflow_sha",
+        "event_name",
+        "head_ref",
+        "base_ref",
+        "actor",
+        "actor_id",
+        "runner_environment",
+        "sha",
+        "enterprise",
+        "enterprise_id",
     }
-)  # fmt: skip
+)
 GITHUB_CONTEXT = (
-    "repository", "repository_id", "repository_owner_id", "ref", "event_name", "environment",
-    "workflow_ref", "job_workflow_ref", "run_id", "run_attempt", "actor", "sha",
+    "repository",
+    "repository_id",
+    "repository_owner_id",
+    "ref",
+    "event_name",
+    "environment",
+    "workflow_ref",
+    "job_workflow_ref",
+    "run_id",
+    "run_attempt",
+    "actor",
+    "sha",
     "runner_environment",
-)  # fmt: skip
+)
 
 # -- GitLab CI -----------------------------------------------------------------------------
 # https://docs.gitlab.com/ci/secrets/id_token_authentication/
 GITLAB_RULE_CLAIMS = frozenset(
     {
-        "project_path", "project_id", "namespace_path", "namespace_id", "ref", "ref_type",
-        "ref_path", "ref_protected", "environment", "environment_protected", "deployment_tier",
-        "environment_action", "pipeline_source", "user_id", "user_login", "user_email",
-        "user_access_level", "runner_id", "runner_environment", "sha", "ci_config_ref_uri",
-        "ci_config_sha", "project_visibility",
+        "project_path",
+        "project_id",
+        "namespace_path",
+        "namespace_id",
+        "ref",
+        "ref_type",
+        "ref_path",
+        "ref_protected",
+        "environment",
+        "environment_protected",
+        "deployment_tier",
+        "environment_action",
+        "pipeline_source",
+        "user_id",
+        "user_login",
+        "user_email",
+        "user_access_level",
+        "runner_id",
+        "runner_environment",
+        "sha",
+        "ci_config_ref_uri",
+        "ci_config_sha",
+        "project_visibility",
     }
-)  # fmt: skip
+)
 GITLAB_CONTEXT = (
-    "project_path", "project_id", "namespace_path", "ref", "ref_protected", "environment",
-    "pipeline_source", "pipeline_id", "job_id", "user_login", "sha", "runner_environment",
-)  # fmt: skip
+    "project_path",
+    "project_id",
+    "namespace_path",
+    "ref",
+    "ref_protected",
+    "environment",
+    "pipeline_source",
+    "pipeline_id",
+    "job_id",
+    "user_login",
+    "sha",
+    "runner_environment",
+)
 
 
 def _read_claims_as_is(
@@ -97,7 +156,9 @@ _K8S_SUB = "system:serviceaccount:{namespace}:{name}"
 
 def _small_object(value: Any, where: str) -> Mapping[str, Any]:
     if not isinstance(value, Mapping):
-        raise ClaimInvalid(f"the token's '{where}' claim is missing or not an object", reason="missing_claim")
+        raise ClaimInvalid(
+            f"the token's '{where}' claim is missing or not an object", reason="missing_claim"
+        )
     return value
 
 
@@ -123,7 +184,8 @@ def _read_kubernetes(
         raise ClaimInvalid("the token's 'kubernetes.io.serviceaccount.name' claim is malformed")
     if claims.get("sub") != _K8S_SUB.format(namespace=namespace, name=name):
         raise ClaimInvalid(
-            "the token's 'sub' does not agree with its 'kubernetes.io' claim", reason="subject_mismatch"
+            "the token's 'sub' does not agree with its 'kubernetes.io' claim",
+            reason="subject_mismatch",
         )
     attributes: dict[str, Any] = {"namespace": namespace, "service_account": name}
     uid = account.get("uid")
@@ -184,7 +246,8 @@ def _read_agent(
     # strict audience: we must be the only audience, or the assertion could be replayed at a peer
     if not (aud == issuer.audience or aud == [issuer.audience]):
         raise ClaimInvalid(
-            "the assertion's 'aud' must be this broker's token endpoint only", reason="wrong_audience"
+            "the assertion's 'aud' must be this broker's token endpoint only",
+            reason="wrong_audience",
         )
     return {"sub": issuer.identity_id}, {"workload": {"agent": issuer.identity_id}}
 
@@ -214,9 +277,17 @@ PROFILES: Mapping[str, Profile] = {
         rule_claims=GITHUB_RULE_CLAIMS,
         id_claims=frozenset({"repository_id", "repository_owner_id", "actor_id", "enterprise_id"}),
         anchor_claims=frozenset(
-            {"repository_id", "repository_owner_id", "repository", "repository_owner",
-             "job_workflow_ref", "workflow_ref", "enterprise_id", "enterprise"}
-        ),  # fmt: skip
+            {
+                "repository_id",
+                "repository_owner_id",
+                "repository",
+                "repository_owner",
+                "job_workflow_ref",
+                "workflow_ref",
+                "enterprise_id",
+                "enterprise",
+            }
+        ),
         strong_anchors=frozenset({"repository_id", "repository_owner_id", "enterprise_id"}),
         read=lambda claims, issuer: _read_claims_as_is(claims, issuer, GITHUB_CONTEXT),
         hints={"sub": _SUB_HINT + " (repository_id, repository_owner_id, ref, ...)"},
@@ -253,9 +324,7 @@ PROFILES: Mapping[str, Profile] = {
         read=_read_spiffe,
         hints={"sub": "rules use 'spiffe_id' (exact or a path pattern such as spiffe://td/ns/*)"},
     ),
-    AGENT_PROFILE: Profile(
-        name=AGENT_PROFILE, rule_claims=frozenset({"sub"}), read=_read_agent
-    ),
+    AGENT_PROFILE: Profile(name=AGENT_PROFILE, rule_claims=frozenset({"sub"}), read=_read_agent),
 }
 
 # Registered JWT claims: never a rule's business (they are checked by the verifier).
@@ -274,13 +343,19 @@ def rule_problems(profile: Profile, claims: Mapping[str, str]) -> tuple[list[str
     warnings: list[str] = []
     for name, value in claims.items():
         if name in REGISTERED_CLAIMS:
-            errors.append(f"claims.{name}: a registered JWT claim is checked by the verifier, not by rules")
+            errors.append(
+                f"claims.{name}: a registered JWT claim is checked by the verifier, not by rules"
+            )
             continue
         if profile.rule_claims is not None and name not in profile.rule_claims:
             hint = profile.hints.get(name)
             errors.append(
-                f"claims.{name}: " + (hint or f"not a claim the {profile.name} profile matches; "
-                f"use one of {', '.join(sorted(profile.rule_claims))}")
+                f"claims.{name}: "
+                + (
+                    hint
+                    or f"not a claim the {profile.name} profile matches; "
+                    f"use one of {', '.join(sorted(profile.rule_claims))}"
+                )
             )
             continue
         try:
@@ -292,9 +367,10 @@ def rule_problems(profile: Profile, claims: Mapping[str, str]) -> tuple[list[str
             errors.append(f"claims.{name}: an immutable id is matched exactly, never by pattern")
     if profile.anchor_claims and not errors:
         anchored = [
-            n for n in profile.anchor_claims
+            n
+            for n in profile.anchor_claims
             if n in claims and compile_value(claims[n]).anchored_first_segment
-        ]  # fmt: skip
+        ]
         if not anchored:
             errors.append(
                 f"claims: a {profile.name} rule must bind one of "
@@ -304,6 +380,7 @@ def rule_problems(profile: Profile, claims: Mapping[str, str]) -> tuple[list[str
         elif profile.strong_anchors and not profile.strong_anchors & claims.keys():
             warnings.append(
                 f"claims: binds names only ({', '.join(sorted(anchored))}); a deleted and "
-                f"re-created name would match: also bind {' or '.join(sorted(profile.strong_anchors))}"
+                "re-created name would match: also bind "
+                + " or ".join(sorted(profile.strong_anchors))
             )
     return errors, warnings

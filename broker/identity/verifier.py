@@ -3,20 +3,26 @@
 size -> shape -> header allow-list -> issuer (the unverified `iss` only selects a configured
 issuer) -> key (kid looked up in that issuer's JWKS; the algorithm comes from the key) ->
 signature -> registered claims (exact iss, our audience, exp/nbf/iat with bounded skew,
-numeric dates that are numbers, bounded lifetime) -> jti shape per the issuer's replay policy."""
+numeric dates that are numbers, bounded lifetime) -> the issuer profile's own checks
+(broker/identity/profiles.py) -> jti shape per the issuer's replay policy.
+
+The same path verifies every workload JWT: CI OIDC tokens, Kubernetes projected
+service-account tokens, SPIFFE JWT-SVIDs and agents' own assertions, whether they arrive as
+an RFC 8693 `subject_token` or an RFC 7523 `assertion`."""
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jwt
 
-from broker.domain.models import Config, VerifiedSubject
+from broker.domain.models import Config, TrustedIssuer, VerifiedSubject
 from broker.identity.errors import BadSignature, ClaimInvalid, MalformedToken, UnknownIssuer
 from broker.identity.jose import JoseError, read_compact_jws
 from broker.identity.jwks import JwksCache
+from broker.identity.profiles import parse_spiffe_id, profile_for
 from broker.tokens.algorithms import ASYMMETRIC_ALGORITHMS
 
 MAX_KID_CHARS = 256
@@ -42,12 +48,51 @@ def _numeric_date(claims: Mapping[str, Any], name: str, required: bool) -> float
     return float(value)
 
 
+def route_issuer(config: Config, unverified_payload: Mapping[str, Any]) -> TrustedIssuer:
+    """The configured issuer an unverified token selects; nothing else is read from it.
+
+    `iss` selects a configured issuer by exact URL, or an identity that registered its own
+    keys (iss = identity id). A token without `iss` can only be a SPIFFE JWT-SVID: its `sub`
+    names the trust domain whose bundle verifies it."""
+    unverified_iss = unverified_payload.get("iss")
+    if unverified_iss is None:
+        unverified_sub = unverified_payload.get("sub")
+        parsed = parse_spiffe_id(unverified_sub)
+        if parsed is not None:
+            issuer = config.issuer_by_trust_domain(parsed[0])
+            if issuer is None:
+                raise UnknownIssuer(
+                    "the token's trust domain is not trusted",
+                    debug=f"trust_domain={parsed[0][:200]}",
+                )
+            return issuer
+        raise MalformedToken("the token has no issuer")
+    if not isinstance(unverified_iss, str):
+        raise MalformedToken("the token has no issuer")
+    issuer = config.issuer_by_url(unverified_iss)
+    if issuer is None:
+        raise UnknownIssuer("the token's issuer is not trusted", debug=unverified_iss[:200])
+    return issuer
+
+
 class SubjectTokenVerifier:
     def __init__(self, config: Config, jwks: JwksCache) -> None:
         self._config = config
         self._jwks = jwks
 
-    def verify(self, token: str, *, now: float) -> VerifiedSubject:
+    @property
+    def config(self) -> Config:
+        return self._config
+
+    def verify(
+        self,
+        token: str,
+        *,
+        now: float,
+        on_issuer: Callable[[TrustedIssuer], None] | None = None,
+    ) -> VerifiedSubject:
+        """Verify a workload token. `on_issuer` runs once the unverified `iss` has selected a
+        configured issuer and before any key fetch or signature work (rate limits)."""
         broker = self._config.broker
         try:
             parsed = read_compact_jws(token, max_bytes=broker.max_subject_token_bytes)
@@ -68,30 +113,33 @@ class SubjectTokenVerifier:
             raise MalformedToken("the token's key id is malformed")
         # jku, x5u, x5c and jwk are ignored: keys come only from the configured issuer's JWKS.
 
-        unverified_iss = parsed.payload.get("iss")
-        if not isinstance(unverified_iss, str):
-            raise MalformedToken("the token has no issuer")
-        issuer = self._config.issuer_by_url(unverified_iss)
-        if issuer is None:
-            raise UnknownIssuer("the token's issuer is not trusted", debug=unverified_iss[:200])
+        issuer = route_issuer(self._config, parsed.payload)
+        if on_issuer is not None:
+            on_issuer(issuer)
         if alg not in issuer.algorithms:
             raise MalformedToken("the token's algorithm is not allowed for its issuer")
 
         key = self._jwks.key_for(issuer, kid)
         if key.alg != alg:
             raise BadSignature("the token's algorithm does not match its key")
+        profile = profile_for(issuer)
+        required = ["aud", "exp"]
+        if issuer.issuer:
+            required.append("iss")
+        if issuer.profile != "spiffe":
+            required.append("iat")  # JWT-SVIDs need not carry iat (SPIFFE JWT-SVID §3)
         try:
             claims: dict[str, Any] = jwt.decode(
                 token,
                 key.key,
                 algorithms=[key.alg],
                 audience=issuer.audience,
-                issuer=issuer.issuer,
+                issuer=issuer.issuer or None,
                 options={
-                    "require": ["iss", "aud", "exp", "iat"],
+                    "require": required,
                     "verify_signature": True,
                     "verify_aud": True,
-                    "verify_iss": True,
+                    "verify_iss": bool(issuer.issuer),
                     # Time claims are checked below against the injected clock, strictly.
                     "verify_exp": False,
                     "verify_nbf": False,
@@ -102,36 +150,59 @@ class SubjectTokenVerifier:
         except jwt.InvalidSignatureError as err:
             raise BadSignature("the token's signature is invalid") from err
         except jwt.InvalidAudienceError as err:
-            raise ClaimInvalid("the token's 'aud' claim does not name this broker", reason="wrong_audience") from err
+            raise ClaimInvalid(
+                "the token's 'aud' claim does not name this broker", reason="wrong_audience"
+            ) from err
         except jwt.InvalidIssuerError as err:
-            raise ClaimInvalid("the token's 'iss' claim does not match", reason="wrong_issuer") from err
+            raise ClaimInvalid(
+                "the token's 'iss' claim does not match", reason="wrong_issuer"
+            ) from err
         except jwt.MissingRequiredClaimError as err:
-            raise ClaimInvalid(f"the token has no '{err.claim}' claim", reason="missing_claim") from err
+            raise ClaimInvalid(
+                f"the token has no '{err.claim}' claim", reason="missing_claim"
+            ) from err
         except jwt.PyJWTError as err:
-            raise MalformedToken("the token could not be verified", debug=type(err).__name__) from err
+            raise MalformedToken(
+                "the token could not be verified", debug=type(err).__name__
+            ) from err
+
+        if not issuer.issuer and "iss" in claims:
+            # Routed by trust domain: an SVID that names an issuer must be configured by it.
+            raise ClaimInvalid("the token's 'iss' claim does not match", reason="wrong_issuer")
 
         skew = broker.clock_skew_seconds
         exp = _numeric_date(claims, "exp", True)
-        iat = _numeric_date(claims, "iat", True)
+        iat = _numeric_date(claims, "iat", "iat" in required)
         nbf = _numeric_date(claims, "nbf", False)
-        assert exp is not None and iat is not None
+        assert exp is not None
         if exp <= now - skew:
             raise ClaimInvalid("the token has expired", reason="expired")
-        if iat > now + skew:
+        if iat is not None and iat > now + skew:
             raise ClaimInvalid("the token's 'iat' is in the future", reason="issued_in_future")
         if nbf is not None and nbf > now + skew:
             raise ClaimInvalid("the token is not valid yet", reason="not_yet_valid")
-        if exp - iat > issuer.max_token_lifetime_seconds:
-            raise ClaimInvalid("the token's lifetime is longer than this issuer allows", reason="lifetime_too_long")
+        if exp - (iat if iat is not None else now) > issuer.max_token_lifetime_seconds:
+            raise ClaimInvalid(
+                "the token's lifetime is longer than this issuer allows", reason="lifetime_too_long"
+            )
         aud = claims.get("aud")
         if isinstance(aud, list) and not all(isinstance(a, str) for a in aud):
             raise ClaimInvalid("the token's 'aud' claim is malformed")
+        attributes, context = profile.read(claims, issuer)
 
         jti = claims.get("jti")
         if jti is not None and (not isinstance(jti, str) or not 0 < len(jti) <= MAX_JTI_CHARS):
             raise ClaimInvalid("the token's 'jti' claim is malformed")
         if issuer.replay == "single-use" and jti is None:
-            raise ClaimInvalid("the token has no 'jti' claim, which this issuer requires", reason="missing_claim")
+            raise ClaimInvalid(
+                "the token has no 'jti' claim, which this issuer requires", reason="missing_claim"
+            )
         return VerifiedSubject(
-            issuer=issuer, claims=claims, jti=jti, exp=int(exp), token_sha256=token_sha256(token)
+            issuer=issuer,
+            claims=claims,
+            jti=jti,
+            exp=int(exp),
+            token_sha256=token_sha256(token),
+            attributes=attributes,
+            context=context,
         )

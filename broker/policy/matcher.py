@@ -1,8 +1,11 @@
 """Map a verified workload token to exactly one identity of the inventory.
 
-Rules compare exact claim values. The configuration refuses overlapping rules, so at most
-one identity can match. A miss reports the *names* of the claims that differed in the
-nearest rule (the caller may see them); the expected values go only to the audit log."""
+Rules compare claim values exactly, or against an anchored glob compiled once at load
+(broker/policy/patterns.py). The configuration refuses rules that could overlap, so at most
+one identity can match. Rules see the issuer profile's attributes (VerifiedSubject), which
+for most profiles are the claims themselves. A miss reports the *names* of the claims that
+differed in the nearest rule (the caller may see them); the expected values go only to the
+audit log."""
 
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from broker.domain.models import Config, Identity, MatchRule
+from broker.policy.patterns import ValuePattern, compile_value
 
 
 def claim_text(value: Any) -> str | None:
@@ -39,17 +43,23 @@ class Miss:
     compared: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
 
+_Compiled = tuple[Identity, MatchRule, tuple[tuple[str, ValuePattern], ...]]
+
+
 class IdentityMatcher:
     def __init__(self, config: Config) -> None:
-        self._by_issuer: dict[str, list[tuple[Identity, MatchRule]]] = {}
+        self._by_issuer: dict[str, list[_Compiled]] = {}
         for identity in config.identities:
             for rule in identity.rules:
-                self._by_issuer.setdefault(rule.issuer_id, []).append((identity, rule))
+                compiled = tuple((name, compile_value(want)) for name, want in rule.claims)
+                self._by_issuer.setdefault(rule.issuer_id, []).append((identity, rule, compiled))
 
     def match(self, issuer_id: str, claims: Mapping[str, Any]) -> Match | Miss:
         nearest: tuple[int, MatchRule, list[str]] | None = None
-        for identity, rule in self._by_issuer.get(issuer_id, ()):
-            missed = [name for name, want in rule.claims if claim_text(claims.get(name)) != want]
+        for identity, rule, compiled in self._by_issuer.get(issuer_id, ()):
+            missed = [
+                name for name, want in compiled if not want.matches(claim_text(claims.get(name)))
+            ]
             if not missed:
                 return Match(identity=identity, rule=rule)
             if nearest is None or len(missed) < nearest[0]:

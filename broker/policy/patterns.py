@@ -2,9 +2,10 @@
 
 A value without `*` matches one claim value exactly. A value with `*` is a pattern:
 
-- `*` stands for one or more characters other than `/`, so `refs/heads/release/*` matches
-  `refs/heads/release/1.2` but neither `refs/heads/release/` nor `refs/heads/release/a/b`,
-  and a pattern always matches values with exactly as many `/` as it has itself;
+- `*` stands for one or more characters other than `/` and control characters, so
+  `refs/heads/release/*` matches `refs/heads/release/1.2` but neither `refs/heads/release/`
+  nor `refs/heads/release/a/b` nor `refs/heads/release/x\n`, and a pattern always matches
+  values with exactly as many `/` as it has itself;
 - the whole value must match (the regex is anchored with \\A and \\Z); every other character
   is literal (regex metacharacters are escaped); there is no escape for a literal `*`;
 - at most two `*` per value and never `**`, which bounds the matching cost (no pattern can
@@ -20,6 +21,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 MAX_STARS = 2
+STAR = r"[^/\x00-\x1f\x7f]+"  # what one `*` matches
 MAX_VALUE_CHARS = 1024  # longer claim values never match a rule (rule values are <= 512)
 
 
@@ -57,7 +59,7 @@ def compile_value(text: str) -> ValuePattern:
         raise PatternError("'**' is not supported: '*' matches within one '/'-separated segment")
     if text.count("*") > MAX_STARS:
         raise PatternError(f"at most {MAX_STARS} '*' per value")
-    body = "[^/]+".join(re.escape(part) for part in text.split("*"))
+    body = STAR.join(re.escape(part) for part in text.split("*"))
     return ValuePattern(text, re.compile(r"\A" + body + r"\Z", re.DOTALL))
 
 

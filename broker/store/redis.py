@@ -89,12 +89,12 @@ return {g[1], g[2]}
 """
 
 # KEYS: tombstone, completing, audit, revocation feed.
-# ARGV: ttl, now, audit maxlen, audit json, task id, feed entry expiry
+# ARGV: ttl, now, audit maxlen, audit json, task id, feed entry expiry, feed cut-off (iat)
 _COMPLETE_TASK = """
 if not redis.call('SET', KEYS[1], ARGV[2], 'NX', 'EX', ARGV[1]) then return 0 end
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[5])
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', 'e', ARGV[4])
-redis.call('XADD', KEYS[4], '*', 'k', 'task', 'v', ARGV[5], 'n', ARGV[2], 'x', ARGV[6])
+redis.call('XADD', KEYS[4], '*', 'k', 'task', 'v', ARGV[5], 'n', ARGV[7], 'x', ARGV[6])
 return 1
 """
 
@@ -299,8 +299,17 @@ class RedisGrantStore:
         return str(found[0]), str(found[1])
 
     def complete_task(
-        self, task_id: str, *, tombstone_seconds: int, audit: Mapping[str, Any], now: int
+        self,
+        task_id: str,
+        *,
+        tombstone_seconds: int,
+        audit: Mapping[str, Any],
+        now: int,
+        skew_seconds: int = 60,
     ) -> bool:
+        """Tombstone the task. Its feed entry covers tokens with iat up to now + skew: no token
+        of the task can be issued after the tombstone, and a node whose clock runs ahead may
+        have stamped an earlier one with a later iat."""
         with self._guard():
             return bool(
                 self._complete(
@@ -317,6 +326,7 @@ class RedisGrantStore:
                         json.dumps(audit, separators=(",", ":")),
                         task_id,
                         now + tombstone_seconds,
+                        now + skew_seconds,
                     ],
                 )
             )

@@ -199,7 +199,9 @@ class RedisRevocationStore:
     def valid_cursor(cursor: str) -> bool:
         return _CURSOR.fullmatch(cursor) is not None
 
-    def read_feed(self, since: str, *, limit: int, now: int) -> FeedPage:
+    def read_feed(self, since: str, *, limit: int, now: int, margin: int = 60) -> FeedPage:
+        """Entries after `since`; an entry is dropped only `margin` seconds after its exp,
+        so a verifier with clock leeway still hears of a token that has just expired."""
         start = "-" if since == "0" else "(" + since
 
         def read() -> tuple[Any, Any]:
@@ -215,8 +217,8 @@ class RedisRevocationStore:
         for _, f in rows:
             try:
                 exp = int(f["x"])
-                if exp < now:
-                    continue  # every token it covered has expired
+                if exp + margin < now:
+                    continue  # every token it covered has expired, leeway included
                 entries.append(
                     {"kind": f["k"], "value": f["v"], "not_after": int(f["n"]), "exp": exp}
                 )

@@ -59,6 +59,13 @@ def config_doc(broker_url: str, issuer_url: str, secret_file: Path) -> dict[str,
             "issuer": broker_url,
             "default_token_ttl_seconds": 300,
             "max_token_ttl_seconds": 900,
+            # Load stories must not trip the abuse limits (tests/security covers those).
+            "limits": {
+                "per_address": 0,
+                "per_issuer": 0,
+                "per_identity": 0,
+                "max_live_grants_per_identity": 0,
+            },
         },
         "issuers": [
             {

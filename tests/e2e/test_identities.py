@@ -51,8 +51,16 @@ HTTP.trust_env = False  # 127.0.0.1 only
 
 
 class World:
-    def __init__(self, stack: Stack, github: DevIssuer, gitlab: DevIssuer, k8s: DevIssuer,
-                 spiffe_key: SigningKey, agent_key: SigningKey, doc: dict[str, Any]) -> None:  # fmt: skip
+    def __init__(
+        self,
+        stack: Stack,
+        github: DevIssuer,
+        gitlab: DevIssuer,
+        k8s: DevIssuer,
+        spiffe_key: SigningKey,
+        agent_key: SigningKey,
+        doc: dict[str, Any],
+    ) -> None:
         self.stack, self.github, self.gitlab, self.k8s = stack, github, gitlab, k8s
         self.spiffe_key, self.agent_key, self.doc = spiffe_key, agent_key, doc
 
@@ -101,8 +109,12 @@ class World:
         )
 
     def introspect(self, token: str) -> dict[str, Any]:
-        resp = HTTP.post(self.stack.url + "/introspect", data={"token": token},
-                         auth=(CLIENT_ID, self.stack.client_secret), timeout=10)  # fmt: skip
+        resp = HTTP.post(
+            self.stack.url + "/introspect",
+            data={"token": token},
+            auth=(CLIENT_ID, self.stack.client_secret),
+            timeout=10,
+        )
         return dict(resp.json())
 
     def admin(self, method: str, path: str, **kw: Any) -> requests.Response:
@@ -140,47 +152,165 @@ def config_doc(
     return {
         "broker": {"issuer": stack.url, "config_reload_seconds": 1},
         "issuers": [
-            {"id": "github", "profile": "github-actions", "issuer": github, "audience": AUD,
-             "algorithms": ["ES256"], "refresh_cooldown_seconds": 5},
-            {"id": "gitlab", "profile": "gitlab-ci", "issuer": gitlab, "audience": AUD,
-             "algorithms": ["ES256"], "refresh_cooldown_seconds": 5},
-            {"id": "cluster", "profile": "kubernetes", "issuer": k8s, "audience": AUD,
-             "algorithms": ["ES256"], "refresh_cooldown_seconds": 5},
-            {"id": "spiffe-prod", "profile": "spiffe", "trust_domain": TRUST_DOMAIN, "jwks_file": str(bundle),
-             "audience": AUD, "algorithms": ["ES256"]},
+            {
+                "id": "github",
+                "profile": "github-actions",
+                "issuer": github,
+                "audience": AUD,
+                "algorithms": ["ES256"],
+                "refresh_cooldown_seconds": 5,
+            },
+            {
+                "id": "gitlab",
+                "profile": "gitlab-ci",
+                "issuer": gitlab,
+                "audience": AUD,
+                "algorithms": ["ES256"],
+                "refresh_cooldown_seconds": 5,
+            },
+            {
+                "id": "cluster",
+                "profile": "kubernetes",
+                "issuer": k8s,
+                "audience": AUD,
+                "algorithms": ["ES256"],
+                "refresh_cooldown_seconds": 5,
+            },
+            {
+                "id": "spiffe-prod",
+                "profile": "spiffe",
+                "trust_domain": TRUST_DOMAIN,
+                "jwks_file": str(bundle),
+                "audience": AUD,
+                "algorithms": ["ES256"],
+            },
         ],
         "identities": [
-            {"id": "gh-deploy", "type": "service", "owner": "platform-team", "purpose": "deploy acme/app",
-             "match": [{"issuer": "github", "claims": {
-                 "repository_id": "100200300", "repository_owner_id": "4242", "ref": "refs/heads/main"}}],
-             "allow": allow},
-            {"id": "gh-release", "type": "service", "owner": "release-team", "purpose": "release acme/app",
-             "expires": "2099-12-31",
-             "match": [{"issuer": "github", "claims": {
-                 "repository_id": "100200300", "repository_owner_id": "4242",
-                 "ref": "refs/heads/release/*", "ref_protected": "true"}}],
-             "allow": {"audiences": [DEPLOY], "scopes": ["release:write"], "default_scopes": ["release:write"]}},
-            {"id": "gh-legacy", "type": "service", "owner": "legacy-team", "purpose": "retired pipeline",
-             "expires": "2020-01-01",
-             "match": [{"issuer": "github", "claims": {
-                 "repository_id": "100200300", "repository_owner_id": "4242", "ref": "refs/heads/legacy"}}],
-             "allow": allow},
-            {"id": "gl-deploy", "type": "service", "owner": "platform-team", "purpose": "deploy group/app",
-             "match": [{"issuer": "gitlab", "claims": {
-                 "project_id": "42", "namespace_id": "7", "ref": "main", "ref_protected": "true"}}],
-             "allow": allow},
-            {"id": "billing-api", "type": "service", "owner": "billing-team", "purpose": "billing API",
-             "match": [{"issuer": "cluster", "claims": {"namespace": "billing", "service_account": "billing-api"}}],
-             "allow": {"audiences": [BILLING], "scopes": ["billing:read"], "default_scopes": ["billing:read"]}},
-            {"id": "orders", "type": "service", "owner": "orders-team", "purpose": "orders service",
-             "match": [{"issuer": "spiffe-prod", "claims": {"spiffe_id": f"spiffe://{TRUST_DOMAIN}/ns/orders/sa/*"}}],
-             "allow": {"audiences": [BILLING], "scopes": ["billing:read"], "default_scopes": ["billing:read"]}},
-            {"id": "ticket-summariser", "type": "agent", "owner": "support-team",
-             "purpose": "summarise support tickets", "keys": {"jwks": jwks_of(agent_key)},
-             "allow": {"audiences": [TICKETS], "scopes": ["tickets:read"], "default_scopes": ["tickets:read"]}},
+            {
+                "id": "gh-deploy",
+                "type": "service",
+                "owner": "platform-team",
+                "purpose": "deploy acme/app",
+                "match": [
+                    {
+                        "issuer": "github",
+                        "claims": {
+                            "repository_id": "100200300",
+                            "repository_owner_id": "4242",
+                            "ref": "refs/heads/main",
+                        },
+                    }
+                ],
+                "allow": allow,
+            },
+            {
+                "id": "gh-release",
+                "type": "service",
+                "owner": "release-team",
+                "purpose": "release acme/app",
+                "expires": "2099-12-31",
+                "match": [
+                    {
+                        "issuer": "github",
+                        "claims": {
+                            "repository_id": "100200300",
+                            "repository_owner_id": "4242",
+                            "ref": "refs/heads/release/*",
+                            "ref_protected": "true",
+                        },
+                    }
+                ],
+                "allow": {
+                    "audiences": [DEPLOY],
+                    "scopes": ["release:write"],
+                    "default_scopes": ["release:write"],
+                },
+            },
+            {
+                "id": "gh-legacy",
+                "type": "service",
+                "owner": "legacy-team",
+                "purpose": "retired pipeline",
+                "expires": "2020-01-01",
+                "match": [
+                    {
+                        "issuer": "github",
+                        "claims": {
+                            "repository_id": "100200300",
+                            "repository_owner_id": "4242",
+                            "ref": "refs/heads/legacy",
+                        },
+                    }
+                ],
+                "allow": allow,
+            },
+            {
+                "id": "gl-deploy",
+                "type": "service",
+                "owner": "platform-team",
+                "purpose": "deploy group/app",
+                "match": [
+                    {
+                        "issuer": "gitlab",
+                        "claims": {
+                            "project_id": "42",
+                            "namespace_id": "7",
+                            "ref": "main",
+                            "ref_protected": "true",
+                        },
+                    }
+                ],
+                "allow": allow,
+            },
+            {
+                "id": "billing-api",
+                "type": "service",
+                "owner": "billing-team",
+                "purpose": "billing API",
+                "match": [
+                    {
+                        "issuer": "cluster",
+                        "claims": {"namespace": "billing", "service_account": "billing-api"},
+                    }
+                ],
+                "allow": {
+                    "audiences": [BILLING],
+                    "scopes": ["billing:read"],
+                    "default_scopes": ["billing:read"],
+                },
+            },
+            {
+                "id": "orders",
+                "type": "service",
+                "owner": "orders-team",
+                "purpose": "orders service",
+                "match": [
+                    {
+                        "issuer": "spiffe-prod",
+                        "claims": {"spiffe_id": f"spiffe://{TRUST_DOMAIN}/ns/orders/sa/*"},
+                    }
+                ],
+                "allow": {
+                    "audiences": [BILLING],
+                    "scopes": ["billing:read"],
+                    "default_scopes": ["billing:read"],
+                },
+            },
+            {
+                "id": "ticket-summariser",
+                "type": "agent",
+                "owner": "support-team",
+                "purpose": "summarise support tickets",
+                "keys": {"jwks": jwks_of(agent_key)},
+                "allow": {
+                    "audiences": [TICKETS],
+                    "scopes": ["tickets:read"],
+                    "default_scopes": ["tickets:read"],
+                },
+            },
         ],
         "clients": [{"client_id": CLIENT_ID, "secret_file": str(stack.secret_file)}],
-    }  # fmt: skip
+    }
 
 
 @pytest.fixture(scope="module")
@@ -305,10 +435,21 @@ def test_one_token_through_both_grants(world: World) -> None:
 def review(world: World, *args: str) -> subprocess.CompletedProcess[str]:
     """The access review through the CLI (`errand review` once broker/cli.py registers it)."""
     return subprocess.run(
-        [sys.executable, "-m", "broker.inventory_cli", *args, "--url", world.stack.url,
-         "--admin-token-file", str(world.stack.admin_token_file)],
-        capture_output=True, text=True, timeout=30, cwd=ROOT,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "broker.inventory_cli",
+            *args,
+            "--url",
+            world.stack.url,
+            "--admin-token-file",
+            str(world.stack.admin_token_file),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=ROOT,
+    )
 
 
 def test_suspend_review_and_offboard(world: World) -> None:
@@ -354,39 +495,64 @@ def _until(predicate: Any, timeout: float = 15.0) -> bool:
     while time.monotonic() < deadline:
         if predicate():
             return True
-        time.sleep(0.2)
+        time.sleep(0.1)
     return False
+
+
+def every_worker(world: World, predicate: Any, workers: int = 2) -> bool:
+    """Each gunicorn worker reloads on its own: wait until all of them report `predicate`."""
+    seen: dict[int, bool] = {}
+
+    def check() -> bool:
+        status = world.admin("GET", "/admin/identities/reload").json()
+        seen[status["pid"]] = bool(predicate(status))
+        return len(seen) >= workers and all(seen.values())
+
+    return _until(check, timeout=20.0)
 
 
 def test_reload_without_restart_and_a_bad_file_keeps_the_old(world: World) -> None:
     doc = json.loads(json.dumps(world.doc))
     doc["identities"].append(
-        {"id": "gh-docs", "type": "service", "owner": "docs-team", "purpose": "publish docs",
-         "match": [{"issuer": "github", "claims": {
-             "repository_id": "777", "repository_owner_id": "4242", "ref": "refs/heads/main"}}],
-         "allow": {"audiences": [DEPLOY], "scopes": ["deploy:read"], "default_scopes": ["deploy:read"]}}
-    )  # fmt: skip
+        {
+            "id": "gh-docs",
+            "type": "service",
+            "owner": "docs-team",
+            "purpose": "publish docs",
+            "match": [
+                {
+                    "issuer": "github",
+                    "claims": {
+                        "repository_id": "777",
+                        "repository_owner_id": "4242",
+                        "ref": "refs/heads/main",
+                    },
+                }
+            ],
+            "allow": {
+                "audiences": [DEPLOY],
+                "scopes": ["deploy:read"],
+                "default_scopes": ["deploy:read"],
+            },
+        }
+    )
+    before = world.admin("GET", "/admin/identities/reload").json()["generation"]
+    assert refused(
+        world.exchange(world.gh(repository="acme/docs", repository_id="777"), audience=DEPLOY)
+    )
     world.write_config(doc)
+    assert every_worker(
+        world, lambda s: s["ok"] and s["identities"] == 8 and s["generation"] > before
+    )
 
-    def docs_ok(n: int = 6) -> bool:
-        # several requests, so each gunicorn worker process answers at least one in practice
-        return all(
-            world.exchange(
-                world.gh(repository="acme/docs", repository_id="777"), audience=DEPLOY
-            ).status_code
-            == 200
-            for _ in range(n)
-        )
+    def docs_ok() -> bool:
+        token = world.gh(repository="acme/docs", repository_id="777")
+        return world.exchange(token, audience=DEPLOY).status_code == 200
 
-    assert _until(docs_ok), world.stack.logs()
+    assert all(docs_ok() for _ in range(6))
     world.write_config(text="broker: [this is not yaml")
-    time.sleep(2.5)  # past every worker's next check
-    assert docs_ok(8)  # the running configuration stays
-    assert _until(lambda: world.admin("GET", "/admin/identities/reload").json().get("ok") is False)
-    status = world.admin("GET", "/admin/identities/reload").json()
-    assert "not valid YAML" in status["error"]
+    assert every_worker(world, lambda s: not s["ok"] and "not valid YAML" in s["error"])
+    assert all(docs_ok() for _ in range(6))  # every worker keeps the running configuration
     assert world.stack.alive("web")
     world.write_config(doc)  # fixed again
-    assert _until(
-        lambda: all(world.admin("GET", "/admin/identities/reload").json()["ok"] for _ in range(6))
-    )
+    assert every_worker(world, lambda s: s["ok"] and s["identities"] == 8)

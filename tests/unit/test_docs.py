@@ -35,7 +35,8 @@ EXTERNAL_DOCS = {"docs/benchmarks.md"}
 
 _VAR_REF = re.compile(r"\$\{([A-Z][A-Z0-9_]*)(?::-[^}]*)?\}")
 _ENV_NAME = re.compile(r"\b(ERRAND_[A-Z0-9_]*[A-Z0-9]|REDIS_URL)\b")
-_ROUTE = re.compile(r"@bp\.(get|post|put|patch|delete)\(\s*\"([^\"]+)\"")
+# `[^"]*`: a blueprint's own root is registered as "" (`@bp.get("")` under its url_prefix).
+_ROUTE = re.compile(r"@bp\.(get|post|put|patch|delete)\(\s*\"([^\"]*)\"")
 _PREFIX = re.compile(r"Blueprint\([^)]*url_prefix=\"([^\"]+)\"")
 _FLASK_ARG = re.compile(r"<(?:[a-z]+:)?([A-Za-z_][A-Za-z0-9_]*)>")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import secrets
 import threading
 import time
@@ -15,6 +16,8 @@ from urllib.parse import parse_qs, urlsplit
 
 from broker.domain.models import Grant
 from broker.tokens.keyring import SigningKey
+
+_CURSOR = re.compile(r"0|[0-9]{1,20}-[0-9]{1,20}")  # broker/store/revocations.py
 
 AUDIENCE = "https://orders.acme.example"
 RS_CLIENT_ID = "orders-api"
@@ -30,7 +33,8 @@ class FakeBroker:
         self.jwks_cache_control: str | None = None
         self.jwks_hits = 0
         self.jwks_down = False
-        self.entries: list[dict[str, Any]] = []
+        self.entries: list[dict[str, Any]] = []  # each with its stream "id"
+        self._seq = 0
         self.epoch = 0
         self.feed_down = False
         self.feed_override: bytes | None = None  # raw body to answer instead
@@ -103,16 +107,28 @@ class FakeBroker:
             if self.feed_override is not None:
                 self._send(handler, 200, self.feed_override)
                 return
-            since = int(query.get("since", "0"))
-            limit = int(query.get("limit", "1000"))
-            page = self.entries[since : since + limit]
-            cursor = since + len(page)
+            # Like broker/store/revocations.py: cursors are Redis stream ids ("0" to start),
+            # anything else is 400; entries whose tokens have all expired are skipped, but
+            # the cursor still moves past them.
+            since = query.get("since", "0")
+            limit_text = query.get("limit", "1000")
+            if not _CURSOR.fullmatch(since) or not limit_text.isdigit():
+                self._send(handler, 400, b'{"error":"invalid_request"}')
+                return
+            limit = int(limit_text)
+            after = (0, -1) if since == "0" else _id_key(since)
+            rows = [e for e in self.entries if _id_key(e["id"]) > after][: limit + 1]
+            more = len(rows) > limit
+            rows = rows[:limit]
+            now = int(time.time())
             body = {
-                "cursor": str(cursor),
+                "cursor": rows[-1]["id"] if rows else since,
                 "epoch": self.epoch,
-                "entries": page,
-                "more": cursor < len(self.entries),
-                "server_time": int(time.time()),
+                "entries": [
+                    {k: v for k, v in e.items() if k != "id"} for e in rows if e["exp"] >= now
+                ],
+                "more": more,
+                "server_time": now,
             }
             self._send(handler, 200, json.dumps(body).encode())
 
@@ -123,17 +139,29 @@ class FakeBroker:
 
     def revoke(
         self, kind: str, value: str, *, not_after: int | None = None, exp: int | None = None
-    ) -> None:
+    ) -> str:
+        """Append a feed entry as the broker does (XADD); returns its stream id."""
         now = int(time.time())
+        exp = now + 900 if exp is None else exp
+        if kind == "jti":  # the broker stores the grant's exp in both fields
+            not_after = exp if not_after is None else not_after
         with self.lock:
+            self._seq += 1
+            entry_id = f"{int(time.time() * 1000)}-{self._seq}"
             self.entries.append(
                 {
+                    "id": entry_id,
                     "kind": kind,
                     "value": value,
                     "not_after": now if not_after is None else not_after,
-                    "exp": now + 900 if exp is None else exp,
+                    "exp": exp,
                 }
             )
+        return entry_id
+
+    @property
+    def entry_ids(self) -> list[str]:
+        return [e["id"] for e in self.entries]
 
     def start(self) -> FakeBroker:
         self._thread.start()
@@ -142,6 +170,11 @@ class FakeBroker:
     def stop(self) -> None:
         self._server.shutdown()
         self._server.server_close()
+
+
+def _id_key(stream_id: str) -> tuple[int, int]:
+    ms, _, seq = stream_id.partition("-")
+    return int(ms), int(seq or 0)
 
 
 def make_grant(**overrides: Any) -> Grant:

@@ -111,14 +111,39 @@ def test_pages_are_followed_with_the_returned_cursor(published, verifier, mint):
         published.url, RS_CLIENT_ID, RS_CLIENT_SECRET, page_limit=3, background=False
     )
     feed.sync_once()
-    assert [r["since"] for r in published.feed_requests] == ["0", "3", "6"]
+    ids = published.entry_ids
+    assert [r["since"] for r in published.feed_requests] == ["0", ids[2], ids[5]]
     for t in tokens:
         with pytest.raises(TokenRevoked):
             verifier.verify(t, feed=feed)
     published.revoke("task", "task-x")
     feed.sync_once()
-    assert published.feed_requests[-1]["since"] == "7"
+    assert published.feed_requests[-1]["since"] == ids[6]
     assert feed.entry_count() == 8
+
+
+def test_entries_the_broker_skips_as_expired_still_move_the_cursor(published, feed):
+    now = int(time.time())
+    published.revoke("jti", "long-gone", exp=now - 10)
+    live = published.revoke("jti", "still-live")
+    feed.sync_once()
+    assert feed.entry_count() == 1
+    published.revoke("jti", "gone-again", exp=now - 10)
+    last = published.entry_ids[-1]
+    feed.sync_once()
+    assert published.feed_requests[-1]["since"] == live
+    feed.sync_once()
+    assert published.feed_requests[-1]["since"] == last
+    assert feed.entry_count() == 1
+
+
+def test_a_cursor_the_broker_refuses_is_a_failed_sync(published):
+    # A cursor the broker does not recognise is a 400, never an empty page.
+    feed = RevocationFeed(published.url, RS_CLIENT_ID, RS_CLIENT_SECRET, background=False)
+    feed._cursor = "not-a-cursor"
+    with pytest.raises(FeedError, match="HTTP 400"):
+        feed.sync_once()
+    assert not feed.healthy
 
 
 def test_wrong_client_secret_is_a_failed_sync(published):

@@ -279,7 +279,7 @@ def test_failed_scheduled_refresh_is_retried_after_the_cooldown_not_per_request(
         verifier.verify(sign())  # cached key still used
     assert broker.jwks_hits == 2
     broker.jwks_down = False
-    time.sleep(0.55)
+    time.sleep(1.05)  # the retry waits max(cooldown, 1 s)
     verifier.verify(sign())
     assert broker.jwks_hits == 3
 

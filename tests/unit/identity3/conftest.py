@@ -43,7 +43,9 @@ def world_raw(wkeys: Keys, bundle_file: Path) -> dict[str, Any]:
 
 
 @pytest.fixture
-def build_world(wkeys: Keys, key_dir: Path, clock: FixedClock, world_raw: dict[str, Any]) -> Callable[..., Any]:
+def build_world(
+    wkeys: Keys, key_dir: Path, clock: FixedClock, world_raw: dict[str, Any]
+) -> Callable[..., Any]:
     """Services on a fresh FakeServer for the world config, optionally mutated."""
 
     def build(mutate: Callable[[dict[str, Any]], None] | None = None) -> Any:
@@ -51,7 +53,9 @@ def build_world(wkeys: Keys, key_dir: Path, clock: FixedClock, world_raw: dict[s
         if mutate:
             mutate(raw)
         server = fakeredis.FakeServer()
-        svc = fake_services(parse_config(raw), key_dir, clock=clock, fetcher=fetcher_for(wkeys), server=server)
+        svc = fake_services(
+            parse_config(raw), key_dir, clock=clock, fetcher=fetcher_for(wkeys), server=server
+        )
         svc.extras["fake_server"] = server
         return svc
 
@@ -70,9 +74,11 @@ def make_app(svc: Any, tmp_path: Path, config_path: Path | None = None) -> Any:
     admin = tmp_path / "admin-token"
     admin.write_text(ADMIN_TOKEN)
     settings = Settings(
-        config_path=config_path or Path("unused.yaml"), redis_url="redis://fake",
-        signing_key_dir=Path("unused"), admin_token_file=admin,
-    )  # fmt: skip
+        config_path=config_path or Path("unused.yaml"),
+        redis_url="redis://fake",
+        signing_key_dir=Path("unused"),
+        admin_token_file=admin,
+    )
     return create_app(settings, services=svc)
 
 

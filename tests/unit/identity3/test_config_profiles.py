@@ -31,9 +31,12 @@ def test_world_config_loads_with_profile_defaults(raw: dict[str, Any]) -> None:
     config = parse_config(raw)
     replay = {i.id: i.replay for i in config.issuers.values()}
     assert replay == {
-        "github": "single-use", "gitlab": "single-use", "k8s": "reuse-within-lifetime",
-        "spiffe-prod": "reuse-within-lifetime", "sso": "single-use",
-    }  # fmt: skip
+        "github": "single-use",
+        "gitlab": "single-use",
+        "k8s": "reuse-within-lifetime",
+        "spiffe-prod": "reuse-within-lifetime",
+        "sso": "single-use",
+    }
     assert config.issuers["spiffe-prod"].issuer == ""
     agent = config.agent_issuers["agent-summariser"]
     assert agent.audience == "https://errand.test/token"
@@ -50,7 +53,10 @@ def ident_rule_ids(config: Any, identity_id: str) -> list[str]:
 def test_unknown_claim_for_a_profile_is_refused(raw: dict[str, Any]) -> None:
     ident(raw, "gh-deploy")["match"][0]["claims"]["repo_id"] = "1"
     message = refused(raw)
-    assert "identities.0.match.0.claims.repo_id: not a claim the github-actions profile matches" in message
+    assert (
+        "identities.0.match.0.claims.repo_id: not a claim the github-actions profile matches"
+        in message
+    )
 
 
 @pytest.mark.parametrize("issuer", ["github", "gitlab"])
@@ -76,12 +82,18 @@ def test_a_github_rule_must_name_an_owner_or_repository(raw: dict[str, Any]) -> 
 
 
 def test_a_leading_wildcard_owner_is_not_an_anchor(raw: dict[str, Any]) -> None:
-    ident(raw, "gh-deploy")["match"][0]["claims"] = {"repository": "*/app", "ref": "refs/heads/main"}
+    ident(raw, "gh-deploy")["match"][0]["claims"] = {
+        "repository": "*/app",
+        "ref": "refs/heads/main",
+    }
     assert "must bind one of" in refused(raw)
 
 
 def test_names_without_ids_load_with_a_warning(raw: dict[str, Any]) -> None:
-    ident(raw, "gh-deploy")["match"][0]["claims"] = {"repository": "acme/app", "ref": "refs/heads/main"}
+    ident(raw, "gh-deploy")["match"][0]["claims"] = {
+        "repository": "acme/app",
+        "ref": "refs/heads/main",
+    }
     config = parse_config(raw)
     assert any("binds names only" in w and "repository_id" in w for w in config.warnings)
 
@@ -115,7 +127,9 @@ def test_kubernetes_rules_use_namespace_and_service_account(raw: dict[str, Any])
 
 
 def test_spiffe_rules_stay_in_their_trust_domain(raw: dict[str, Any]) -> None:
-    ident(raw, "spiffe-orders")["match"][0]["claims"]["spiffe_id"] = "spiffe://other.example/ns/orders/sa/*"
+    ident(raw, "spiffe-orders")["match"][0]["claims"]["spiffe_id"] = (
+        "spiffe://other.example/ns/orders/sa/*"
+    )
     assert "must be a SPIFFE ID in trust domain 'prod.acme.example'" in refused(raw)
 
 
@@ -151,7 +165,9 @@ def test_a_human_identity_needs_a_human_issuer(raw: dict[str, Any]) -> None:
 
 
 def test_a_human_issuer_matches_no_workload(raw: dict[str, Any]) -> None:
-    ident(raw, "gh-deploy")["match"].append({"issuer": "sso", "claims": {"email": "ci@acme.example"}})
+    ident(raw, "gh-deploy")["match"].append(
+        {"issuer": "sso", "claims": {"email": "ci@acme.example"}}
+    )
     assert "is a human issuer: its tokens match human identities only" in refused(raw)
 
 
@@ -183,14 +199,21 @@ def test_keys_must_be_public(raw: dict[str, Any], wkeys: Any) -> None:
 def test_keys_need_one_usable_key(raw: dict[str, Any]) -> None:
     ident(raw, "agent-summariser")["keys"] = {"jwks": {"keys": [{"kty": "oct", "k": "AAAA"}]}}
     assert "private or symmetric key material" in refused(raw)
-    ident(raw, "agent-summariser")["keys"] = {"jwks": {"keys": [{"kty": "EC", "crv": "P-256", "x": "bad", "y": "bad"}]}}
+    ident(raw, "agent-summariser")["keys"] = {
+        "jwks": {"keys": [{"kty": "EC", "crv": "P-256", "x": "bad", "y": "bad"}]}
+    }
     assert "no usable public signing key" in refused(raw)
 
 
 def test_keys_by_url_or_inline_not_both(raw: dict[str, Any], wkeys: Any) -> None:
-    ident(raw, "agent-summariser")["keys"] = {"jwks": jwks_of(wkeys.agent), "jwks_uri": "https://a.example/jwks"}
+    ident(raw, "agent-summariser")["keys"] = {
+        "jwks": jwks_of(wkeys.agent),
+        "jwks_uri": "https://a.example/jwks",
+    }
     assert "give exactly one of jwks or jwks_uri" in refused(raw)
-    ident(raw, "agent-summariser")["keys"] = {"jwks_uri": "https://agents.acme.example/summariser/jwks"}
+    ident(raw, "agent-summariser")["keys"] = {
+        "jwks_uri": "https://agents.acme.example/summariser/jwks"
+    }
     assert parse_config(raw).agent_issuers["agent-summariser"].jwks_uri.endswith("/jwks")
 
 
@@ -201,7 +224,9 @@ def test_an_identity_needs_rules_or_keys(raw: dict[str, Any]) -> None:
 
 # -- identity types -----------------------------------------------------------------------
 def test_type_rules_default_and_tighten(raw: dict[str, Any]) -> None:
-    raw["identity_types"] = {"service": {"max_ttl_seconds": 600, "default_ttl_seconds": 120, "require_task": True}}
+    raw["identity_types"] = {
+        "service": {"max_ttl_seconds": 600, "default_ttl_seconds": 120, "require_task": True}
+    }
     config = parse_config(raw)
     assert config.type_rules("service").max_ttl_seconds == 600
     assert config.type_rules("service").default_ttl_seconds == 120
@@ -213,10 +238,19 @@ def test_type_rules_default_and_tighten(raw: dict[str, Any]) -> None:
 @pytest.mark.parametrize(
     ("given", "message"),
     [
-        ({"agent": {"max_ttl_seconds": 3600}}, "identity_types.agent.max_ttl_seconds: can only tighten"),
-        ({"agent": {"require_task": False}}, "identity_types.agent.require_task: the built-in rule requires it"),
+        (
+            {"agent": {"max_ttl_seconds": 3600}},
+            "identity_types.agent.max_ttl_seconds: can only tighten",
+        ),
+        (
+            {"agent": {"require_task": False}},
+            "identity_types.agent.require_task: the built-in rule requires it",
+        ),
         ({"partner": {"single_audience": False}}, "identity_types.partner.single_audience"),
-        ({"human": {"default_ttl_seconds": 1000}}, "identity_types.human.default_ttl_seconds: must not exceed"),
+        (
+            {"human": {"default_ttl_seconds": 1000}},
+            "identity_types.human.default_ttl_seconds: must not exceed",
+        ),
         ({"robot": {}}, "identity_types"),
     ],
 )
@@ -234,7 +268,9 @@ def test_type_audience_confinement(raw: dict[str, Any]) -> None:
 
 def test_allowance_above_the_type_maximum_is_capped_with_a_warning(raw: dict[str, Any]) -> None:
     config = parse_config(raw)
-    assert any("identities.5.allow.max_ttl_seconds: capped at 600 for agent" in w for w in config.warnings)
+    assert any(
+        "identities.5.allow.max_ttl_seconds: capped at 600 for agent" in w for w in config.warnings
+    )
 
 
 def test_existing_configs_keep_loading(make_old: Callable[[], Any] | None = None) -> None:

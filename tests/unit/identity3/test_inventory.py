@@ -19,7 +19,12 @@ DAY = 86400
 
 
 def issue(client: Any, wkeys: Any, clock: Any, **extra: Any) -> dict[str, Any]:
-    return ok(client.post("/token", data=exchange_form(github_token(wkeys.github, clock.now()), audience=DEPLOY, **extra)))
+    return ok(
+        client.post(
+            "/token",
+            data=exchange_form(github_token(wkeys.github, clock.now()), audience=DEPLOY, **extra),
+        )
+    )
 
 
 def test_suspension_stops_issuance_and_revokes_live_grants(
@@ -27,17 +32,38 @@ def test_suspension_stops_issuance_and_revokes_live_grants(
 ) -> None:
     a, b = issue(wclient, wkeys, clock), issue(wclient, wkeys, clock)
     other = ok(wclient.post("/token", data=exchange_form(k8s_token(wkeys.k8s, clock.now()))))
-    resp = wclient.post("/admin/identities/gh-deploy/suspend", json={"reason": "leaked runner"}, headers=admin_headers)
-    assert resp.status_code == 200 and resp.get_json() == {"identity": "gh-deploy", "state": "suspended", "revoked": 2}
+    resp = wclient.post(
+        "/admin/identities/gh-deploy/suspend",
+        json={"reason": "leaked runner"},
+        headers=admin_headers,
+    )
+    assert resp.status_code == 200 and resp.get_json() == {
+        "identity": "gh-deploy",
+        "state": "suspended",
+        "revoked": 2,
+    }
     assert not introspect(wclient, a["access_token"])["active"]
     assert not introspect(wclient, b["access_token"])["active"]
     assert introspect(wclient, other["access_token"])["active"]  # only that identity
-    message = denied(wclient.post("/token", data=exchange_form(github_token(wkeys.github, clock.now()), audience=DEPLOY)))
+    message = denied(
+        wclient.post(
+            "/token", data=exchange_form(github_token(wkeys.github, clock.now()), audience=DEPLOY)
+        )
+    )
     assert message == "subject_token: the matched identity is suspended"
     trail = events(wsvc)
-    suspended = [e for e in trail if e["event"] == "identity.suspended"][0]
+    suspended = next(e for e in trail if e["event"] == "identity.suspended")
     assert suspended["actor"].endswith(":oncall") and suspended["reason"] == "leaked runner"
-    assert len([e for e in trail if e.get("reason") == "identity_suspended" and e["event"] == "grant.revoked"]) == 2
+    assert (
+        len(
+            [
+                e
+                for e in trail
+                if e.get("reason") == "identity_suspended" and e["event"] == "grant.revoked"
+            ]
+        )
+        == 2
+    )
     assert trail[-1]["reason"] == "identity_suspended" and trail[-1]["outcome"] == "denied"
 
     resp = wclient.post("/admin/identities/gh-deploy/unsuspend", headers=admin_headers)
@@ -51,7 +77,9 @@ def test_suspension_refuses_the_jwt_bearer_grant_as_invalid_grant(
     from tests.unit.identity3.world import bearer_form
 
     wclient.post("/admin/identities/gh-deploy/suspend", headers=admin_headers)
-    resp = wclient.post("/token", data=bearer_form(github_token(wkeys.github, clock.now()), audience=DEPLOY))
+    resp = wclient.post(
+        "/token", data=bearer_form(github_token(wkeys.github, clock.now()), audience=DEPLOY)
+    )
     assert resp.get_json()["error"] == "invalid_grant"
 
 
@@ -67,19 +95,27 @@ def test_suspension_racing_an_exchange_ends_the_new_grant(
         calls["n"] += 1
         if calls["n"] == 1:
             state = real(svc, identity_id)  # active at the first check
-            suspend_identity(svc, identity_id, actor="test", reason="race")  # sweep finds nothing yet
+            suspend_identity(
+                svc, identity_id, actor="test", reason="race"
+            )  # sweep finds nothing yet
             return state
         return real(svc, identity_id)
 
     monkeypatch.setattr(exchange_module, "blocked_state", racing)
-    message = denied(wclient.post("/token", data=exchange_form(github_token(wkeys.github, clock.now()), audience=DEPLOY)))
+    message = denied(
+        wclient.post(
+            "/token", data=exchange_form(github_token(wkeys.github, clock.now()), audience=DEPLOY)
+        )
+    )
     assert "suspended" in message
     assert wsvc.store.identity_grant_ids("gh-deploy") == []
     revoked = [e for e in events(wsvc) if e["event"] == "grant.revoked"]
     assert revoked and revoked[-1]["actor"] == "exchange"
 
 
-def test_suspension_fails_closed_when_redis_is_down(wclient: Any, wsvc: Any, wkeys: Any, clock: Any) -> None:
+def test_suspension_fails_closed_when_redis_is_down(
+    wclient: Any, wsvc: Any, wkeys: Any, clock: Any
+) -> None:
     token = github_token(wkeys.github, clock.now())
     wsvc.extras["fake_server"].connected = False
     resp = wclient.post("/token", data=exchange_form(token, audience=DEPLOY))
@@ -90,10 +126,18 @@ def test_offboarding_is_permanent_and_leaves_the_inventory(
     wclient: Any, wsvc: Any, wkeys: Any, clock: Any, admin_headers: dict[str, str]
 ) -> None:
     live = issue(wclient, wkeys, clock)
-    resp = wclient.post("/admin/identities/gh-deploy/offboard", json={"reason": "repo archived"}, headers=admin_headers)
+    resp = wclient.post(
+        "/admin/identities/gh-deploy/offboard",
+        json={"reason": "repo archived"},
+        headers=admin_headers,
+    )
     assert resp.get_json() == {"identity": "gh-deploy", "state": "offboarded", "revoked": 1}
     assert not introspect(wclient, live["access_token"])["active"]
-    assert "offboarded" in denied(wclient.post("/token", data=exchange_form(github_token(wkeys.github, clock.now()), audience=DEPLOY)))
+    assert "offboarded" in denied(
+        wclient.post(
+            "/token", data=exchange_form(github_token(wkeys.github, clock.now()), audience=DEPLOY)
+        )
+    )
     resp = wclient.post("/admin/identities/gh-deploy/unsuspend", headers=admin_headers)
     assert resp.status_code == 400 and "cannot be undone" in resp.get_json()["error_description"]
     # suspending again is a no-op that keeps it offboarded
@@ -103,7 +147,9 @@ def test_offboarding_is_permanent_and_leaves_the_inventory(
     assert "gh-deploy" not in [i["id"] for i in listing["identities"]]
     report = wclient.get("/admin/identities/review", headers=admin_headers).get_json()
     assert "gh-deploy" not in [r["id"] for r in report["identities"]]
-    assert report["offboarded"][0]["id"] == "gh-deploy" and report["offboarded"][0]["in_configuration"]
+    assert (
+        report["offboarded"][0]["id"] == "gh-deploy" and report["offboarded"][0]["in_configuration"]
+    )
     # the audit keeps the identity's history
     names = [e["event"] for e in events(wsvc) if e.get("identity") == "gh-deploy"]
     assert "token.exchange" in names and "identity.offboarded" in names
@@ -112,10 +158,14 @@ def test_offboarding_is_permanent_and_leaves_the_inventory(
 def test_unknown_identities_are_404(wclient: Any, admin_headers: dict[str, str]) -> None:
     resp = wclient.post("/admin/identities/nobody/suspend", headers=admin_headers)
     assert resp.status_code == 404
-    assert wclient.post("/admin/identities/bad%20id/suspend", headers=admin_headers).status_code == 404
+    assert (
+        wclient.post("/admin/identities/bad%20id/suspend", headers=admin_headers).status_code == 404
+    )
 
 
-def test_identity_removed_from_config_with_live_grants_can_still_be_suspended(wsvc: Any, wclient: Any, wkeys: Any, clock: Any) -> None:
+def test_identity_removed_from_config_with_live_grants_can_still_be_suspended(
+    wsvc: Any, wclient: Any, wkeys: Any, clock: Any
+) -> None:
     import dataclasses
 
     issue(wclient, wkeys, clock)
@@ -128,26 +178,38 @@ def test_identity_removed_from_config_with_live_grants_can_still_be_suspended(ws
 
 
 def test_admin_endpoints_need_the_admin_credential(wclient: Any) -> None:
-    for method, path in (("get", "/admin/identities"), ("get", "/admin/identities/review"),
-                         ("post", "/admin/identities/gh-deploy/suspend"), ("post", "/admin/identities/reload")):  # fmt: skip
-        resp = getattr(wclient, method)(path, headers={"Authorization": "Bearer wrong-wrong-wrong-wrong"})
+    for method, path in (
+        ("get", "/admin/identities"),
+        ("get", "/admin/identities/review"),
+        ("post", "/admin/identities/gh-deploy/suspend"),
+        ("post", "/admin/identities/reload"),
+    ):
+        resp = getattr(wclient, method)(
+            path, headers={"Authorization": "Bearer wrong-wrong-wrong-wrong"}
+        )
         assert resp.status_code == 401, path
         assert getattr(wclient, method)(path).status_code == 401
 
 
 def test_reason_is_bounded(wclient: Any, admin_headers: dict[str, str]) -> None:
-    resp = wclient.post("/admin/identities/gh-deploy/suspend", json={"reason": "x\ny"}, headers=admin_headers)
+    resp = wclient.post(
+        "/admin/identities/gh-deploy/suspend", json={"reason": "x\ny"}, headers=admin_headers
+    )
     assert resp.status_code == 400
 
 
 # -- last exchange and the review --------------------------------------------------------
-def test_last_exchange_is_recorded_per_identity(wclient: Any, wsvc: Any, wkeys: Any, clock: Any) -> None:
+def test_last_exchange_is_recorded_per_identity(
+    wclient: Any, wsvc: Any, wkeys: Any, clock: Any
+) -> None:
     issue(wclient, wkeys, clock)
     raw = wsvc.extras["redis"].hgetall(rkeys.LAST_EXCHANGE)
     assert raw == {"gh-deploy": repr(clock.now())}
 
 
-def test_review_flags(wclient: Any, wsvc: Any, wkeys: Any, clock: Any, admin_headers: dict[str, str]) -> None:
+def test_review_flags(
+    wclient: Any, wsvc: Any, wkeys: Any, clock: Any, admin_headers: dict[str, str]
+) -> None:
     import dataclasses
     from datetime import UTC, datetime, timedelta
 
@@ -170,19 +232,32 @@ def test_review_flags(wclient: Any, wsvc: Any, wkeys: Any, clock: Any, admin_hea
     assert rows["gh-deploy"]["allowances"]["max_ttl_seconds"] == 600
     assert {"never_used", "dormant", "expiring_soon"} <= set(rows["gl-deploy"]["flags"])
     assert "expired" in rows["k8s-billing"]["flags"]
-    assert rows["spiffe-orders"]["state"] == "suspended" and "suspended" in rows["spiffe-orders"]["flags"]
+    assert (
+        rows["spiffe-orders"]["state"] == "suspended"
+        and "suspended" in rows["spiffe-orders"]["flags"]
+    )
     assert rows["gh-release"]["flags"] == ["never_used", "dormant"]
     assert "no_expiry" in rows["gh-deploy"]["flags"]
-    assert rows["agent-summariser"]["own_keys"] and rows["agent-summariser"]["allowances"]["max_ttl_seconds"] == 600
+    assert (
+        rows["agent-summariser"]["own_keys"]
+        and rows["agent-summariser"]["allowances"]["max_ttl_seconds"] == 600
+    )
 
     clock.advance(31 * DAY)
     later = {r["id"]: r for r in access_review(wsvc, dormant_days=30)["identities"]}
     assert "dormant" in later["gh-deploy"]["flags"] and later["gh-deploy"]["live_grants"] == 0
     assert later["gh-deploy"]["days_since_last_exchange"] == 31
 
-    via_api = wclient.get("/admin/identities/review?dormant_days=30&expiring_days=5", headers=admin_headers).get_json()
-    assert "expiring_soon" not in {f for r in via_api["identities"] if r["id"] == "gl-deploy" for f in r["flags"]}
-    assert wclient.get("/admin/identities/review?dormant_days=-1", headers=admin_headers).status_code == 400
+    via_api = wclient.get(
+        "/admin/identities/review?dormant_days=30&expiring_days=5", headers=admin_headers
+    ).get_json()
+    assert "expiring_soon" not in {
+        f for r in via_api["identities"] if r["id"] == "gl-deploy" for f in r["flags"]
+    }
+    assert (
+        wclient.get("/admin/identities/review?dormant_days=-1", headers=admin_headers).status_code
+        == 400
+    )
     text = format_review(via_api)
     assert "gh-deploy" in text and "IDENTITY" in text and "dormant" in text
     json.dumps(via_api)  # serialisable as is

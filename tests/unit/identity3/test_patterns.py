@@ -79,7 +79,9 @@ def test_overlap(a: str, b: str, overlap: bool) -> None:
 _seg = st.text(alphabet="ab.", min_size=1, max_size=3)
 _value = st.lists(_seg, min_size=1, max_size=3).map("/".join)
 _pat_seg = st.one_of(_seg, st.just("*"), _seg.map(lambda s: s + "*"), _seg.map(lambda s: "*" + s))
-_pattern = st.lists(_pat_seg, min_size=1, max_size=3).map("/".join).filter(lambda p: p.count("*") <= 2)
+_pattern = (
+    st.lists(_pat_seg, min_size=1, max_size=3).map("/".join).filter(lambda p: p.count("*") <= 2)
+)
 
 
 @settings(max_examples=300, deadline=None)
@@ -87,7 +89,9 @@ _pattern = st.lists(_pat_seg, min_size=1, max_size=3).map("/".join).filter(lambd
 def test_a_pattern_never_matches_beyond_its_anchors(pattern: str, value: str) -> None:
     """The compiled pattern agrees with a reference fnmatch-like definition, fully anchored."""
     ref = "".join("[^/\x00-\x1f\x7f]+" if c == "*" else re.escape(c) for c in pattern)
-    assert compile_value(pattern).matches(value) == (re.fullmatch(ref, value, re.DOTALL) is not None)
+    assert compile_value(pattern).matches(value) == (
+        re.fullmatch(ref, value, re.DOTALL) is not None
+    )
     if compile_value(pattern).matches(value):
         assert value.count("/") == pattern.count("/")
 

@@ -52,12 +52,16 @@ class World:
 
 
 @pytest.fixture
-def world(tmp_path: Path, world_raw: dict[str, Any], wkeys: Any, key_dir: Path, clock: Any) -> World:
+def world(
+    tmp_path: Path, world_raw: dict[str, Any], wkeys: Any, key_dir: Path, clock: Any
+) -> World:
     raw = copy.deepcopy(world_raw)
     path = tmp_path / "errand.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     svc = fake_services(load_config(path), key_dir, clock=clock, fetcher=fetcher_for(wkeys))
-    svc.extras["settings"] = Settings(config_path=path, redis_url="redis://fake", signing_key_dir=key_dir)
+    svc.extras["settings"] = Settings(
+        config_path=path, redis_url="redis://fake", signing_key_dir=key_dir
+    )
     client = make_app(svc, tmp_path, config_path=path).test_client()
     return World(path, raw, svc, client)
 
@@ -66,12 +70,27 @@ def new_identity(raw: dict[str, Any]) -> dict[str, Any]:
     doc = copy.deepcopy(raw)
     doc["identities"].append(
         {
-            "id": "gh-docs", "type": "service", "owner": "docs-team", "purpose": "publish docs",
-            "match": [{"issuer": "github", "claims": {
-                "repository_id": "777", "repository_owner_id": "4242", "ref": "refs/heads/main"}}],
-            "allow": {"audiences": [DEPLOY], "scopes": ["deploy:read"], "default_scopes": ["deploy:read"]},
+            "id": "gh-docs",
+            "type": "service",
+            "owner": "docs-team",
+            "purpose": "publish docs",
+            "match": [
+                {
+                    "issuer": "github",
+                    "claims": {
+                        "repository_id": "777",
+                        "repository_owner_id": "4242",
+                        "ref": "refs/heads/main",
+                    },
+                }
+            ],
+            "allow": {
+                "audiences": [DEPLOY],
+                "scopes": ["deploy:read"],
+                "default_scopes": ["deploy:read"],
+            },
         }
-    )  # fmt: skip
+    )
     return doc
 
 
@@ -79,14 +98,20 @@ def docs_token(wkeys: Any, clock: Any) -> str:
     return github_token(wkeys.github, clock.now(), repository="acme/docs", repository_id="777")
 
 
-def test_a_changed_file_is_picked_up_without_restart(world: World, wkeys: Any, clock: Any, admin_headers: dict[str, str]) -> None:
-    denied(world.client.post("/token", data=exchange_form(docs_token(wkeys, clock), audience=DEPLOY)))
+def test_a_changed_file_is_picked_up_without_restart(
+    world: World, wkeys: Any, clock: Any, admin_headers: dict[str, str]
+) -> None:
+    denied(
+        world.client.post("/token", data=exchange_form(docs_token(wkeys, clock), audience=DEPLOY))
+    )
     world.write(new_identity(world.raw))
     world.tick()
     ok(world.client.post("/token", data=exchange_form(docs_token(wkeys, clock), audience=DEPLOY)))
     status = world.client.get("/admin/identities/reload", headers=admin_headers).get_json()
     assert status["ok"] and status["generation"] == 2 and status["identities"] == 9
-    assert [e for e in events(world.svc) if e["event"] == "config.reload"][-1]["outcome"] == "loaded"
+    assert [e for e in events(world.svc) if e["event"] == "config.reload"][-1][
+        "outcome"
+    ] == "loaded"
 
 
 def test_no_check_before_the_interval(world: World, wkeys: Any, clock: Any) -> None:
@@ -100,9 +125,18 @@ def test_no_check_before_the_interval(world: World, wkeys: Any, clock: Any) -> N
     ("change", "fragment"),
     [
         (lambda doc: "broker: [unclosed", "not valid YAML"),
-        (lambda doc: {**doc, "issuers": [{**doc["issuers"][0], "algorithms": ["HS256"]}, *doc["issuers"][1:]]}, "issuers.0.algorithms.0"),
+        (
+            lambda doc: {
+                **doc,
+                "issuers": [{**doc["issuers"][0], "algorithms": ["HS256"]}, *doc["issuers"][1:]],
+            },
+            "issuers.0.algorithms.0",
+        ),
         (lambda doc: {**doc, "identities": []}, "lists no identities"),
-        (lambda doc: {**doc, "broker": {**doc["broker"], "issuer": "https://other.example"}}, "broker.issuer cannot change"),
+        (
+            lambda doc: {**doc, "broker": {**doc["broker"], "issuer": "https://other.example"}},
+            "broker.issuer cannot change",
+        ),
     ],
     ids=["bad-yaml", "invalid", "truncated", "issuer-change"],
 )
@@ -117,14 +151,20 @@ def test_a_bad_reload_keeps_the_running_configuration(
         world.write(result)
     world.tick()
     assert world.svc.config is before  # nothing half-loaded
-    ok(world.client.post("/token", data=exchange_form(github_token(wkeys.github, clock.now()), audience=DEPLOY)))
+    ok(
+        world.client.post(
+            "/token", data=exchange_form(github_token(wkeys.github, clock.now()), audience=DEPLOY)
+        )
+    )
     status = world.client.get("/admin/identities/reload", headers=admin_headers).get_json()
     assert not status["ok"] and fragment in status["error"]
     refused = [e for e in events(world.svc) if e["event"] == "config.reload"][-1]
     assert refused["outcome"] == "refused" and fragment in refused["error"]
 
 
-def test_a_bad_file_is_parsed_once_then_a_fix_is_applied(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_bad_file_is_parsed_once_then_a_fix_is_applied(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import broker.reload as reload_module
 
     calls = {"n": 0}
@@ -161,25 +201,45 @@ def test_admin_reload_now(world: World, admin_headers: dict[str, str]) -> None:
 
 def test_changed_key_source_drops_cached_keys(world: World, wkeys: Any, clock: Any) -> None:
     """Moving an issuer to a new key set (jwks_uri) must not keep trusting the old keys."""
-    ok(world.client.post("/token", data=exchange_form(github_token(wkeys.github, clock.now()), audience=DEPLOY)))
+    ok(
+        world.client.post(
+            "/token", data=exchange_form(github_token(wkeys.github, clock.now()), audience=DEPLOY)
+        )
+    )
     fetcher = world.svc.verifier._jwks._fetcher
     fetcher.by_issuer["github"] = jwks_of(wkeys.stranger)
     doc = copy.deepcopy(world.raw)
-    doc["issuers"][0]["jwks_uri"] = "https://token.actions.githubusercontent.com/.well-known/jwks-v2"
+    doc["issuers"][0]["jwks_uri"] = (
+        "https://token.actions.githubusercontent.com/.well-known/jwks-v2"
+    )
     world.write(doc)
     clock.advance(1)
     world.tick()
-    denied(world.client.post("/token", data=exchange_form(github_token(wkeys.github, clock.now()), audience=DEPLOY)))
-    ok(world.client.post("/token", data=exchange_form(github_token(wkeys.stranger, clock.now()), audience=DEPLOY)))
+    denied(
+        world.client.post(
+            "/token", data=exchange_form(github_token(wkeys.github, clock.now()), audience=DEPLOY)
+        )
+    )
+    ok(
+        world.client.post(
+            "/token", data=exchange_form(github_token(wkeys.stranger, clock.now()), audience=DEPLOY)
+        )
+    )
 
 
 def test_reloaded_agent_keys_take_effect(world: World, wkeys: Any, clock: Any) -> None:
     from tests.unit.identity3.world import assertion
 
-    form = lambda key: exchange_form(assertion(key, "agent-summariser", clock.now()), task_id="t", purpose="p")  # noqa: E731
+    def form(key: Any) -> dict[str, Any]:
+        return exchange_form(
+            assertion(key, "agent-summariser", clock.now()), task_id="t", purpose="p"
+        )
+
     ok(world.client.post("/token", data=form(wkeys.agent)))
     doc = copy.deepcopy(world.raw)
-    next(i for i in doc["identities"] if i["id"] == "agent-summariser")["keys"] = {"jwks": jwks_of(wkeys.stranger)}
+    next(i for i in doc["identities"] if i["id"] == "agent-summariser")["keys"] = {
+        "jwks": jwks_of(wkeys.stranger)
+    }
     world.write(doc)
     world.tick()
     denied(world.client.post("/token", data=form(wkeys.agent)))  # the rotated-out key

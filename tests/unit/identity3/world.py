@@ -17,7 +17,6 @@ from broker.devissuer import github_claims, mint_with
 from broker.domain.models import TrustedIssuer
 from broker.tokens.keyring import SigningKey
 from tests.fixtures.builders import BROKER_ISSUER, CLIENT_ID, CLIENT_SECRET
-from tests.unit.helpers import new_es256_key
 
 AUD = "errand-test"
 TOKEN_ENDPOINT = BROKER_ISSUER + "/token"
@@ -35,6 +34,16 @@ TRUST_DOMAIN = "prod.acme.example"
 TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
 JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 JWT_TYPE = "urn:ietf:params:oauth:token-type:jwt"
+
+
+def new_es256_key() -> SigningKey:
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from broker.tokens.keyring import thumbprint
+
+    private = ec.generate_private_key(ec.SECP256R1())
+    probe = SigningKey(kid="", alg="ES256", private_key=private)
+    return SigningKey(kid=thumbprint(probe.public_jwk()), alg="ES256", private_key=private)
 
 
 class Keys:
@@ -82,71 +91,189 @@ class KeyedFetcher:
 def world_config(keys: Keys, bundle_file: Path) -> dict[str, Any]:
     import hashlib
 
-    allow = {"audiences": [DEPLOY], "scopes": ["deploy:read", "deploy:write"], "default_scopes": ["deploy:read"]}
+    allow = {
+        "audiences": [DEPLOY],
+        "scopes": ["deploy:read", "deploy:write"],
+        "default_scopes": ["deploy:read"],
+    }
     return {
         "broker": {"issuer": BROKER_ISSUER, "max_token_ttl_seconds": 900},
         "issuers": [
-            {"id": "github", "issuer": GH_URL, "audience": AUD, "profile": "github-actions", "algorithms": ["ES256"]},
-            {"id": "gitlab", "issuer": GL_URL, "audience": AUD, "profile": "gitlab-ci", "algorithms": ["ES256"]},
-            {"id": "k8s", "issuer": K8S_URL, "audience": AUD, "profile": "kubernetes", "algorithms": ["ES256"]},
             {
-                "id": "spiffe-prod", "profile": "spiffe", "trust_domain": TRUST_DOMAIN,
-                "jwks_file": str(bundle_file), "audience": AUD, "algorithms": ["ES256"],
+                "id": "github",
+                "issuer": GH_URL,
+                "audience": AUD,
+                "profile": "github-actions",
+                "algorithms": ["ES256"],
             },
-            {"id": "sso", "issuer": SSO_URL, "audience": AUD, "human": True, "algorithms": ["ES256"]},
+            {
+                "id": "gitlab",
+                "issuer": GL_URL,
+                "audience": AUD,
+                "profile": "gitlab-ci",
+                "algorithms": ["ES256"],
+            },
+            {
+                "id": "k8s",
+                "issuer": K8S_URL,
+                "audience": AUD,
+                "profile": "kubernetes",
+                "algorithms": ["ES256"],
+            },
+            {
+                "id": "spiffe-prod",
+                "profile": "spiffe",
+                "trust_domain": TRUST_DOMAIN,
+                "jwks_file": str(bundle_file),
+                "audience": AUD,
+                "algorithms": ["ES256"],
+            },
+            {
+                "id": "sso",
+                "issuer": SSO_URL,
+                "audience": AUD,
+                "human": True,
+                "algorithms": ["ES256"],
+            },
         ],
         "identities": [
             {
-                "id": "gh-deploy", "type": "service", "owner": "platform-team", "purpose": "deploy acme/app",
-                "match": [{"issuer": "github", "claims": {
-                    "repository_id": "100200300", "repository_owner_id": "4242", "ref": "refs/heads/main"}}],
+                "id": "gh-deploy",
+                "type": "service",
+                "owner": "platform-team",
+                "purpose": "deploy acme/app",
+                "match": [
+                    {
+                        "issuer": "github",
+                        "claims": {
+                            "repository_id": "100200300",
+                            "repository_owner_id": "4242",
+                            "ref": "refs/heads/main",
+                        },
+                    }
+                ],
                 "allow": {**allow, "max_ttl_seconds": 600},
             },
             {
-                "id": "gh-release", "type": "service", "owner": "release-team", "purpose": "release acme/app",
+                "id": "gh-release",
+                "type": "service",
+                "owner": "release-team",
+                "purpose": "release acme/app",
                 "expires": "2099-01-01",
-                "match": [{"issuer": "github", "claims": {
-                    "repository_id": "100200300", "repository_owner_id": "4242",
-                    "ref": "refs/heads/release/*", "ref_protected": "true"}}],
-                "allow": {"audiences": [DEPLOY], "scopes": ["release:write"], "default_scopes": ["release:write"]},
+                "match": [
+                    {
+                        "issuer": "github",
+                        "claims": {
+                            "repository_id": "100200300",
+                            "repository_owner_id": "4242",
+                            "ref": "refs/heads/release/*",
+                            "ref_protected": "true",
+                        },
+                    }
+                ],
+                "allow": {
+                    "audiences": [DEPLOY],
+                    "scopes": ["release:write"],
+                    "default_scopes": ["release:write"],
+                },
             },
             {
-                "id": "gl-deploy", "type": "service", "owner": "platform-team", "purpose": "deploy group/app",
-                "match": [{"issuer": "gitlab", "claims": {
-                    "project_id": "42", "namespace_id": "7", "ref": "main", "ref_protected": "true"}}],
+                "id": "gl-deploy",
+                "type": "service",
+                "owner": "platform-team",
+                "purpose": "deploy group/app",
+                "match": [
+                    {
+                        "issuer": "gitlab",
+                        "claims": {
+                            "project_id": "42",
+                            "namespace_id": "7",
+                            "ref": "main",
+                            "ref_protected": "true",
+                        },
+                    }
+                ],
                 "allow": allow,
             },
             {
-                "id": "k8s-billing", "type": "service", "owner": "billing-team", "purpose": "billing API",
-                "match": [{"issuer": "k8s", "claims": {"namespace": "billing", "service_account": "billing-api"}}],
-                "allow": {"audiences": [BILLING], "scopes": ["billing:read"], "default_scopes": ["billing:read"]},
+                "id": "k8s-billing",
+                "type": "service",
+                "owner": "billing-team",
+                "purpose": "billing API",
+                "match": [
+                    {
+                        "issuer": "k8s",
+                        "claims": {"namespace": "billing", "service_account": "billing-api"},
+                    }
+                ],
+                "allow": {
+                    "audiences": [BILLING],
+                    "scopes": ["billing:read"],
+                    "default_scopes": ["billing:read"],
+                },
             },
             {
-                "id": "spiffe-orders", "type": "service", "owner": "orders-team", "purpose": "orders service",
-                "match": [{"issuer": "spiffe-prod", "claims": {"spiffe_id": f"spiffe://{TRUST_DOMAIN}/ns/orders/sa/*"}}],
-                "allow": {"audiences": [BILLING], "scopes": ["billing:read"], "default_scopes": ["billing:read"]},
+                "id": "spiffe-orders",
+                "type": "service",
+                "owner": "orders-team",
+                "purpose": "orders service",
+                "match": [
+                    {
+                        "issuer": "spiffe-prod",
+                        "claims": {"spiffe_id": f"spiffe://{TRUST_DOMAIN}/ns/orders/sa/*"},
+                    }
+                ],
+                "allow": {
+                    "audiences": [BILLING],
+                    "scopes": ["billing:read"],
+                    "default_scopes": ["billing:read"],
+                },
             },
             {
-                "id": "agent-summariser", "type": "agent", "owner": "support-team",
+                "id": "agent-summariser",
+                "type": "agent",
+                "owner": "support-team",
                 "purpose": "summarise support tickets",
                 "keys": {"jwks": jwks_of(keys.agent)},
-                "allow": {"audiences": [TICKETS], "scopes": ["tickets:read"], "default_scopes": ["tickets:read"],
-                          "max_ttl_seconds": 900},
+                "allow": {
+                    "audiences": [TICKETS],
+                    "scopes": ["tickets:read"],
+                    "default_scopes": ["tickets:read"],
+                    "max_ttl_seconds": 900,
+                },
             },
             {
-                "id": "partner-acme-logistics", "type": "partner", "owner": "partnerships",
+                "id": "partner-acme-logistics",
+                "type": "partner",
+                "owner": "partnerships",
                 "purpose": "shipment status for Acme Logistics",
                 "keys": {"jwks": jwks_of(keys.partner)},
-                "allow": {"audiences": [STATUS, DEPLOY], "scopes": ["status:read"], "default_scopes": ["status:read"]},
+                "allow": {
+                    "audiences": [STATUS, DEPLOY],
+                    "scopes": ["status:read"],
+                    "default_scopes": ["status:read"],
+                },
             },
             {
-                "id": "alice", "type": "human", "owner": "security-team", "purpose": "break-glass operator",
+                "id": "alice",
+                "type": "human",
+                "owner": "security-team",
+                "purpose": "break-glass operator",
                 "match": [{"issuer": "sso", "claims": {"email": "alice@acme.example"}}],
-                "allow": {"audiences": [DEPLOY], "scopes": ["deploy:read"], "default_scopes": ["deploy:read"]},
+                "allow": {
+                    "audiences": [DEPLOY],
+                    "scopes": ["deploy:read"],
+                    "default_scopes": ["deploy:read"],
+                },
             },
         ],
-        "clients": [{"client_id": CLIENT_ID, "secret_sha256": hashlib.sha256(CLIENT_SECRET.encode()).hexdigest()}],
-    }  # fmt: skip
+        "clients": [
+            {
+                "client_id": CLIENT_ID,
+                "secret_sha256": hashlib.sha256(CLIENT_SECRET.encode()).hexdigest(),
+            }
+        ],
+    }
 
 
 def fetcher_for(keys: Keys) -> KeyedFetcher:
@@ -161,7 +288,9 @@ def fetcher_for(keys: Keys) -> KeyedFetcher:
 
 
 # -- tokens shaped like the real ones ----------------------------------------------------------
-def github_token(key: SigningKey, now: float, *, immutable_sub: bool = False, **overrides: Any) -> str:
+def github_token(
+    key: SigningKey, now: float, *, immutable_sub: bool = False, **overrides: Any
+) -> str:
     claims = github_claims(issuer=GH_URL, audience=AUD, now=now, immutable_sub=immutable_sub)
     drop = overrides.pop("_drop", ())
     claims.update(overrides)
@@ -211,7 +340,9 @@ def gitlab_token(key: SigningKey, now: float, **overrides: Any) -> str:
     return mint_with(key, gitlab_claims(now, **overrides))
 
 
-def k8s_claims(now: float, namespace: str = "billing", sa: str = "billing-api", **overrides: Any) -> dict[str, Any]:
+def k8s_claims(
+    now: float, namespace: str = "billing", sa: str = "billing-api", **overrides: Any
+) -> dict[str, Any]:
     """A projected service-account token (TokenRequest API, Kubernetes >= 1.30 shape)."""
     claims: dict[str, Any] = {
         "aud": [AUD],
@@ -237,14 +368,26 @@ def k8s_token(key: SigningKey, now: float, **kw: Any) -> str:
     return mint_with(key, k8s_claims(now, **kw))
 
 
-def svid(key: SigningKey, now: float, spiffe_id: str = f"spiffe://{TRUST_DOMAIN}/ns/orders/sa/api", **overrides: Any) -> str:
+def svid(
+    key: SigningKey,
+    now: float,
+    spiffe_id: str = f"spiffe://{TRUST_DOMAIN}/ns/orders/sa/api",
+    **overrides: Any,
+) -> str:
     """A JWT-SVID as SPIRE issues it: no iss (no jwt_issuer configured), no jti."""
-    claims: dict[str, Any] = {"sub": spiffe_id, "aud": [AUD], "exp": int(now) + 300, "iat": int(now)}
+    claims: dict[str, Any] = {
+        "sub": spiffe_id,
+        "aud": [AUD],
+        "exp": int(now) + 300,
+        "iat": int(now),
+    }
     claims.update(overrides)
     drop = claims.pop("_drop", ())
     for name in drop:
         claims.pop(name, None)
-    return jwt.encode(claims, key.private_key, algorithm="ES256", headers={"kid": key.kid, "typ": "JWT"})
+    return jwt.encode(
+        claims, key.private_key, algorithm="ES256", headers={"kid": key.kid, "typ": "JWT"}
+    )
 
 
 def assertion(key: SigningKey, identity_id: str, now: float, **overrides: Any) -> str:
@@ -261,14 +404,23 @@ def assertion(key: SigningKey, identity_id: str, now: float, **overrides: Any) -
     drop = claims.pop("_drop", ())
     for name in drop:
         claims.pop(name, None)
-    return jwt.encode(claims, key.private_key, algorithm="ES256", headers={"kid": key.kid, "typ": "JWT"})
+    return jwt.encode(
+        claims, key.private_key, algorithm="ES256", headers={"kid": key.kid, "typ": "JWT"}
+    )
 
 
-def sso_token(key: SigningKey, now: float, email: str = "alice@acme.example", **overrides: Any) -> str:
+def sso_token(
+    key: SigningKey, now: float, email: str = "alice@acme.example", **overrides: Any
+) -> str:
     claims: dict[str, Any] = {
-        "iss": SSO_URL, "sub": "00u1abcd", "email": email, "aud": AUD,
-        "iat": int(now), "exp": int(now) + 300, "jti": secrets.token_hex(8),
-    }  # fmt: skip
+        "iss": SSO_URL,
+        "sub": "00u1abcd",
+        "email": email,
+        "aud": AUD,
+        "iat": int(now),
+        "exp": int(now) + 300,
+        "jti": secrets.token_hex(8),
+    }
     claims.update(overrides)
     return mint_with(key, claims)
 

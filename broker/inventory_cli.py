@@ -1,0 +1,187 @@
+"""`errand review` and `errand identity suspend|unsuspend|offboard|reload`.
+
+Like the other operator commands they talk to the admin API over HTTP with the admin
+credential. broker/cli.py calls register(sub, admin) from build_parser()."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+
+def _request(args: argparse.Namespace, method: str, path: str, **kw: Any) -> Any:
+    from broker.cli import _admin_request
+
+    name = getattr(args, "operator", None) or os.environ.get("USER", "")
+    headers = {"X-Errand-Operator": name} if name else {}
+    return _admin_request(args, method, path, extra_headers=headers, **kw)
+
+
+def _table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+
+    def line(r: list[str]) -> str:
+        return "  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+
+    return "\n".join([line(header), line(["-" * w for w in widths]), *(line(r) for r in rows)])
+
+
+def format_review(report: dict[str, Any]) -> str:
+    rows = []
+    for r in report["identities"]:
+        allow = r["allowances"]
+        rows.append(
+            [
+                r["id"],
+                r["type"],
+                r["owner"],
+                r["state"],
+                r["expires"] or "-",
+                (r["last_exchange"] or "never").replace("+00:00", "Z"),
+                str(r["live_grants"]),
+                f"{len(allow['audiences'])} aud, {' '.join(allow['scopes'])}, "
+                f"{allow['max_ttl_seconds']}s",
+                ",".join(f for f in r["flags"] if f not in ("suspended", "offboarded")) or "-",
+            ]
+        )
+    out = [
+        f"Access review generated {report['generated_at']} "
+        f"(dormant: no exchange in {report['dormant_days']} days; expiring within "
+        f"{report['expiring_days']} days)",
+        "",
+        _table(
+            rows,
+            [
+                "IDENTITY",
+                "TYPE",
+                "OWNER",
+                "STATE",
+                "EXPIRES",
+                "LAST EXCHANGE",
+                "LIVE",
+                "ALLOWANCES",
+                "FLAGS",
+            ],
+        ),
+        "",
+    ]
+    purposes = [f"  {r['id']}: {r['purpose']}" for r in report["identities"]]
+    if purposes:
+        out += ["Purposes:", *purposes, ""]
+    if report.get("offboarded"):
+        out.append("Offboarded (kept for the audit):")
+        out += [
+            f"  {o['id']} at {o.get('at')} by {o.get('actor')}"
+            + (
+                "  <- still in the configuration file: remove it"
+                if o.get("in_configuration")
+                else ""
+            )
+            for o in report["offboarded"]
+        ]
+        out.append("")
+    summary = report.get("summary", {})
+    out.append(
+        ", ".join(f"{k}: {v}" for k, v in sorted(summary.items()) if k != "identities")
+        + f" ({summary.get('identities', 0)} identities)"
+    )
+    return "\n".join(out)
+
+
+def cmd_review(args: argparse.Namespace) -> int:
+    params = {"dormant_days": str(args.dormant_days), "expiring_days": str(args.expiring_days)}
+    if args.include_offboarded:
+        params["include_offboarded"] = "1"
+    report = _request(args, "GET", "/admin/identities/review", params=params)
+    print(json.dumps(report, indent=2) if args.json else format_review(report))
+    return 0
+
+
+def cmd_identity(args: argparse.Namespace) -> int:
+    if args.identity_command == "offboard" and not args.yes:
+        print(
+            "errand: offboarding cannot be undone: the identity is suspended for good and its "
+            "live grants are revoked. Add --yes to proceed.",
+            file=sys.stderr,
+        )
+        return 2
+    body = _request(
+        args,
+        "POST",
+        f"/admin/identities/{args.identity}/{args.identity_command}",
+        json={"reason": args.reason or ""},
+    )
+    if args.json:
+        print(json.dumps(body, indent=2))
+    else:
+        revoked = f", {body['revoked']} live grant(s) revoked" if "revoked" in body else ""
+        print(f"{body['identity']}: {body['state']}{revoked}")
+    return 0
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    body = _request(args, "POST", "/admin/identities/reload")
+    if args.json:
+        print(json.dumps(body, indent=2))
+    elif body.get("ok"):
+        print(f"configuration generation {body['generation']}: {body['identities']} identities")
+    else:
+        print(
+            f"errand: reload refused, running configuration kept:\n{body.get('error')}",
+            file=sys.stderr,
+        )
+    return 0 if body.get("ok") else 1
+
+
+def register(sub: Any, admin: Callable[[argparse.ArgumentParser], None]) -> None:
+    """Add `review` and `identity ...` to errand's subcommands."""
+    s = sub.add_parser("review", help="access review of the identity inventory")
+    admin(s)
+    s.add_argument("--dormant-days", type=int, default=90, help="flag identities idle this long")
+    s.add_argument(
+        "--expiring-days", type=int, default=30, help="flag expiry within this many days"
+    )
+    s.add_argument("--include-offboarded", action="store_true")
+    s.set_defaults(fn=cmd_review)
+
+    s = sub.add_parser("identity", help="suspend, unsuspend or offboard an identity")
+    isub = s.add_subparsers(dest="identity_command", required=True)
+    for name, text in (
+        ("suspend", "stop issuing to the identity at once and revoke its live grants"),
+        ("unsuspend", "reinstate a suspended identity"),
+        ("offboard", "suspend for good and remove from the inventory (cannot be undone)"),
+    ):
+        c = isub.add_parser(name, help=text)
+        admin(c)
+        c.add_argument("identity")
+        c.add_argument("--reason", default="")
+        c.add_argument("--operator", help="who is asking (recorded); defaults to $USER")
+        if name == "offboard":
+            c.add_argument("--yes", action="store_true", help="confirm: offboarding is permanent")
+        c.set_defaults(fn=cmd_identity)
+    c = isub.add_parser("reload", help="re-read the configuration file now (one web process)")
+    admin(c)
+    c.set_defaults(fn=cmd_reload)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m broker.inventory_cli review …`: the same commands without broker/cli.py."""
+    parser = argparse.ArgumentParser(prog="errand")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def admin(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--url", default=os.environ.get("ERRAND_URL", "http://127.0.0.1:8080"))
+        sp.add_argument("--admin-token-file", default=None)
+        sp.add_argument("--json", action="store_true")
+
+    register(sub, admin)
+    args = parser.parse_args(argv)
+    return int(args.fn(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,199 @@
+"""Reload the configuration file (issuers, identities, clients) without a restart.
+
+How: every web process checks the file's (mtime, size, inode) at most every
+`broker.config_reload_seconds` (default 5 s), at the start of a request, in the request's
+own thread; SIGHUP sent to a worker process, or POST /admin/identities/reload, forces a check
+in that process. A changed file is parsed and validated in full (broker/config.py). Only a
+complete, valid configuration replaces the running one, in one swap of (verifier, matcher,
+config) between requests; anything else keeps the old configuration, logs the error, records
+a `config.reload` audit event and shows it at GET /admin/identities/reload.
+
+Refused even when the file is valid:
+- a file that changed while it was being read (a half-written file; retried next check);
+- a file that lists no identities while the running one has some (a truncated file?);
+- a change of `broker.issuer`, which every issued token names (restart to change it).
+
+Don't send SIGHUP to the gunicorn *master*: that restarts the workers, and a worker that
+cannot load a bad file does not start. Write the file atomically (write, then rename)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from broker.config import ConfigError, load_config
+from broker.domain.models import Config, TrustedIssuer
+from broker.domain.ports import Services
+from broker.identity.verifier import SubjectTokenVerifier
+from broker.policy.matcher import IdentityMatcher
+
+log = logging.getLogger("errand.reload")
+
+Stamp = tuple[int, int, int]
+
+
+def _stamp(path: Path) -> Stamp | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+
+def _all_issuers(config: Config) -> dict[str, TrustedIssuer]:
+    return {**config.issuers, **{i.id: i for i in config.agent_issuers.values()}}
+
+
+class ConfigReloader:
+    def __init__(
+        self, svc: Services, path: Path, variables: Mapping[str, str] | None = None
+    ) -> None:
+        self._svc = svc
+        self._path = path
+        self._vars = dict(variables or {})
+        self._stamp = _stamp(path)
+        self._next_check = 0.0
+        self._force = False
+        self._lock = threading.Lock()
+        self.generation = 1
+        self.status: dict[str, Any] = {
+            "ok": True,
+            "pid": os.getpid(),  # each web process reloads on its own; this says which answered
+            "path": str(path),
+            "generation": 1,
+            "loaded_at": time.time(),
+            "identities": len(svc.config.identities),
+            "error": None,
+            "warnings": list(getattr(svc.config, "warnings", ())),
+        }
+
+    def request_reload(self) -> None:
+        """Async-signal-safe: only sets a flag; the next request does the work."""
+        self._force = True
+
+    def maybe_reload(self) -> None:
+        interval = float(getattr(self._svc.config.broker, "config_reload_seconds", 5.0))
+        now = time.monotonic()
+        if not self._force and (interval <= 0 or now < self._next_check):
+            return
+        if not self._lock.acquire(blocking=False):
+            return  # another thread of this process is on it
+        try:
+            self._next_check = now + max(interval, 0.5)
+            force, self._force = self._force, False
+            stamp = _stamp(self._path)
+            if stamp == self._stamp and not force:
+                return
+            self._reload(stamp)
+        finally:
+            self._lock.release()
+
+    def reload_now(self) -> dict[str, Any]:
+        with self._lock:
+            self._force = False
+            self._reload(_stamp(self._path))
+        return dict(self.status)
+
+    # -- internals -----------------------------------------------------------------------------
+    def _refuse(self, stamp: Stamp | None, error: str) -> None:
+        self._stamp = stamp  # do not re-parse the same bad file at every check
+        self.status.update(ok=False, error=error, failed_at=time.time())
+        log.error("configuration reload refused; keeping the running configuration: %s", error)
+        self._audit("refused", error=error[:2000])
+
+    def _reload(self, stamp: Stamp | None) -> None:
+        if stamp is None:
+            self._refuse(stamp, f"cannot read {self._path}")
+            return
+        try:
+            new = load_config(self._path, self._vars)
+        except ConfigError as err:
+            self._refuse(stamp, str(err))
+            return
+        if _stamp(self._path) != stamp:
+            log.info("configuration changed while it was read; trying again at the next check")
+            self._force = True
+            return
+        old: Config = self._svc.config
+        if old.identities and not new.identities:
+            self._refuse(
+                stamp,
+                "the new file lists no identities (truncated?); restart to apply it on purpose",
+            )
+            return
+        if new.broker.issuer != old.broker.issuer:
+            self._refuse(stamp, "broker.issuer cannot change while running: restart to change it")
+            return
+        self._apply(old, new)
+        self._stamp = stamp
+        self.generation += 1
+        self.status = {
+            "ok": True,
+            "pid": os.getpid(),
+            "path": str(self._path),
+            "generation": self.generation,
+            "loaded_at": time.time(),
+            "identities": len(new.identities),
+            "error": None,
+            "warnings": list(new.warnings),
+        }
+        for warning in new.warnings:
+            log.warning("configuration: %s", warning)
+        log.info(
+            "configuration reloaded: %d identities, %d issuers",
+            len(new.identities),
+            len(new.issuers),
+        )
+        self._audit("loaded", identities=len(new.identities), generation=self.generation)
+
+    def _apply(self, old: Config, new: Config) -> None:
+        jwks = self._svc.extras.get("jwks")
+        if jwks is not None:
+            before = _all_issuers(old)
+            for issuer_id, issuer in _all_issuers(new).items():
+                prior = before.get(issuer_id)
+                if prior is not None and prior.key_source != issuer.key_source:
+                    jwks.forget(issuer_id)
+            verifier: Any = SubjectTokenVerifier(new, jwks)
+        else:  # a verifier we did not build (tests): keep it
+            verifier = self._svc.verifier
+        matcher = IdentityMatcher(new)
+        # One swap, between requests: the exchange reads the three together at its start.
+        self._svc.__dict__.update(verifier=verifier, matcher=matcher, config=new)
+
+    def _audit(self, outcome: str, **fields: Any) -> None:
+        try:
+            self._svc.audit.record(
+                {
+                    "ts": time.time(),
+                    "event": "config.reload",
+                    "outcome": outcome,
+                    "pid": os.getpid(),
+                    **fields,
+                }
+            )
+        except Exception:  # the log line above already holds it
+            log.warning("could not audit the configuration reload")
+
+
+def install_reloader(svc: Services) -> ConfigReloader | None:
+    """Attach a reloader when the running configuration came from a file; SIGHUP forces a
+    check when we run in the main thread (a gunicorn worker does)."""
+    existing = svc.extras.get("reloader")
+    if isinstance(existing, ConfigReloader):
+        return existing
+    settings = svc.extras.get("settings")
+    path = getattr(settings, "config_path", None)
+    if not isinstance(path, Path) or not path.is_file():
+        return None
+    reloader = ConfigReloader(svc, path, getattr(settings, "config_vars", None))
+    svc.extras["reloader"] = reloader
+    if threading.current_thread() is threading.main_thread() and hasattr(signal, "SIGHUP"):
+        signal.signal(signal.SIGHUP, lambda *_: reloader.request_reload())
+    return reloader
