@@ -56,7 +56,7 @@ def post_env(gha_env: dict[str, str]) -> dict[str, str]:
 def test_action_yml() -> None:
     spec = yaml.safe_load((ROOT / "action.yml").read_text())
     runs = spec["runs"]
-    assert runs["using"] == "docker" and runs["image"] == "action/Dockerfile"
+    assert runs["using"] == "docker" and runs["image"] == "action.Dockerfile"
     assert runs["post-if"] == "always()"
     dockerfile = (ROOT / "action" / "Dockerfile").read_text()
     for key in ("entrypoint", "post-entrypoint"):
@@ -77,15 +77,12 @@ def test_action_yml() -> None:
         assert f'"{name}"' in main_text, name  # every input is read by main.py
 
 
-def test_vendored_client_is_current() -> None:
-    sys.path.insert(0, str(ROOT / "action"))
-    try:
-        import vendor_client
-    finally:
-        sys.path.remove(str(ROOT / "action"))
-    assert vendor_client.vendored_files() == vendor_client.source_files(), (
-        "action/errand_client is stale: run `python action/vendor_client.py`"
-    )
+def test_action_image_copies_the_client_from_the_repository() -> None:
+    """The image is built from the repository root, so it ships the one errand_client/."""
+    dockerfile = (ROOT / "action.Dockerfile").read_text()
+    assert "COPY errand_client/ /opt/errand/errand_client/" in dockerfile
+    assert "image: action.Dockerfile" in (ROOT / "action.yml").read_text()
+    assert not (ROOT / "action" / "errand_client").exists()
 
 
 def test_main_then_post(broker, gha_env) -> None:

@@ -1,7 +1,7 @@
-# The Errand GitHub Action's image (action.yml: runs.using docker, image action/Dockerfile).
-# GitHub builds it with THIS directory as the build context, so the client library is
-# vendored here: run `python action/vendor_client.py` after changing errand_client/ (a unit
-# test fails when the copy is stale). The action needs `requests` and nothing else.
+# The Errand GitHub Action's image (action.yml: runs.using docker, image action.Dockerfile).
+# GitHub builds a local Dockerfile with the directory that holds it as the build context;
+# this file sits at the repository root so the image copies errand_client/ itself (no
+# vendored copy to drift). The action needs `requests` and nothing else.
 FROM python:3.12-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -12,7 +12,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 RUN pip install "requests>=2.31,<3"
 
 COPY errand_client/ /opt/errand/errand_client/
-COPY main.py post.py /opt/errand/action/
+COPY action/main.py action/post.py /opt/errand/action/
 RUN chmod 0755 /opt/errand/action/main.py /opt/errand/action/post.py
 
 # No USER line: GitHub runs container actions as the image's default user (root) so that
