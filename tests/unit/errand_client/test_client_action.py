@@ -58,10 +58,10 @@ def test_action_yml() -> None:
     runs = spec["runs"]
     assert runs["using"] == "docker" and runs["image"] == "action.Dockerfile"
     assert runs["post-if"] == "always()"
-    dockerfile = (ROOT / "action" / "Dockerfile").read_text()
+    dockerfile = (ROOT / "action.Dockerfile").read_text()
     for key in ("entrypoint", "post-entrypoint"):
         assert runs[key].startswith("/opt/errand/action/")
-        assert "COPY main.py post.py /opt/errand/action/" in dockerfile
+        assert "COPY action/main.py action/post.py /opt/errand/action/" in dockerfile
     assert set(spec["inputs"]) >= {
         "url",
         "audience",
