@@ -131,33 +131,17 @@ def review() -> Response:
     return json_response(report)
 
 
-@bp.post("/<identity_id>/suspend")
-def suspend(identity_id: str) -> Response:
-    result = suspend_identity(
-        services(),
-        _identity_id(identity_id),
-        actor=_operator(),
-        reason=_reason(),
-        request_id=request_id(),
-    )
-    return json_response(result)
+# One handler per lifecycle action: suspend, unsuspend, offboard.
+_ACTIONS = {
+    "suspend": suspend_identity,
+    "unsuspend": unsuspend_identity,
+    "offboard": offboard_identity,
+}
 
 
-@bp.post("/<identity_id>/unsuspend")
-def unsuspend(identity_id: str) -> Response:
-    result = unsuspend_identity(
-        services(),
-        _identity_id(identity_id),
-        actor=_operator(),
-        reason=_reason(),
-        request_id=request_id(),
-    )
-    return json_response(result)
-
-
-@bp.post("/<identity_id>/offboard")
-def offboard(identity_id: str) -> Response:
-    result = offboard_identity(
+@bp.post("/<identity_id>/<any(suspend, unsuspend, offboard):action>")
+def change_state(identity_id: str, action: str) -> Response:
+    result = _ACTIONS[action](
         services(),
         _identity_id(identity_id),
         actor=_operator(),
