@@ -38,7 +38,9 @@ _ENV_NAME = re.compile(r"\b(ERRAND_[A-Z0-9_]*[A-Z0-9]|REDIS_URL)\b")
 # `[^"]*`: a blueprint's own root is registered as "" (`@bp.get("")` under its url_prefix).
 _ROUTE = re.compile(r"@bp\.(get|post|put|patch|delete)\(\s*\"([^\"]*)\"")
 _PREFIX = re.compile(r"Blueprint\([^)]*url_prefix=\"([^\"]+)\"")
-_FLASK_ARG = re.compile(r"<(?:[a-z]+:)?([A-Za-z_][A-Za-z0-9_]*)>")
+_FLASK_ARG = re.compile(r"<(?:[a-z]+(?:\([^)]*\))?:)?([A-Za-z_][A-Za-z0-9_]*)>")
+# `<any(a, b):name>` matches the literal segments a and b: one path each, as Flask routes them.
+_FLASK_ANY = re.compile(r"<any\(([^)]*)\):[A-Za-z_][A-Za-z0-9_]*>")
 
 
 # -- the example configuration ------------------------------------------------------------------
@@ -90,8 +92,21 @@ def _routes() -> set[tuple[str, str]]:
         prefix_match = _PREFIX.search(text)
         prefix = prefix_match.group(1) if prefix_match else ""
         for method, rule in _ROUTE.findall(text):
-            found.add((method, _FLASK_ARG.sub(r"{\1}", prefix + rule)))
+            for path in _expand_any(prefix + rule):
+                found.add((method, _FLASK_ARG.sub(r"{\1}", path)))
     return found
+
+
+def _expand_any(rule: str) -> list[str]:
+    match = _FLASK_ANY.search(rule)
+    if match is None:
+        return [rule]
+    choices = [c.strip().strip("'\"") for c in match.group(1).split(",")]
+    return [
+        path
+        for choice in choices
+        for path in _expand_any(rule[: match.start()] + choice + rule[match.end() :])
+    ]
 
 
 def _openapi() -> dict[str, Any]:
