@@ -8,7 +8,7 @@ from broker.audit import AuditLog
 from broker.clock import Clock, SystemClock
 from broker.config import load_config
 from broker.domain.models import Config
-from broker.domain.ports import Services
+from broker.domain.ports import Services, StoreUnavailable
 from broker.identity.jwks import HttpJwksFetcher, JwksCache, JwksFetcher
 from broker.identity.verifier import SubjectTokenVerifier
 from broker.jobs import RqScheduler
@@ -39,6 +39,10 @@ def build_services(
     r_rq = rq_client or connect(settings.redis_url, timeout=5.0, decode=False)
     store = RedisGrantStore(r, audit_maxlen=config.broker.audit_stream_maxlen)  # type: ignore[arg-type]
     jwks = JwksCache(fetcher or HttpJwksFetcher(), RedisJwksState(r), clock)  # type: ignore[arg-type]
+    try:
+        store.ensure_epoch()
+    except StoreUnavailable:
+        log.warning("Redis unreachable at start-up; the epoch is created on first use")
     return Services(
         config=config,
         keyring=keyring,

@@ -52,7 +52,13 @@ end
 if tonumber(ARGV[10]) > 0 and redis.call('ZCOUNT', KEYS[3], '(' .. ARGV[3], '+inf') >= tonumber(ARGV[10]) then
   return 'quota_exceeded'
 end
-local epoch = redis.call('GET', KEYS[6]) or '0'
+local epoch = redis.call('GET', KEYS[6])
+if not epoch then
+  -- Redis lost its data: restart the epoch from Redis's own clock, above every epoch it
+  -- published before, so the cut never moves backwards. The caller retries once.
+  redis.call('SET', KEYS[6], redis.call('TIME')[1], 'NX')
+  return 'epoch_changed'
+end
 if epoch ~= ARGV[4] then return 'epoch_changed' end
 if ARGV[5] == '1' then
   if not redis.call('SET', KEYS[8], '1', 'NX', 'EXAT', ARGV[6]) then return 'replayed' end
@@ -174,6 +180,16 @@ def connect(url: str, *, timeout: float, decode: bool = True) -> redis.Redis:
     )
 
 
+# KEYS: epoch. The revoke-all epoch starts at Redis's clock (seconds), not at 0, so that after
+# a loss of Redis data it starts again above every epoch resource servers have seen.
+_ENSURE_EPOCH = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return tonumber(redis.call('GET', KEYS[1])) end
+local now = redis.call('TIME')[1]
+redis.call('SET', KEYS[1], now)
+return tonumber(now)
+"""
+
+
 class RedisGrantStore:
     def __init__(self, client: redis.Redis, *, audit_maxlen: int) -> None:
         self._r = client
@@ -182,6 +198,7 @@ class RedisGrantStore:
         self._revoke = client.register_script(_REVOKE_GRANT)
         self._complete = client.register_script(_COMPLETE_TASK)
         self._sweep = client.register_script(_SWEEP)
+        self._ensure_epoch = client.register_script(_ENSURE_EPOCH)
 
     @contextmanager
     def _guard(self) -> Iterator[None]:
@@ -194,6 +211,11 @@ class RedisGrantStore:
         with self._guard():
             return fn()
 
+    def ensure_epoch(self) -> int:
+        """Create the epoch if Redis has none (first start, or after data loss)."""
+        with self._guard():
+            return int(self._ensure_epoch(keys=[keys.EPOCH]))
+
     # -- exchange -------------------------------------------------------------------------
     def preflight(self, *, issuer_id: str, jti: str | None, task_id: str) -> PreflightState:
         with self._guard():
@@ -202,8 +224,10 @@ class RedisGrantStore:
             pipe.exists(keys.replay(issuer_id, jti) if jti else keys.EPOCH + ":none")
             pipe.exists(keys.task_tombstone(task_id))
             epoch, replayed, done = pipe.execute()
+        if epoch is None:
+            epoch = self.ensure_epoch()  # Redis lost its data (or is new): restart the epoch
         return PreflightState(
-            epoch=int(epoch or 0), replayed=bool(replayed and jti), task_completed=bool(done)
+            epoch=int(epoch), replayed=bool(replayed and jti), task_completed=bool(done)
         )
 
     def save_grant(

@@ -22,6 +22,7 @@ from broker.store import keys
 
 # KEYS: epoch, epoch log, audit, fanouts, expiry. ARGV: now, audit maxlen, audit json template
 _REVOKE_ALL = """
+if redis.call('EXISTS', KEYS[1]) == 0 then redis.call('SET', KEYS[1], redis.call('TIME')[1]) end
 local epoch = redis.call('INCR', KEYS[1])
 local live = redis.call('ZCOUNT', KEYS[5], '(' .. ARGV[1], '+inf')
 local event = cjson.decode(ARGV[3])

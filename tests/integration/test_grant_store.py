@@ -56,7 +56,7 @@ def test_grant_key_ttl_equals_token_lifetime(svc, raw, subject):
     assert record["i"] == "acme-deploy"
     assert record["o"] == "platform-team"
     assert record["e"] == str(grant.exp)
-    assert record["p"] == "0"
+    assert record["p"] == raw.get(keys.EPOCH)  # stamped with the current revoke-all epoch
     assert json.loads(record["a"]) == ["https://deploy.acme.example"]
     # The per-task/identity/owner indexes never outlive their newest grant by much, and never
     # die before it.
@@ -310,7 +310,7 @@ def test_exchange_racing_completion_never_leaves_a_live_token(svc, raw, subject)
 
 def test_epoch_change_between_preflight_and_save_refuses_the_write(svc, raw):
     state = svc.store.preflight(issuer_id="gha", jti="epoch-jti", task_id="epoch-task")
-    assert state.epoch == 0
+    assert state.epoch == int(raw.get(keys.EPOCH))
     raw.incr(keys.EPOCH)  # a revoke-all lands while the exchange runs
     before = snapshot(raw)
 
@@ -327,12 +327,12 @@ def test_epoch_change_between_preflight_and_save_refuses_the_write(svc, raw):
 
     # With the current epoch the same write goes through.
     svc.store.save_grant(
-        _grant_for("epoch-task", epoch=1),
+        _grant_for("epoch-task", epoch=state.epoch + 1),
         replay=("gha", "epoch-jti", int(time.time()) + 300),
         audit={"event": "token.exchange"},
         now=int(time.time()),
     )
-    assert raw.hget(keys.grant("jti-forced"), "p") == "1"
+    assert raw.hget(keys.grant("jti-forced"), "p") == str(state.epoch + 1)
 
 
 def test_exchange_refused_when_epoch_moves_during_it(svc, raw, subject):
@@ -346,18 +346,20 @@ def test_exchange_refused_when_epoch_moves_during_it(svc, raw, subject):
 
     svc.store.preflight = preflight_then_revoke_all  # type: ignore[method-assign]
     token = subject()
+    start_epoch = int(raw.get(keys.EPOCH))
     before = snapshot(raw)
     with pytest.raises(TemporarilyUnavailable) as err:
         exchange(svc, token, task_id="epoch-race")
     assert err.value.reason == "epoch_changed"
     after = snapshot(raw)
-    assert {k: v for k, v in after.items() if k != keys.EPOCH.encode()} == {
-        k: v for k, v in before.items() if k != keys.EPOCH
+    epoch_key = keys.EPOCH.encode()
+    assert {k: v for k, v in after.items() if k != epoch_key} == {
+        k: v for k, v in before.items() if k != epoch_key
     }
     svc.store.preflight = real_preflight  # type: ignore[method-assign]
     # The caller retries with the same subject token: its jti was not burned.
     issued = exchange(svc, token, task_id="epoch-race")
-    assert issued.grant.epoch == 1
+    assert issued.grant.epoch == start_epoch + 1
     assert introspect(issued.access_token, svc)["active"] is True
 
 
