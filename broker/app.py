@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-
 import time
 
 from flask import Flask, Response, g, request

@@ -32,7 +32,6 @@ from broker.domain.models import (
     AGENT_PROFILE,
     BUILTIN_IDENTITY_TYPES,
     IDENTITY_TYPES,
-    LimitOptions,
     PROFILES,
     REPLAY_POLICIES,
     SAFE_ID,
@@ -44,6 +43,7 @@ from broker.domain.models import (
     Config,
     Identity,
     IdentityTypeRules,
+    LimitOptions,
     MatchRule,
     TrustedIssuer,
 )
@@ -82,14 +82,18 @@ def _flag(default: bool | None) -> fields.Boolean:
 
 
 class LimitsSchema(_Strict):
-    window_seconds = fields.Integer(load_default=60, validate=validate.Range(min=1, max=3600), strict=True)
+    window_seconds = fields.Integer(
+        load_default=60, validate=validate.Range(min=1, max=3600), strict=True
+    )
     per_address = fields.Integer(load_default=600, validate=validate.Range(min=0), strict=True)
     per_issuer = fields.Integer(load_default=6000, validate=validate.Range(min=0), strict=True)
     per_identity = fields.Integer(load_default=120, validate=validate.Range(min=0), strict=True)
     max_live_grants_per_identity = fields.Integer(
         load_default=1000, validate=validate.Range(min=0), strict=True
     )
-    denials_before_flag = fields.Integer(load_default=20, validate=validate.Range(min=1), strict=True)
+    denials_before_flag = fields.Integer(
+        load_default=20, validate=validate.Range(min=1), strict=True
+    )
     auto_suspend = fields.Boolean(load_default=False)
 
     @post_load

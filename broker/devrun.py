@@ -128,7 +128,8 @@ def _try_it(url: str, issuer_url: str, state_dir: Path, client_secret: Path) -> 
 errand is running at {url} (development mode), with an RQ worker and a dev OIDC issuer at
 {issuer_url}. Try a real exchange in another shell:
 
-  TOKEN=$(.venv/bin/errand dev-token --issuer {issuer_url} --state-dir {state_dir})   # GitHub-shaped ID token
+  # a GitHub-Actions-shaped ID token from the dev issuer:
+  TOKEN=$(.venv/bin/errand dev-token --issuer {issuer_url} --state-dir {state_dir})
   curl -s {url}/token \\
     -d grant_type=urn:ietf:params:oauth:grant-type:token-exchange \\
     -d subject_token_type=urn:ietf:params:oauth:token-type:jwt \\

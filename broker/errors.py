@@ -130,7 +130,9 @@ class TooManyRequests(BrokerError):
     description = "Too many requests; retry later."
     reason = "rate_limited"
 
-    def __init__(self, description: str | None = None, *, retry_after: int = 1, **kw: object) -> None:
+    def __init__(
+        self, description: str | None = None, *, retry_after: int = 1, **kw: object
+    ) -> None:
         super().__init__(description, **kw)  # type: ignore[arg-type]
         self.retry_after = retry_after
 

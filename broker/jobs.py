@@ -27,7 +27,9 @@ class RqScheduler:
         """RQ pushes a fixed job id onto the queue again; skip while one is still pending."""
         job = Job.fetch(job_id, connection=self.queue.connection) if self._exists(job_id) else None
         return job is not None and job.get_status(refresh=False) in (
-            JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.DEFERRED,
+            JobStatus.QUEUED,
+            JobStatus.SCHEDULED,
+            JobStatus.DEFERRED,
         )
 
     def _exists(self, job_id: str) -> bool:

@@ -27,7 +27,8 @@ HTTP_SECONDS = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
 )
 AUDIT_EVENTS = Counter(
-    "errand_audit_events_total", "Audit events by event, outcome and reason code",
+    "errand_audit_events_total",
+    "Audit events by event, outcome and reason code",
     ["event", "outcome", "reason"],
 )
 IDENTITY_FLAGGED = Counter(

@@ -14,8 +14,8 @@ from broker.identity.verifier import SubjectTokenVerifier
 from broker.jobs import RqScheduler
 from broker.policy.matcher import IdentityMatcher
 from broker.settings import Settings
-from broker.store.redis import RedisGrantStore, RedisJwksState, connect
 from broker.store.limits import RedisLimits
+from broker.store.redis import RedisGrantStore, RedisJwksState, connect
 from broker.store.revocations import RedisRevocationStore
 from broker.tokens.keyring import KeyRing
 from broker.tokens.keystore import RedisKeyRecords, RedisKeyRing, load_kek

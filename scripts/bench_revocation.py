@@ -54,12 +54,13 @@ identities:
 def fill(svc, n: int, sample: int) -> list[str]:
     """Write n grants through the real grant-write script (pipelined); return sample tokens."""
     now = int(time.time())
+    epoch = svc.revocations.current_epoch()
     grants = [
         Grant(
             jti=secrets.token_urlsafe(16), identity_id="bench-svc", identity_type="service",
             owner="bench-team", task_id=f"task_{i // 4}", audiences=("https://api.bench",),
             scopes=("read", "write"), iat=now, exp=now + 3000, client_id="bench-svc",
-            issuer_id="ci", epoch=0,
+            issuer_id="ci", epoch=epoch,
         )
         for i in range(n)
     ]

@@ -10,8 +10,13 @@ from __future__ import annotations
 import secrets
 from typing import Any
 
-from broker.domain.inventory import OFFBOARDED, blocked_state, record_exchange
-from broker.domain.limits import check_identity, check_issuer, note_denial
+from broker.domain.inventory import state_name
+from broker.domain.limits import (
+    check_before_signature,
+    check_identity_rate,
+    identity_window,
+    note_denial,
+)
 from broker.domain.limits import options as limit_options
 from broker.domain.models import (
     AGENT_PROFILE,
@@ -22,7 +27,6 @@ from broker.domain.models import (
 )
 from broker.domain.models import ExchangeRequest as ExchangeRequest
 from broker.domain.ports import Services, StoreUnavailable, WriteRefused
-from broker.domain.revocation import revoke_grant
 from broker.errors import (
     BrokerError,
     InvalidGrant,
@@ -99,8 +103,11 @@ def exchange_token(req: ExchangeRequest, svc: Services) -> IssuedToken:
                 now=now,
                 # Rate-limited by the claimed issuer before any signature work, never by a
                 # claimed identity (which a forger could exhaust for its victim).
-                on_issuer=lambda issuer: (
-                    None if issuer.profile == AGENT_PROFILE else check_issuer(svc, issuer.id)
+                on_issuer=lambda issuer: check_before_signature(
+                    svc,
+                    req.client_address,
+                    # an agent's issuer is per identity: a forger must not drain its budget
+                    None if issuer.profile == AGENT_PROFILE else issuer.id,
                 ),
             )
         except VerificationError as err:
@@ -110,21 +117,9 @@ def exchange_token(req: ExchangeRequest, svc: Services) -> IssuedToken:
         event["subject"] = str(subject.claims.get("sub", ""))[:256]
         event.update(subject.context)  # workload binding: pod and node, CI run, SPIFFE ID
 
-        # Replay is read here and claimed only in the atomic grant write: a request refused
-        # later must not burn the caller's jti (SECURITY.md: no token, no state).
         task_id = req.task_id or new_id("task_")
         event["task"] = task_id
         replay_jti = subject.jti if subject.issuer.replay == "single-use" else None
-        try:
-            state = svc.store.preflight(
-                issuer_id=subject.issuer.id, jti=replay_jti, task_id=task_id
-            )
-        except StoreUnavailable as err:
-            raise TemporarilyUnavailable(debug=str(err)) from err
-        if state.replayed:
-            raise bad_subject(req, "the token has already been used", reason="replayed")
-        if state.task_completed:
-            raise InvalidRequest("task_id: the task is already complete", reason="task_completed")
 
         found = matcher.match(subject.issuer.id, subject.match_attributes)
         if isinstance(found, Miss):
@@ -141,7 +136,25 @@ def exchange_token(req: ExchangeRequest, svc: Services) -> IssuedToken:
         event.update(
             identity=identity.id, rule=rule.id, owner=identity.owner, identity_type=identity.type
         )
-        check_identity(svc, identity.id)  # verified now: safe to count against the identity
+        # One round trip for everything the decision reads from Redis. Replay is read here and
+        # claimed only in the atomic grant write: a request refused later must not burn the
+        # caller's jti (SECURITY.md: no token, no state). The identity is verified now, so it
+        # is safe to count against its rate limit.
+        try:
+            state = svc.store.preflight(
+                issuer_id=subject.issuer.id,
+                jti=replay_jti,
+                task_id=task_id,
+                identity_id=identity.id,
+                rate_window_seconds=identity_window(svc),
+            )
+        except StoreUnavailable as err:
+            raise TemporarilyUnavailable(debug=str(err)) from err
+        if state.replayed:
+            raise bad_subject(req, "the token has already been used", reason="replayed")
+        check_identity_rate(svc, state.identity_requests, state.identity_window_reset)
+        if state.task_completed:
+            raise InvalidRequest("task_id: the task is already complete", reason="task_completed")
         if issuer_kind_mismatch(identity, subject.issuer):
             raise bad_subject(
                 req,
@@ -154,12 +167,8 @@ def exchange_token(req: ExchangeRequest, svc: Services) -> IssuedToken:
                 },
             )
         check_identity_usable(identity, now)
-        try:
-            blocked = blocked_state(svc, identity.id)
-        except StoreUnavailable as err:
-            raise TemporarilyUnavailable(debug=str(err)) from err
-        if blocked:
-            raise _blocked(req, identity.id, blocked)
+        if state.identity_state is not None:
+            raise _blocked(req, identity.id, state_name(state.identity_state))
         rules = config.type_rules(identity.type)
         check_type_requirements(identity, req, rules)
         decision = evaluate(identity, req, config.broker, rules)
@@ -213,6 +222,9 @@ def exchange_token(req: ExchangeRequest, svc: Services) -> IssuedToken:
                 raise InvalidRequest(
                     "task_id: the task is already complete", reason="task_completed"
                 ) from refused
+            if refused.reason == "identity_blocked":
+                # Suspended between our read and our write: the write saw it atomically.
+                raise _blocked(req, identity.id, "suspended") from refused
             if refused.reason == "quota_exceeded":
                 raise TooManyRequests(
                     "this identity holds too many live tokens; complete tasks or retry later",
@@ -230,8 +242,6 @@ def exchange_token(req: ExchangeRequest, svc: Services) -> IssuedToken:
                 "credentials were revoked while the exchange ran; retry", reason=refused.reason
             ) from refused
         svc.audit.record(event, stored=True)
-        _recheck_after_write(req, svc, grant)
-        record_exchange(svc, identity.id, now)
         return IssuedToken(access_token=token, grant=grant, expires_in=decision.ttl_seconds)
     except BrokerError as err:
         event.update(
@@ -249,27 +259,3 @@ def exchange_token(req: ExchangeRequest, svc: Services) -> IssuedToken:
         err.audited = True
         note_denial(svc, event.get("identity"), err.reason, event)
         raise
-
-
-def _recheck_after_write(req: ExchangeRequest, svc: Services, grant: Grant) -> None:
-    """A suspension that landed between our check and our write: its revocation sweep may
-    have run before our grant reached the identity index, so we end our own grant. Either
-    the exchange is refused, or its grant is revoked: never live for a suspended identity."""
-    try:
-        blocked = blocked_state(svc, grant.identity_id)
-    except StoreUnavailable:
-        blocked = "suspended"  # cannot tell: fail closed, end the grant we just wrote
-    if not blocked:
-        return
-    revoke_grant(
-        grant.jti,
-        svc,
-        reason=f"identity_{blocked}",
-        actor="exchange",
-        request_id=req.request_id,
-        task_id=grant.task_id,
-        identity=grant.identity_id,
-    )
-    if blocked == OFFBOARDED:
-        raise _blocked(req, grant.identity_id, OFFBOARDED)
-    raise _blocked(req, grant.identity_id, "suspended")

@@ -52,14 +52,16 @@ def inventory_store(svc: Services) -> InventoryStore:
     return cast(InventoryStore, svc.store)
 
 
+def state_name(record: dict[str, Any]) -> str:
+    """An identity state record names "offboarded"; anything else present is a suspension."""
+    return OFFBOARDED if record.get("state") == OFFBOARDED else SUSPENDED
+
+
 def blocked_state(svc: Services, identity_id: str) -> str | None:
     """ "suspended" or "offboarded" when the identity may not be issued to; None when active.
     Raises StoreUnavailable: the exchange fails closed when it cannot tell."""
     record = inventory_store(svc).identity_state(identity_id)
-    if record is None:
-        return None
-    state = record.get("state")
-    return OFFBOARDED if state == OFFBOARDED else SUSPENDED
+    return None if record is None else state_name(record)
 
 
 def record_exchange(svc: Services, identity_id: str, ts: float) -> None:

@@ -40,34 +40,48 @@ def options(svc: Services) -> LimitOptions:
     return found if isinstance(found, LimitOptions) else LimitOptions()
 
 
-def _check(svc: Services, kind: str, value: str, limit: int, what: str) -> None:
+def _refuse(limit: int, window: int, reset: int, scope: str, what: str) -> TooManyRequests:
+    return TooManyRequests(
+        f"too many requests for this {what}; retry later",
+        retry_after=reset,
+        reason="rate_limited",
+        details={"limit": limit, "window_seconds": window, "scope": scope},
+    )
+
+
+def check_before_signature(svc: Services, address: str, issuer_id: str | None) -> None:
+    """One round trip before any key fetch or signature work: the client address and the
+    configured issuer the unverified token names. Never a claimed identity."""
     limiter = getattr(svc, "limits", None)
-    if limiter is None or limit <= 0:
-        return
     opts = options(svc)
+    counters: list[tuple[str, str, int, str]] = []
+    if opts.per_address > 0:
+        counters.append(("addr", address or "unknown", opts.per_address, "client address"))
+    if issuer_id and opts.per_issuer > 0:
+        counters.append(("issuer", issuer_id, opts.per_issuer, "issuer"))
+    if limiter is None or not counters:
+        return
     try:
-        count, reset = limiter.hit(kind, value, window_seconds=opts.window_seconds)
-    except StoreUnavailable:
-        return  # the grant write will fail closed anyway; a limiter outage is not a denial
-    if count > limit:
-        raise TooManyRequests(
-            f"too many requests for this {what}; retry later",
-            retry_after=reset,
-            reason="rate_limited",
-            details={"limit": limit, "window_seconds": opts.window_seconds, "scope": kind},
+        hits = limiter.hit_many(
+            [(k, v) for k, v, _, _ in counters], window_seconds=opts.window_seconds
         )
+    except StoreUnavailable:
+        return  # the grant write fails closed anyway; a limiter outage is not a denial
+    for (kind, _, limit, what), (count, reset) in zip(counters, hits, strict=True):
+        if count > limit:
+            raise _refuse(limit, opts.window_seconds, reset, kind, what)
 
 
-def check_address(svc: Services, address: str) -> None:
-    _check(svc, "addr", address or "unknown", options(svc).per_address, "client address")
+def check_identity_rate(svc: Services, requests: int, reset: int) -> None:
+    """The verified identity's count comes back with the exchange's preflight read."""
+    opts = options(svc)
+    if opts.per_identity > 0 and requests > opts.per_identity:
+        raise _refuse(opts.per_identity, opts.window_seconds, reset, "identity", "identity")
 
 
-def check_issuer(svc: Services, issuer_id: str) -> None:
-    _check(svc, "issuer", issuer_id, options(svc).per_issuer, "issuer")
-
-
-def check_identity(svc: Services, identity_id: str) -> None:
-    _check(svc, "identity", identity_id, options(svc).per_identity, "identity")
+def identity_window(svc: Services) -> int:
+    opts = options(svc)
+    return opts.window_seconds if opts.per_identity > 0 else 0
 
 
 def note_denial(svc: Services, identity_id: str | None, reason: str, event: dict[str, Any]) -> None:
@@ -104,7 +118,9 @@ def note_denial(svc: Services, identity_id: str | None, reason: str, event: dict
             from broker.domain.inventory import suspend_identity
 
             suspend_identity(
-                svc, identity_id, actor="errand:abuse-detector",
+                svc,
+                identity_id,
+                actor="errand:abuse-detector",
                 reason=f"{count} suspicious denials in {opts.window_seconds} s (last: {reason})",
             )
         except Exception as err:  # the flag stands; an operator follows up

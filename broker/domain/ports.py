@@ -28,10 +28,21 @@ class PreflightState:
     epoch: int
     replayed: bool
     task_completed: bool
+    identity_state: dict[str, Any] | None = None  # suspension/offboarding record, if any
+    identity_requests: int = 0  # exchanges by the identity in the current rate window
+    identity_window_reset: int = 0  # seconds until that window resets
 
 
 class GrantStore(Protocol):
-    def preflight(self, *, issuer_id: str, jti: str | None, task_id: str) -> PreflightState: ...
+    def preflight(
+        self,
+        *,
+        issuer_id: str,
+        jti: str | None,
+        task_id: str,
+        identity_id: str | None = None,
+        rate_window_seconds: int = 0,
+    ) -> PreflightState: ...
 
     def save_grant(
         self,

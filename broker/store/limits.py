@@ -13,31 +13,29 @@ from redis.exceptions import RedisError
 from broker.domain.ports import StoreUnavailable
 from broker.store import keys
 
-# KEYS: counter. ARGV: window seconds, limit. Returns {count, ttl}.
-_HIT = """
-local n = redis.call('INCR', KEYS[1])
-if n == 1 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
-local ttl = redis.call('TTL', KEYS[1])
-if ttl < 0 then redis.call('EXPIRE', KEYS[1], ARGV[1]); ttl = tonumber(ARGV[1]) end
-return {n, ttl}
-"""
-
 
 class RedisLimits:
     def __init__(self, client: redis.Redis) -> None:
         self._r = client
-        self._hit = client.register_script(_HIT)
+
+    def hit_many(
+        self, counters: list[tuple[str, str]], *, window_seconds: int
+    ) -> list[tuple[int, int]]:
+        """Count one event on each (kind, value) counter in one round trip; returns, per
+        counter, (events in the current window, seconds until it resets)."""
+        try:
+            pipe = self._r.pipeline(transaction=False)
+            for kind, value in counters:
+                key = keys.rate_counter(kind, value)
+                pipe.set(key, 0, ex=window_seconds, nx=True)  # starts a fixed window
+                pipe.incr(key)  # keeps the window's TTL
+                pipe.ttl(key)
+            results = pipe.execute()
+        except RedisError as err:
+            raise StoreUnavailable(f"{type(err).__name__}: {err}") from err
+        return [
+            (int(results[i + 1]), max(int(results[i + 2]), 1)) for i in range(0, len(results), 3)
+        ]
 
     def hit(self, kind: str, value: str, *, window_seconds: int) -> tuple[int, int]:
-        """Count one event; returns (events in the current window, seconds until it resets)."""
-        try:
-            n, ttl = self._hit(keys=[keys.rate_counter(kind, value)], args=[window_seconds])
-        except RedisError as err:
-            raise StoreUnavailable(f"{type(err).__name__}: {err}") from err
-        return int(n), max(int(ttl), 1)
-
-    def peek(self, kind: str, value: str) -> int:
-        try:
-            return int(self._r.get(keys.rate_counter(kind, value)) or 0)
-        except RedisError as err:
-            raise StoreUnavailable(f"{type(err).__name__}: {err}") from err
+        return self.hit_many([(kind, value)], window_seconds=window_seconds)[0]

@@ -23,13 +23,15 @@ from broker.store import keys
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-# KEYS: grant, task idx, identity idx, owner idx, expiry idx, epoch, tombstone, replay, audit
+# KEYS: grant, task idx, identity idx, owner idx, expiry idx, epoch, tombstone, replay, audit,
+#       identity states, last exchanges
 # ARGV: jti, exp, now, expected epoch, use replay (0/1), replay exat, expiry member,
 #       audit maxlen, audit json, live-grant quota (0: none), then grant field/value pairs
 _SAVE_GRANT = """
 -- Redis does not roll a script back: check every key the writes below touch first, so a
 -- command cannot fail half-way and leave a partial grant or a burned jti.
-local want = {[1] = 'hash', [2] = 'zset', [3] = 'zset', [4] = 'zset', [5] = 'zset', [9] = 'stream'}
+local want = {[1] = 'hash', [2] = 'zset', [3] = 'zset', [4] = 'zset', [5] = 'zset', [9] = 'stream',
+              [10] = 'hash', [11] = 'hash'}
 for i, t in pairs(want) do
   local have = redis.call('TYPE', KEYS[i])['ok']
   if have ~= 'none' and have ~= t then
@@ -48,8 +50,11 @@ if first[1] then
   local holder = redis.call('HGET', 'errand:grant:' .. first[1], 'i')
   if holder and holder ~= ARGV[12] then return 'task_foreign' end
 end
+-- A suspended or offboarded identity gets nothing, even if the suspension landed a moment ago.
+if redis.call('HEXISTS', KEYS[10], ARGV[12]) == 1 then return 'identity_blocked' end
 -- A quota of live grants per identity: a runaway agent or CI loop cannot flood Redis.
-if tonumber(ARGV[10]) > 0 and redis.call('ZCOUNT', KEYS[3], '(' .. ARGV[3], '+inf') >= tonumber(ARGV[10]) then
+local quota = tonumber(ARGV[10])
+if quota > 0 and redis.call('ZCOUNT', KEYS[3], '(' .. ARGV[3], '+inf') >= quota then
   return 'quota_exceeded'
 end
 local epoch = redis.call('GET', KEYS[6])
@@ -73,6 +78,7 @@ for i = 2, 4 do
 end
 redis.call('ZADD', KEYS[5], exp, ARGV[7])
 redis.call('XADD', KEYS[9], 'MAXLEN', '~', ARGV[8], '*', 'e', ARGV[9])
+redis.call('HSET', KEYS[11], ARGV[12], ARGV[3])
 return 'ok'
 """
 
@@ -217,17 +223,44 @@ class RedisGrantStore:
             return int(self._ensure_epoch(keys=[keys.EPOCH]))
 
     # -- exchange -------------------------------------------------------------------------
-    def preflight(self, *, issuer_id: str, jti: str | None, task_id: str) -> PreflightState:
+    def preflight(
+        self,
+        *,
+        issuer_id: str,
+        jti: str | None,
+        task_id: str,
+        identity_id: str | None = None,
+        rate_window_seconds: int = 0,
+    ) -> PreflightState:
+        """Everything the exchange reads before it decides, in one round trip: the epoch,
+        replay, the task's tombstone, the identity's suspension state, and (when a window is
+        given) one count against the verified identity's rate limit."""
         with self._guard():
             pipe = self._r.pipeline(transaction=False)
             pipe.get(keys.EPOCH)
             pipe.exists(keys.replay(issuer_id, jti) if jti else keys.EPOCH + ":none")
             pipe.exists(keys.task_tombstone(task_id))
-            epoch, replayed, done = pipe.execute()
+            if identity_id:
+                pipe.hget(keys.IDENTITY_STATE, identity_id)
+            if identity_id and rate_window_seconds > 0:
+                counter = keys.rate_counter("identity", identity_id)
+                # SET NX EX starts a fixed window; INCR keeps its TTL.
+                pipe.set(counter, 0, ex=rate_window_seconds, nx=True)
+                pipe.incr(counter)
+                pipe.ttl(counter)
+            results = pipe.execute()
+        epoch, replayed, done = results[:3]
+        state = _state_record(results[3]) if identity_id else None
+        requests, reset = (int(results[5]), max(int(results[6]), 1)) if len(results) > 4 else (0, 0)
         if epoch is None:
             epoch = self.ensure_epoch()  # Redis lost its data (or is new): restart the epoch
         return PreflightState(
-            epoch=int(epoch), replayed=bool(replayed and jti), task_completed=bool(done)
+            epoch=int(epoch),
+            replayed=bool(replayed and jti),
+            task_completed=bool(done),
+            identity_state=state,
+            identity_requests=requests,
+            identity_window_reset=reset,
         )
 
     def save_grant(
@@ -277,6 +310,8 @@ class RedisGrantStore:
                 keys.task_tombstone(grant.task_id),
                 replay_key,
                 keys.AUDIT_STREAM,
+                keys.IDENTITY_STATE,
+                keys.LAST_EXCHANGE,
             ],
             args=[
                 grant.jti,

@@ -35,7 +35,11 @@ class SigningKey:
 
     @property
     def public_key(self) -> PublicKey:
-        return self.private_key.public_key()
+        cached = self.__dict__.get("_public_key")
+        if cached is None:
+            cached = self.private_key.public_key()
+            object.__setattr__(self, "_public_key", cached)  # frozen: cache once, by hand
+        return cached
 
     def public_jwk(self) -> dict[str, Any]:
         key = self.public_key
