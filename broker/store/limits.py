@@ -14,9 +14,23 @@ from broker.domain.ports import StoreUnavailable
 from broker.store import keys
 
 
+# KEYS: counters. ARGV: window seconds. Returns {count1, ttl1, count2, ttl2, ...}: one fixed
+# window per counter (SET NX EX starts it, INCR keeps its TTL), in one round trip.
+_HIT_MANY = """
+local out = {}
+for i, key in ipairs(KEYS) do
+  redis.call('SET', key, 0, 'EX', ARGV[1], 'NX')
+  out[#out + 1] = redis.call('INCR', key)
+  out[#out + 1] = redis.call('TTL', key)
+end
+return out
+"""
+
+
 class RedisLimits:
     def __init__(self, client: redis.Redis) -> None:
         self._r = client
+        self._hit_many = client.register_script(_HIT_MANY)
 
     def hit_many(
         self, counters: list[tuple[str, str]], *, window_seconds: int
@@ -24,18 +38,13 @@ class RedisLimits:
         """Count one event on each (kind, value) counter in one round trip; returns, per
         counter, (events in the current window, seconds until it resets)."""
         try:
-            pipe = self._r.pipeline(transaction=False)
-            for kind, value in counters:
-                key = keys.rate_counter(kind, value)
-                pipe.set(key, 0, ex=window_seconds, nx=True)  # starts a fixed window
-                pipe.incr(key)  # keeps the window's TTL
-                pipe.ttl(key)
-            results = pipe.execute()
+            results = self._hit_many(
+                keys=[keys.rate_counter(kind, value) for kind, value in counters],
+                args=[window_seconds],
+            )
         except RedisError as err:
             raise StoreUnavailable(f"{type(err).__name__}: {err}") from err
-        return [
-            (int(results[i + 1]), max(int(results[i + 2]), 1)) for i in range(0, len(results), 3)
-        ]
+        return [(int(results[i]), max(int(results[i + 1]), 1)) for i in range(0, len(results), 2)]
 
     def hit(self, kind: str, value: str, *, window_seconds: int) -> tuple[int, int]:
         return self.hit_many([(kind, value)], window_seconds=window_seconds)[0]

@@ -196,6 +196,27 @@ return tonumber(now)
 """
 
 
+# Everything the exchange reads before deciding, in one round trip.
+# KEYS: epoch, replay key, task tombstone, identity states, the identity's rate counter.
+# ARGV: identity id ('' for none), rate window seconds (0: do not count).
+_PREFLIGHT = """
+local epoch = redis.call('GET', KEYS[1])
+local replayed = redis.call('EXISTS', KEYS[2])
+local done = redis.call('EXISTS', KEYS[3])
+local state = false
+local n, ttl = 0, 0
+if ARGV[1] ~= '' then
+  state = redis.call('HGET', KEYS[4], ARGV[1])
+  if tonumber(ARGV[2]) > 0 then
+    redis.call('SET', KEYS[5], 0, 'EX', ARGV[2], 'NX')  -- starts a fixed window
+    n = redis.call('INCR', KEYS[5])  -- keeps the window's TTL
+    ttl = redis.call('TTL', KEYS[5])
+  end
+end
+return {epoch or false, replayed, done, state or false, n, ttl}
+"""
+
+
 class RedisGrantStore:
     def __init__(self, client: redis.Redis, *, audit_maxlen: int) -> None:
         self._r = client
@@ -205,6 +226,7 @@ class RedisGrantStore:
         self._complete = client.register_script(_COMPLETE_TASK)
         self._sweep = client.register_script(_SWEEP)
         self._ensure_epoch = client.register_script(_ENSURE_EPOCH)
+        self._preflight = client.register_script(_PREFLIGHT)
 
     @contextmanager
     def _guard(self) -> Iterator[None]:
@@ -236,22 +258,18 @@ class RedisGrantStore:
         replay, the task's tombstone, the identity's suspension state, and (when a window is
         given) one count against the verified identity's rate limit."""
         with self._guard():
-            pipe = self._r.pipeline(transaction=False)
-            pipe.get(keys.EPOCH)
-            pipe.exists(keys.replay(issuer_id, jti) if jti else keys.EPOCH + ":none")
-            pipe.exists(keys.task_tombstone(task_id))
-            if identity_id:
-                pipe.hget(keys.IDENTITY_STATE, identity_id)
-            if identity_id and rate_window_seconds > 0:
-                counter = keys.rate_counter("identity", identity_id)
-                # SET NX EX starts a fixed window; INCR keeps its TTL.
-                pipe.set(counter, 0, ex=rate_window_seconds, nx=True)
-                pipe.incr(counter)
-                pipe.ttl(counter)
-            results = pipe.execute()
-        epoch, replayed, done = results[:3]
-        state = _state_record(results[3]) if identity_id else None
-        requests, reset = (int(results[5]), max(int(results[6]), 1)) if len(results) > 4 else (0, 0)
+            epoch, replayed, done, raw_state, requests, reset = self._preflight(
+                keys=[
+                    keys.EPOCH,
+                    keys.replay(issuer_id, jti) if jti else keys.EPOCH + ":none",
+                    keys.task_tombstone(task_id),
+                    keys.IDENTITY_STATE,
+                    keys.rate_counter("identity", identity_id or "-"),
+                ],
+                args=[identity_id or "", rate_window_seconds if identity_id else 0],
+            )
+        state = _state_record(raw_state) if raw_state else None
+        reset = max(int(reset), 1) if requests else 0
         if epoch is None:
             epoch = self.ensure_epoch()  # Redis lost its data (or is new): restart the epoch
         return PreflightState(

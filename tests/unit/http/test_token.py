@@ -379,7 +379,7 @@ def test_preflight_read_failure_is_503(exchange, svc, monkeypatch) -> None:
     def fail(*args: Any, **kwargs: Any) -> Any:
         raise redis.ConnectionError("down")
 
-    monkeypatch.setattr(svc.extras["redis"], "pipeline", fail)
+    monkeypatch.setattr(svc.store, "_preflight", fail)  # the one read before deciding
     assert_oauth_error(exchange(), 503, "temporarily_unavailable")
 
 
