@@ -25,7 +25,7 @@ class Settings:
     admin_token_file: Path | None = None  # ERRAND_ADMIN_TOKEN_FILE: protects /admin/*
     environment: str = "production"  # ERRAND_ENV: production | development
     bind: str = "127.0.0.1:8080"  # ERRAND_BIND
-    web_workers: int = 2  # ERRAND_WEB_WORKERS
+    web_workers: int = 3  # ERRAND_WEB_WORKERS
     redis_timeout_seconds: float = 0.5  # ERRAND_REDIS_TIMEOUT_SECONDS: connect and op timeout
     sweep_interval_seconds: float = 5.0  # ERRAND_SWEEP_INTERVAL_SECONDS: expiry safety net
     # ERRAND_RECONCILE_AFTER_SECONDS: re-enqueue clean-ups that no worker advanced this long
@@ -76,7 +76,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             admin_token_file=Path(admin) if admin else None,
             environment=environment,
             bind=env.get("ERRAND_BIND", "127.0.0.1:8080"),
-            web_workers=int(env.get("ERRAND_WEB_WORKERS", "2")),
+            web_workers=int(env.get("ERRAND_WEB_WORKERS", "3")),
             redis_timeout_seconds=float(env.get("ERRAND_REDIS_TIMEOUT_SECONDS", "0.5")),
             sweep_interval_seconds=float(env.get("ERRAND_SWEEP_INTERVAL_SECONDS", "5")),
             reconcile_after_seconds=float(env.get("ERRAND_RECONCILE_AFTER_SECONDS", "30")),

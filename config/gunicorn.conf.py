@@ -17,7 +17,7 @@ def child_exit(server, worker):  # noqa: ARG001 - gunicorn's hook signature
 
 
 bind = os.environ.get("ERRAND_BIND", "127.0.0.1:8080")
-workers = int(os.environ.get("ERRAND_WEB_WORKERS", "2"))
+workers = int(os.environ.get("ERRAND_WEB_WORKERS", "3"))  # measured best on 2 cores (docs/benchmarks.md)
 worker_class = "sync"
 timeout = 30
 graceful_timeout = 10

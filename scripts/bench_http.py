@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# ruff: noqa: E501 - report lines are formatted f-strings, easier to read unwrapped
 """HTTP throughput and latency of Errand's token exchange and introspection.
 
 Starts everything privately on 127.0.0.1 (never the Redis on 6379): a redis-server on a free
@@ -69,8 +70,7 @@ broker:
   issuer: {broker_issuer}
   default_token_ttl_seconds: 300
   max_token_ttl_seconds: 900
-  limits: {per_address: 0, per_issuer: 0, per_identity: 0, max_live_grants_per_identity: 0}
-issuers:
+{limits}issuers:
   - id: bench-ci
     issuer: {issuer_url}
     audience: {subject_audience}
@@ -114,6 +114,31 @@ clients:
 """
 
 
+# A limit the load never reaches: the rate counters and the live-grant quota still run (their
+# cost is part of a real request) but never refuse. 0 would switch them off.
+UNREACHABLE_LIMIT = 1_000_000_000
+
+
+def limits_yaml() -> str:
+    """The broker.limits block, for broker versions whose configuration has one."""
+    try:
+        from broker.config import BrokerSchema
+    except ImportError:
+        return ""
+    nested = BrokerSchema._declared_fields.get("limits")
+    schema = getattr(nested, "schema", None)
+    if schema is None:
+        return ""
+    names = [
+        n
+        for n in ("per_address", "per_issuer", "per_identity", "max_live_grants_per_identity")
+        if n in schema.fields
+    ]
+    if not names:
+        return ""
+    return "  limits: {" + ", ".join(f"{n}: {UNREACHABLE_LIMIT}" for n in names) + "}\n"
+
+
 # ----------------------------------------------------------------------------------------
 # Processes and CPU accounting
 # ----------------------------------------------------------------------------------------
@@ -133,7 +158,7 @@ def cpu_seconds(pid: int) -> float:
 def machine_cpu() -> tuple[float, float]:
     """(busy, steal) CPU-seconds of the whole machine since boot, from /proc/stat."""
     fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
-    user, nice, system, idle, iowait, irq, softirq, steal = fields
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
     return (user + nice + system + irq + softirq) / _CLK_TCK, steal / _CLK_TCK
 
 
@@ -149,8 +174,10 @@ def wait_for_quiet(max_wait: float, threshold: float, log: Any) -> float:
         busy = machine_cpu()[0] - b0
         if busy <= threshold or time.monotonic() >= deadline:
             if waited:
-                log(f"   machine busy {busy:.2f} cores before the phase" + (
-                    "" if busy <= threshold else " (gave up waiting: results will be noisy)"))
+                log(
+                    f"   machine busy {busy:.2f} cores before the phase"
+                    + ("" if busy <= threshold else " (gave up waiting: results will be noisy)")
+                )
             return busy
         waited = True
 
@@ -214,17 +241,24 @@ def code_version() -> str:
         return marker.read_text().strip()
     try:
         head = subprocess.run(
-            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5
+            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
         ).stdout.strip()
         dirty = subprocess.run(
             ["git", "-C", str(ROOT), "status", "--porcelain", "--", "broker", "workers", "config"],
-            capture_output=True, text=True, timeout=5,
-        ).stdout.strip()  # fmt: skip
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     if not head:
         return "unknown"
-    return f"git {head}" + (f" + uncommitted changes in {len(dirty.splitlines())} file(s)" if dirty else "")
+    return f"git {head}" + (
+        f" + uncommitted changes in {len(dirty.splitlines())} file(s)" if dirty else ""
+    )
 
 
 def wrk_version(binary: str) -> str:
@@ -243,7 +277,12 @@ class Stack:
     """Everything one benchmark needs, on loopback, in `workdir`. Use as a context manager."""
 
     def __init__(
-        self, workdir: Path, *, max_ttl: int = 600, audit_to: str = "file", gunicorn_args: list[str] | None = None
+        self,
+        workdir: Path,
+        *,
+        max_ttl: int = 600,
+        audit_to: str = "file",
+        gunicorn_args: list[str] | None = None,
     ) -> None:
         self.workdir = workdir
         self.gunicorn_args = gunicorn_args or []
@@ -277,6 +316,7 @@ class Stack:
                 audience=AUDIENCE,
                 client_id=CLIENT_ID,
                 max_ttl=self.max_ttl,
+                limits=limits_yaml(),
             )
         )
         return self
@@ -341,11 +381,20 @@ class Stack:
         self.port = free_port()
         self.workers = workers
         stdout: Any = (
-            subprocess.DEVNULL if self.audit_to == "devnull" else self._log(self.audit_log_path(workers).name)
+            subprocess.DEVNULL
+            if self.audit_to == "devnull"
+            else self._log(self.audit_log_path(workers).name)
         )
         self.gunicorn = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-c", "config/gunicorn.conf.py", *self.gunicorn_args,
-             "broker.app:create_app()"],  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "gunicorn",
+                "-c",
+                "config/gunicorn.conf.py",
+                *self.gunicorn_args,
+                "broker.app:create_app()",
+            ],
             cwd=ROOT,
             env=self.env(workers),
             stdout=stdout,
@@ -409,12 +458,16 @@ class Stack:
         return [
             mint_with(
                 self.issuer_key,
-                github_claims(issuer=self.issuer.issuer, audience=SUBJECT_AUDIENCE, lifetime=lifetime, now=now),
+                github_claims(
+                    issuer=self.issuer.issuer, audience=SUBJECT_AUDIENCE, lifetime=lifetime, now=now
+                ),
             )
             for _ in range(n)
         ]
 
-    def exchange_bodies(self, n: int, *, lifetime: int | None = None, subject_lifetime: int = 300) -> list[str]:
+    def exchange_bodies(
+        self, n: int, *, lifetime: int | None = None, subject_lifetime: int = 300
+    ) -> list[str]:
         return [
             exchange_body(t, lifetime=lifetime)
             for t in self.mint_subject_tokens(n, lifetime=subject_lifetime)
@@ -442,7 +495,12 @@ class Stack:
 
 
 _EXCHANGE_PREFIX = urllib.parse.urlencode(
-    {"grant_type": GRANT_TYPE_TOKEN_EXCHANGE, "subject_token_type": TOKEN_TYPE_JWT, "audience": AUDIENCE, "scope": SCOPE}
+    {
+        "grant_type": GRANT_TYPE_TOKEN_EXCHANGE,
+        "subject_token_type": TOKEN_TYPE_JWT,
+        "audience": AUDIENCE,
+        "scope": SCOPE,
+    }
 )
 
 
@@ -454,7 +512,12 @@ def exchange_body(subject_token: str, *, lifetime: int | None = None) -> str:
 
 
 def http_call(
-    port: int, method: str, path: str, body: str | None, headers: dict[str, str], timeout: float = 10.0
+    port: int,
+    method: str,
+    path: str,
+    body: str | None,
+    headers: dict[str, str],
+    timeout: float = 10.0,
 ) -> tuple[int, bytes]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
@@ -491,10 +554,25 @@ def run_wrk(
     for i, part in enumerate(split_round_robin(bodies, threads), start=1):
         Path(f"{prefix}.{i}").write_text("\n".join(part) + "\n")
     cmd = [
-        wrk, "-t", str(threads), "-c", str(concurrency), "-d", f"{duration:g}s", "--latency",
-        "--timeout", "10s", "-s", str(LUA), f"http://127.0.0.1:{port}",
-        "--", path, str(prefix), "1" if cycle else "0", auth,
-    ]  # fmt: skip
+        wrk,
+        "-t",
+        str(threads),
+        "-c",
+        str(concurrency),
+        "-d",
+        f"{duration:g}s",
+        "--latency",
+        "--timeout",
+        "10s",
+        "-s",
+        str(LUA),
+        f"http://127.0.0.1:{port}",
+        "--",
+        path,
+        str(prefix),
+        "1" if cycle else "0",
+        auth,
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     # wait4 gives the generator's own CPU time; bounded by wrk's -d plus a margin.
     deadline = time.monotonic() + duration + 60
@@ -523,7 +601,9 @@ def run_wrk(
     secs = raw["duration_us"] / 1e6
     # Spare GET /healthz requests sent after a single-use pool ran out are not counted.
     raw["requests"] = max(0, raw["requests"] - raw["exhausted"])
-    socket_errors = raw["errors_connect"] + raw["errors_read"] + raw["errors_write"] + raw["errors_timeout"]
+    socket_errors = (
+        raw["errors_connect"] + raw["errors_read"] + raw["errors_write"] + raw["errors_timeout"]
+    )
     return {
         "requests": raw["requests"],
         "seconds": round(secs, 2),
@@ -614,7 +694,7 @@ def run_python(
     def pct(p: float) -> float:
         if not latencies:
             return 0.0
-        return latencies[min(len(latencies) - 1, int(math.ceil(p / 100 * len(latencies))) - 1)] * 1000
+        return latencies[min(len(latencies) - 1, math.ceil(p / 100 * len(latencies)) - 1)] * 1000
 
     return {
         "requests": len(latencies),
@@ -645,7 +725,11 @@ def find_py_spy() -> str | None:
 # What the profile report names: (label, function, file). A function of "*" with a file
 # ending in "/" counts every frame of that package. Names match with or without the class.
 PROFILE_FOCUS = [
-    ("gunicorn: read + parse the HTTP request", "RequestParser.__next__", "gunicorn/http/parser.py"),
+    (
+        "gunicorn: read + parse the HTTP request",
+        "RequestParser.__next__",
+        "gunicorn/http/parser.py",
+    ),
     ("flask: wsgi_app (the whole app)", "Flask.wsgi_app", "flask/app.py"),
     ("read_form (werkzeug form parsing)", "read_form", "broker/http/forms.py"),
     ("load (marshmallow schema)", "load", "broker/http/forms.py"),
@@ -668,7 +752,11 @@ PROFILE_FOCUS = [
     ("ECDSA verify (cryptography)", "ECAlgorithm.verify", "jwt/algorithms.py"),
     ("ECDSA sign (cryptography)", "ECAlgorithm.sign", "jwt/algorithms.py"),
     ("redis-py (all, incl. waiting for replies)", "*", "redis/"),
-    ("  blocked reading a Redis reply", "SocketBuffer._read_from_socket", "redis/_parsers/socket.py"),
+    (
+        "  blocked reading a Redis reply",
+        "SocketBuffer._read_from_socket",
+        "redis/_parsers/socket.py",
+    ),
     ("marshmallow (all)", "*", "marshmallow/"),
     ("werkzeug (all)", "*", "werkzeug/"),
     ("logging (all)", "*", "logging/"),
@@ -718,8 +806,13 @@ def analyse_profile(raw_file: Path, top: int = 25) -> dict[str, Any]:
             continue
         count = int(count_s)
         frames = [_frame_key(f) for f in stack.split(";") if not f.startswith("process ")]
+        if not any(_matches(f, "init_process", "gunicorn/workers/base.py") for f in frames):
+            continue  # the arbiter (master) process, not a worker
         total += count
-        root = next((i for i, f in enumerate(frames) if _matches(f, "handle", "gunicorn/workers/sync.py")), None)
+        root = next(
+            (i for i, f in enumerate(frames) if _matches(f, "handle", "gunicorn/workers/sync.py")),
+            None,
+        )
         if root is None:
             continue
         req_frames = frames[root:]
@@ -756,7 +849,9 @@ def analyse_profile(raw_file: Path, top: int = 25) -> dict[str, Any]:
     return {
         "samples": total,
         "request_samples": in_request,
-        "request_share_of_worker_samples_pct": round(100.0 * in_request / total, 1) if total else 0.0,
+        "request_share_of_worker_samples_pct": round(100.0 * in_request / total, 1)
+        if total
+        else 0.0,
         "focus": focus,
         "top_inclusive": [{"function": k, "pct": share(v)} for k, v in inclusive.most_common(top)],
         "top_self": [{"function": k, "pct": share(v)} for k, v in self_time.most_common(top)],
@@ -768,13 +863,25 @@ def start_py_spy(
 ) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [
-            py_spy, "record", "--pid", str(pid), "--subprocesses", *(["--idle"] if idle else []),
-            "--function", "--rate", str(rate), "--format", "raw", "--duration", str(int(duration)),
-            "--output", str(out),
+            py_spy,
+            "record",
+            "--pid",
+            str(pid),
+            "--subprocesses",
+            *(["--idle"] if idle else []),
+            "--function",
+            "--rate",
+            str(rate),
+            "--format",
+            "raw",
+            "--duration",
+            str(int(duration)),
+            "--output",
+            str(out),
         ],
         stdout=subprocess.DEVNULL,
-        stderr=open(str(out) + ".log", "wb"),  # noqa: SIM115 - owned by the child
-    )  # fmt: skip
+        stderr=open(str(out) + ".log", "wb"),
+    )
 
 
 # ----------------------------------------------------------------------------------------
@@ -830,17 +937,37 @@ def run_phase(
         if py_spy is None:
             raise SystemExit("--profile needs py-spy: .venv/bin/pip install py-spy")
         raw = profile_dir / f"py-spy-w{stack.workers}-{phase}.txt"
-        spy = start_py_spy(py_spy, stack.gunicorn.pid, duration, raw, args.profile_rate,
-                           idle=args.profile == "wall")  # fmt: skip
+        spy = start_py_spy(
+            py_spy,
+            stack.gunicorn.pid,
+            duration,
+            raw,
+            args.profile_rate,
+            idle=args.profile == "wall",
+        )
         time.sleep(0.5)  # let it attach before the load starts
     if args.generator == "wrk":
         result = run_wrk(
-            args.wrk_path, stack.port, path, bodies, cycle=cycle, auth=auth, threads=args.wrk_threads,
-            concurrency=args.concurrency, duration=duration, prefix=stack.workdir / f"bodies-{phase}",
-        )  # fmt: skip
+            args.wrk_path,
+            stack.port,
+            path,
+            bodies,
+            cycle=cycle,
+            auth=auth,
+            threads=args.wrk_threads,
+            concurrency=args.concurrency,
+            duration=duration,
+            prefix=stack.workdir / f"bodies-{phase}",
+        )
     else:
         result = run_python(
-            stack.port, path, bodies, cycle=cycle, auth=auth, concurrency=args.concurrency, duration=duration
+            stack.port,
+            path,
+            bodies,
+            cycle=cycle,
+            auth=auth,
+            concurrency=args.concurrency,
+            duration=duration,
         )
     machine1 = machine_cpu()
     secs = result["seconds"] or duration
@@ -875,25 +1002,33 @@ def run_phase(
         except subprocess.TimeoutExpired:
             spy.kill()
         raw = profile_dir / f"py-spy-w{stack.workers}-{phase}.txt"  # type: ignore[operator]
-        result["profile"] = analyse_profile(raw) if raw.exists() else {"error": "py-spy wrote nothing"}
+        result["profile"] = (
+            analyse_profile(raw) if raw.exists() else {"error": "py-spy wrote nothing"}
+        )
         result["profile_file"] = str(raw)
         result["profile_mode"] = args.profile
     return result
 
 
-def bench_workers(stack: Stack, args: argparse.Namespace, workers: int, log: Any) -> list[dict[str, Any]]:
+def bench_workers(
+    stack: Stack, args: argparse.Namespace, workers: int, log: Any
+) -> list[dict[str, Any]]:
     stack.start_gunicorn(workers)
     log(f"\n== {workers} web workers (gunicorn sync) on 127.0.0.1:{stack.port}")
     # Warm-up and the introspection pool: real exchanges over HTTP (also loads the JWKS).
     t0 = time.monotonic()
     access_tokens = stack.issue_access_tokens(args.introspect_pool)
-    log(f"   warm-up: {len(access_tokens)} exchanges for the introspection pool in {time.monotonic() - t0:.1f} s")
+    log(
+        f"   warm-up: {len(access_tokens)} exchanges for the introspection pool in {time.monotonic() - t0:.1f} s"
+    )
     # Calibrate the exchange rate briefly, so the timed run gets rate x duration x 1.5 tokens.
     cal_pool = int(args.calibrate * args.max_rate_guess)
-    cal = run_phase(stack, args, "exchange-calibrate", stack.exchange_bodies(cal_pool), duration=args.calibrate)
+    cal = run_phase(
+        stack, args, "exchange-calibrate", stack.exchange_bodies(cal_pool), duration=args.calibrate
+    )
     # At least the target rate: a calibration on a busy machine may read low.
     rate = max(cal["rps"], TARGETS["exchange"])
-    n_tokens = int(math.ceil(rate * args.duration * args.pool_factor)) + args.concurrency
+    n_tokens = math.ceil(rate * args.duration * args.pool_factor) + args.concurrency
     t0 = time.monotonic()
     bodies = stack.exchange_bodies(n_tokens)
     log(
@@ -905,15 +1040,21 @@ def bench_workers(stack: Stack, args: argparse.Namespace, workers: int, log: Any
     for rep in range(1, args.repeat + 1):
         if rep > 1:
             bodies = stack.exchange_bodies(n_tokens)
-        ex = run_phase(stack, args, "exchange", bodies, duration=args.duration, profile_dir=profile_dir)
+        ex = run_phase(
+            stack, args, "exchange", bodies, duration=args.duration, profile_dir=profile_dir
+        )
         del bodies
         ex["rep"] = rep
         out.append(ex)
         log("   " + format_row(ex))
         intro = run_phase(
-            stack, args, "introspect", stack.introspect_bodies(access_tokens), duration=args.duration,
+            stack,
+            args,
+            "introspect",
+            stack.introspect_bodies(access_tokens),
+            duration=args.duration,
             profile_dir=profile_dir,
-        )  # fmt: skip
+        )
         intro["rep"] = rep
         out.append(intro)
         log("   " + format_row(intro))
@@ -935,6 +1076,10 @@ def component_costs(stack: Stack, n: int, rounds: int = 5) -> list[dict[str, Any
     import dataclasses
     import logging
 
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from werkzeug.test import EnvironBuilder
+
     from broker.app import create_app
     from broker.domain.access import read_our_token
     from broker.domain.exchange import exchange_token
@@ -945,9 +1090,6 @@ def component_costs(stack: Stack, n: int, rounds: int = 5) -> list[dict[str, Any
     from broker.services import build_services
     from broker.settings import load_settings
     from broker.tokens.mint import mint_access_token
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from werkzeug.test import EnvironBuilder
 
     saved = dict(os.environ)
     os.environ.update(stack.env(1))
@@ -965,21 +1107,41 @@ def component_costs(stack: Stack, n: int, rounds: int = 5) -> list[dict[str, Any
 
     def request() -> Any:
         return ExchangeRequest(
-            subject_token=next(subjects), subject_token_type=TOKEN_TYPE_JWT, audiences=(AUDIENCE,),
-            scopes=(SCOPE,), client_address="127.0.0.1", request_id="bench",
-        )  # fmt: skip
+            subject_token=next(subjects),
+            subject_token_type=TOKEN_TYPE_JWT,
+            audiences=(AUDIENCE,),
+            scopes=(SCOPE,),
+            client_address="127.0.0.1",
+            request_id="bench",
+        )
 
     issued = exchange_token(request(), svc)  # also loads the JWKS
     token, grant = issued.access_token, issued.grant
     exchange_form = {
-        "grant_type": GRANT_TYPE_TOKEN_EXCHANGE, "subject_token": next(subjects),
-        "subject_token_type": TOKEN_TYPE_JWT, "audience": [AUDIENCE], "scope": SCOPE,
-    }  # fmt: skip
-    event = {"event": "token.exchange", "request_id": "0" * 16, "client_address": "127.0.0.1",
-             "token_sha256": "0" * 64, "issuer": "bench-ci", "identity": grant.identity_id,
-             "task": grant.task_id, "subject": "repo:acme/app:ref:refs/heads/main", "rule": "r#0",
-             "owner": grant.owner, "outcome": "issued", "jti": grant.jti, "audience": [AUDIENCE],
-             "scope": SCOPE, "exp": grant.exp, "ts": time.time()}  # fmt: skip
+        "grant_type": GRANT_TYPE_TOKEN_EXCHANGE,
+        "subject_token": next(subjects),
+        "subject_token_type": TOKEN_TYPE_JWT,
+        "audience": [AUDIENCE],
+        "scope": SCOPE,
+    }
+    event = {
+        "event": "token.exchange",
+        "request_id": "0" * 16,
+        "client_address": "127.0.0.1",
+        "token_sha256": "0" * 64,
+        "issuer": "bench-ci",
+        "identity": grant.identity_id,
+        "task": grant.task_id,
+        "subject": "repo:acme/app:ref:refs/heads/main",
+        "rule": "r#0",
+        "owner": grant.owner,
+        "outcome": "issued",
+        "jti": grant.jti,
+        "audience": [AUDIENCE],
+        "scope": SCOPE,
+        "exp": grant.exp,
+        "ts": time.time(),
+    }
     key = ec.generate_private_key(ec.SECP256R1())
     sig = key.sign(b"x" * 400, ec.ECDSA(hashes.SHA256()))
     pub = key.public_key()
@@ -1000,38 +1162,103 @@ def component_costs(stack: Stack, n: int, rounds: int = 5) -> list[dict[str, Any
 
     def save_grant() -> None:
         g = dataclasses.replace(grant, jti=secrets.token_urlsafe(16))
-        svc.store.save_grant(g, replay=("bench-ci", secrets.token_hex(16), int(time.time()) + 300),
-                             audit=event, now=int(time.time()))  # fmt: skip
+        svc.store.save_grant(
+            g,
+            replay=("bench-ci", secrets.token_hex(16), int(time.time()) + 300),
+            audit=event,
+            now=int(time.time()),
+        )
 
     redis_client = svc.extras["redis"]
     pieces: list[tuple[str, str, Any]] = [
-        ("exchange", "whole WSGI app, POST /token (no server)", wsgi(lambda: EnvironBuilder(
-            method="POST", path="/token", data=exchange_body(next(subjects)), headers=form_headers).get_environ())),
+        (
+            "exchange",
+            "whole WSGI app, POST /token (no server)",
+            wsgi(
+                lambda: EnvironBuilder(
+                    method="POST",
+                    path="/token",
+                    data=exchange_body(next(subjects)),
+                    headers=form_headers,
+                ).get_environ()
+            ),
+        ),
         ("exchange", "exchange_token (domain, real Redis)", lambda: exchange_token(request(), svc)),
-        ("exchange", "SubjectTokenVerifier.verify", lambda: svc.verifier.verify(next(subjects), now=time.time())),
-        ("exchange", "  read_compact_jws (strict parse)", lambda: read_compact_jws(token, max_bytes=8192)),
-        ("exchange", "RedisGrantStore.preflight (1 round trip)", lambda: svc.store.preflight(
-            issuer_id="bench-ci", jti=secrets.token_hex(16), task_id=grant.task_id)),
-        ("exchange", "mint_access_token (PyJWT ES256 sign)", lambda: mint_access_token(
-            grant, svc.keyring, svc.config.broker.issuer)),
+        (
+            "exchange",
+            "SubjectTokenVerifier.verify",
+            lambda: svc.verifier.verify(next(subjects), now=time.time()),
+        ),
+        (
+            "exchange",
+            "  read_compact_jws (strict parse)",
+            lambda: read_compact_jws(token, max_bytes=8192),
+        ),
+        (
+            "exchange",
+            "RedisGrantStore.preflight (1 round trip)",
+            lambda: svc.store.preflight(
+                issuer_id="bench-ci", jti=secrets.token_hex(16), task_id=grant.task_id
+            ),
+        ),
+        (
+            "exchange",
+            "mint_access_token (PyJWT ES256 sign)",
+            lambda: mint_access_token(grant, svc.keyring, svc.config.broker.issuer),
+        ),
         ("exchange", "RedisGrantStore.save_grant (1 EVALSHA)", save_grant),
-        ("exchange", "AuditLog.record (log line to /dev/null)", lambda: svc.audit.record(event, stored=True)),
+        (
+            "exchange",
+            "AuditLog.record (log line to /dev/null)",
+            lambda: svc.audit.record(event, stored=True),
+        ),
         ("exchange", "TokenExchangeForm() (new schema)", lambda: TokenExchangeForm()),
-        ("exchange", "load(TokenExchangeForm(), form) as the view", lambda: load(TokenExchangeForm(), exchange_form)),
-        ("introspect", "whole WSGI app, POST /introspect (no server)", wsgi(lambda: EnvironBuilder(
-            method="POST", path="/introspect", data="token=" + token,
-            headers={**form_headers, "Authorization": stack.basic_auth}).get_environ())),
+        (
+            "exchange",
+            "load(TokenExchangeForm(), form) as the view",
+            lambda: load(TokenExchangeForm(), exchange_form),
+        ),
+        (
+            "introspect",
+            "whole WSGI app, POST /introspect (no server)",
+            wsgi(
+                lambda: EnvironBuilder(
+                    method="POST",
+                    path="/introspect",
+                    data="token=" + token,
+                    headers={**form_headers, "Authorization": stack.basic_auth},
+                ).get_environ()
+            ),
+        ),
         ("introspect", "introspect (domain, real Redis)", lambda: introspect(token, svc)),
         ("introspect", "read_our_token (PyJWT ES256 verify)", lambda: read_our_token(token, svc)),
-        ("introspect", "RedisGrantStore.grant_state (1 round trip)", lambda: svc.store.grant_state(
-            grant.jti, grant.task_id)),
-        ("introspect", "load(TokenForm(), form) as the view", lambda: load(TokenForm(), {"token": token})),
-        ("baseline", "GET /healthz, whole WSGI app (no server)", wsgi(lambda: EnvironBuilder(
-            method="GET", path="/healthz").get_environ())),
+        (
+            "introspect",
+            "RedisGrantStore.grant_state (1 round trip)",
+            lambda: svc.store.grant_state(grant.jti, grant.task_id),
+        ),
+        (
+            "introspect",
+            "load(TokenForm(), form) as the view",
+            lambda: load(TokenForm(), {"token": token}),
+        ),
+        (
+            "baseline",
+            "GET /healthz, whole WSGI app (no server)",
+            wsgi(lambda: EnvironBuilder(method="GET", path="/healthz").get_environ()),
+        ),
         ("baseline", "redis-py PING (1 round trip)", lambda: redis_client.ping()),
-        ("baseline", "cryptography ECDSA P-256 sign, raw", lambda: key.sign(b"x" * 400, ec.ECDSA(hashes.SHA256()))),
-        ("baseline", "cryptography ECDSA P-256 verify, raw", lambda: pub.verify(sig, b"x" * 400, ec.ECDSA(hashes.SHA256()))),
-    ]  # fmt: skip
+        (
+            "baseline",
+            "cryptography ECDSA P-256 sign, raw",
+            lambda: key.sign(b"x" * 400, ec.ECDSA(hashes.SHA256())),
+        ),
+        (
+            "baseline",
+            "cryptography ECDSA P-256 verify, raw",
+            lambda: pub.verify(sig, b"x" * 400, ec.ECDSA(hashes.SHA256())),
+        ),
+    ]
     out = []
     for group, name, fn in pieces:
         fn()
@@ -1042,8 +1269,14 @@ def component_costs(stack: Stack, n: int, rounds: int = 5) -> list[dict[str, Any
                 fn()
             best_cpu = min(best_cpu, (time.process_time() - c0) / n)
             best_wall = min(best_wall, (time.perf_counter() - w0) / n)
-        out.append({"group": group, "piece": name, "cpu_us": round(best_cpu * 1e6, 1),
-                    "wall_us": round(best_wall * 1e6, 1)})  # fmt: skip
+        out.append(
+            {
+                "group": group,
+                "piece": name,
+                "cpu_us": round(best_cpu * 1e6, 1),
+                "wall_us": round(best_wall * 1e6, 1),
+            }
+        )
     return out
 
 
@@ -1068,7 +1301,12 @@ def verdict(r: dict[str, Any]) -> str:
     target = TARGETS.get(r["phase"])
     if target is None:
         return ""
-    ok = r["rps"] >= target and r["p99_ms"] < TARGET_P99_MS and r["errors"] == 0 and not r["exhausted"]
+    ok = (
+        r["rps"] >= target
+        and r["p99_ms"] < TARGET_P99_MS
+        and r["errors"] == 0
+        and not r["exhausted"]
+    )
     why = []
     if r["rps"] < target:
         why.append(f"<{target:.0f}/s")
@@ -1100,7 +1338,11 @@ def print_profile(r: dict[str, Any]) -> None:
         f"request handling ({prof['request_share_of_worker_samples_pct']}% of worker samples); "
         f"raw stacks: {r['profile_file']}"
     )
-    what = "wall time (inclusive, includes waiting on Redis)" if r.get("profile_mode") == "wall" else "CPU time (inclusive)"
+    what = (
+        "wall time (inclusive, includes waiting on Redis)"
+        if r.get("profile_mode") == "wall"
+        else "CPU time (inclusive)"
+    )
     print(f"   share of request {what}:")
     for f in prof["focus"]:
         print(f"     {f['pct']:5.1f}%  {f['what']:<38} {f['function']}")
@@ -1110,32 +1352,72 @@ def print_profile(r: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--workers", default="2,3,4", help="gunicorn web-worker counts to try (comma list)")
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--workers", default="2,3,4", help="gunicorn web-worker counts to try (comma list)"
+    )
     p.add_argument("--concurrency", type=int, default=32, help="concurrent connections")
     p.add_argument("--duration", type=float, default=20.0, help="seconds per timed phase")
     p.add_argument("--calibrate", type=float, default=3.0, help="seconds of exchange calibration")
-    p.add_argument("--max-rate-guess", type=float, default=4000.0, help="tokens/s minted for calibration")
-    p.add_argument("--pool-factor", type=float, default=1.5, help="subject tokens = rate x duration x this")
-    p.add_argument("--introspect-pool", type=int, default=1000, help="live access tokens to introspect")
+    p.add_argument(
+        "--max-rate-guess", type=float, default=4000.0, help="tokens/s minted for calibration"
+    )
+    p.add_argument(
+        "--pool-factor", type=float, default=1.5, help="subject tokens = rate x duration x this"
+    )
+    p.add_argument(
+        "--introspect-pool", type=int, default=1000, help="live access tokens to introspect"
+    )
     p.add_argument("--generator", choices=("auto", "wrk", "python"), default="auto")
     p.add_argument("--wrk-threads", type=int, default=2)
-    p.add_argument("--audit-log", choices=("file", "devnull"), default="file",
-                   help="where gunicorn's stdout (the audit JSON lines) goes")  # fmt: skip
-    p.add_argument("--gunicorn-args", default="",
-                   help="extra gunicorn command-line options for experiments, e.g. '-k gthread --threads 4' "
-                        "(they override config/gunicorn.conf.py)")
-    p.add_argument("--profile", nargs="?", const="wall", choices=("wall", "cpu"), default=None,
-                   help="run py-spy on the workers during each phase: 'wall' (default) includes "
-                        "time blocked on Redis and sockets (py-spy --idle), 'cpu' only on-CPU time")
+    p.add_argument(
+        "--audit-log",
+        choices=("file", "devnull"),
+        default="file",
+        help="where gunicorn's stdout (the audit JSON lines) goes",
+    )
+    p.add_argument(
+        "--gunicorn-args",
+        default="",
+        help="extra gunicorn command-line options for experiments, e.g. '-k gthread --threads 4' "
+        "(they override config/gunicorn.conf.py)",
+    )
+    p.add_argument(
+        "--profile",
+        nargs="?",
+        const="wall",
+        choices=("wall", "cpu"),
+        default=None,
+        help="run py-spy on the workers during each phase: 'wall' (default) includes "
+        "time blocked on Redis and sockets (py-spy --idle), 'cpu' only on-CPU time",
+    )
     p.add_argument("--profile-rate", type=int, default=250, help="py-spy samples/s")
-    p.add_argument("--repeat", type=int, default=1,
-                   help="timed runs per phase and worker count; the one with the least other CPU is reported")
-    p.add_argument("--quiet-wait", type=float, default=10.0,
-                   help="before each timed phase, wait up to this many s for the machine to go idle")
-    p.add_argument("--quiet-threshold", type=float, default=0.3, help="busy cores that count as idle")
-    p.add_argument("--components", type=int, nargs="?", const=400, default=0, metavar="N",
-                   help="instead of the HTTP load, time each piece of a request in process (N calls x 5 rounds)")
+    p.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="timed runs per phase and worker count; the one with the least other CPU is reported",
+    )
+    p.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=10.0,
+        help="before each timed phase, wait up to this many s for the machine to go idle",
+    )
+    p.add_argument(
+        "--quiet-threshold", type=float, default=0.3, help="busy cores that count as idle"
+    )
+    p.add_argument(
+        "--components",
+        type=int,
+        nargs="?",
+        const=400,
+        default=0,
+        metavar="N",
+        help="instead of the HTTP load, time each piece of a request in process (N calls x 5 rounds)",
+    )
     p.add_argument("--keep", action="store_true", help="keep the work directory (logs, profiles)")
     p.add_argument("--workdir", type=Path, default=None)
     p.add_argument("--json", action="store_true", help="print one JSON summary line at the end")
@@ -1155,9 +1437,14 @@ def main(argv: list[str] | None = None) -> int:
     args.wrk_threads = max(1, min(args.wrk_threads, args.concurrency))
 
     machine = machine_info()
-    generator = f"wrk {wrk_version(wrk_path)} ({args.wrk_threads} threads)" if args.generator == "wrk" else (
-        "python threads + http.client (FALLBACK: wrk not found; the generator shares the CPU "
-        "with the broker, so these numbers understate it)"
+    generator = (
+        f"wrk {wrk_version(wrk_path)} ({args.wrk_threads} threads)"
+        if args.generator == "wrk"
+        else (
+            "python threads + http.client ("
+            + ("chosen with --generator python" if wrk_path else "FALLBACK: wrk not found")
+            + "; the generator shares the CPU with the broker, so these numbers understate it)"
+        )
     )
     print(
         f"machine: {machine['nproc']} CPUs ({machine['cpu_model']}), {machine['mem_gib']} GiB, "
@@ -1166,9 +1453,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"code: {machine['code']} at {ROOT}")
     if args.gunicorn_args:
         print(f"gunicorn: config/gunicorn.conf.py overridden by: {args.gunicorn_args}")
-    print(f"load: {args.concurrency} connections, {args.duration:g} s per phase, generator: {generator}")
+    print(
+        f"load: {args.concurrency} connections, {args.duration:g} s per phase, generator: {generator}"
+    )
     if args.profile:
-        print(f"PROFILING ({args.profile}): py-spy samples the workers; throughput is lower than without it")
+        print(
+            f"PROFILING ({args.profile}): py-spy samples the workers; throughput is lower than without it"
+        )
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="errand-bench-http-"))
     workdir.mkdir(parents=True, exist_ok=True)
@@ -1180,11 +1471,17 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(workdir, ignore_errors=True)
         print_components(rows)
         if args.json:
-            print(json.dumps({"bench": "components", "machine": machine, "rows": rows}, separators=(",", ":")))
+            print(
+                json.dumps(
+                    {"bench": "components", "machine": machine, "rows": rows}, separators=(",", ":")
+                )
+            )
         return 0
     results: list[dict[str, Any]] = []
     try:
-        with Stack(workdir, audit_to=args.audit_log, gunicorn_args=shlex.split(args.gunicorn_args)) as stack:
+        with Stack(
+            workdir, audit_to=args.audit_log, gunicorn_args=shlex.split(args.gunicorn_args)
+        ) as stack:
             for w in worker_counts:
                 results.extend(bench_workers(stack, args, w, print))
     finally:
@@ -1197,25 +1494,35 @@ def main(argv: list[str] | None = None) -> int:
     for r in results:
         mark = "" if args.repeat == 1 else (" <- least disturbed" if r.get("cleanest") else "")
         print(format_row(r) + mark)
-    print("(latency: wrk, from request written to response read; errors: HTTP >= 400 + socket errors + timeouts;"
-          " cpu: cores busy on average; other = rest of the machine, incl. kernel softirq and other tenants;\n"
-          " ms/req = broker CPU per request; ceiling = req/s if broker + redis + loadgen had all cores)")  # fmt: skip
+    print(
+        "(latency: wrk, from request written to response read; errors: HTTP >= 400 + socket errors + timeouts;"
+        " cpu: cores busy on average; other = rest of the machine, incl. kernel softirq and other tenants;\n"
+        " ms/req = broker CPU per request; ceiling = req/s if broker + redis + loadgen had all cores)"
+    )
     for r in results:
         if r.get("outcomes") and set(r["outcomes"]) - {"issued"}:
             print(f"   {r['workers']} workers {r['phase']}: audit outcomes {r['outcomes']}")
         if r["exhausted"]:
-            print(f"   {r['workers']} workers {r['phase']}: token pool ran out; raise --pool-factor")
+            print(
+                f"   {r['workers']} workers {r['phase']}: token pool ran out; raise --pool-factor"
+            )
     if args.profile:
         for r in results:
             print_profile(r)
     best = {
-        phase: max((r for r in results if r["phase"] == phase and r.get("cleanest")), key=lambda r: r["rps"], default=None)
+        phase: max(
+            (r for r in results if r["phase"] == phase and r.get("cleanest")),
+            key=lambda r: r["rps"],
+            default=None,
+        )
         for phase in TARGETS
     }
     print("\nbest per phase vs the issue's targets (2 cores, 32 clients, p99 < 50 ms):")
     for phase, r in best.items():
         if r:
-            print(f"   {phase:<10} {r['rps']:.0f}/s p99 {r['p99_ms']:.1f} ms with {r['workers']} workers: {verdict(r)}")
+            print(
+                f"   {phase:<10} {r['rps']:.0f}/s p99 {r['p99_ms']:.1f} ms with {r['workers']} workers: {verdict(r)}"
+            )
     if args.json:
         summary = {
             "bench": "http",
@@ -1227,14 +1534,24 @@ def main(argv: list[str] | None = None) -> int:
             "profiled": args.profile,
             "gunicorn_args": args.gunicorn_args,
             "results": [
-                {k: (round(v, 2) if isinstance(v, float) else v) for k, v in r.items() if k != "profile"}
+                {
+                    k: (round(v, 2) if isinstance(v, float) else v)
+                    for k, v in r.items()
+                    if k != "profile"
+                }
                 for r in results
             ],
             "targets": {
-                phase: {"target_rps": TARGETS[phase], "best_rps": round(r["rps"], 1), "p99_ms": r["p99_ms"],
-                        "workers": r["workers"], "pass": verdict(r) == "PASS"}
-                for phase, r in best.items() if r
-            },  # fmt: skip
+                phase: {
+                    "target_rps": TARGETS[phase],
+                    "best_rps": round(r["rps"], 1),
+                    "p99_ms": r["p99_ms"],
+                    "workers": r["workers"],
+                    "pass": verdict(r) == "PASS",
+                }
+                for phase, r in best.items()
+                if r
+            },
         }
         print(json.dumps(summary, separators=(",", ":")))
     return 0

@@ -31,6 +31,7 @@ from broker.errors import (
     BrokerError,
     InvalidGrant,
     InvalidRequest,
+    InvalidTarget,
     TemporarilyUnavailable,
     TooManyRequests,
 )
@@ -43,7 +44,7 @@ from broker.policy.engine import (
     issuer_kind_mismatch,
 )
 from broker.policy.matcher import Miss
-from broker.tokens.mint import mint_access_token
+from broker.tokens.mint import TokenTooLarge, mint_access_token
 
 
 def new_id(prefix: str = "") -> str:
@@ -74,6 +75,18 @@ def _blocked(req: ExchangeRequest, identity_id: str, state: str) -> BrokerError:
     )
 
 
+def _count_before_signature(
+    svc: Services, req: ExchangeRequest, issuer: Any, counted: dict[str, bool]
+) -> None:
+    counted["address"] = True
+    check_before_signature(
+        svc,
+        req.client_address,
+        # an agent's issuer is per identity: a forger must not drain its budget
+        None if issuer.profile == AGENT_PROFILE else issuer.id,
+    )
+
+
 def exchange_token(req: ExchangeRequest, svc: Services) -> IssuedToken:
     """Swap a verified workload identity for a short-lived, task-scoped token (RFC 8693 §2.1).
 
@@ -96,6 +109,7 @@ def exchange_token(req: ExchangeRequest, svc: Services) -> IssuedToken:
     }
     if req.purpose:
         event["purpose"] = req.purpose
+    counted = {"address": False}
     try:
         try:
             subject: VerifiedSubject = verifier.verify(
@@ -103,12 +117,7 @@ def exchange_token(req: ExchangeRequest, svc: Services) -> IssuedToken:
                 now=now,
                 # Rate-limited by the claimed issuer before any signature work, never by a
                 # claimed identity (which a forger could exhaust for its victim).
-                on_issuer=lambda issuer: check_before_signature(
-                    svc,
-                    req.client_address,
-                    # an agent's issuer is per identity: a forger must not drain its budget
-                    None if issuer.profile == AGENT_PROFILE else issuer.id,
-                ),
+                on_issuer=lambda issuer: _count_before_signature(svc, req, issuer, counted),
             )
         except VerificationError as err:
             raise _denial_from_verification(req, err) from err
@@ -189,7 +198,14 @@ def exchange_token(req: ExchangeRequest, svc: Services) -> IssuedToken:
             epoch=state.epoch,
             purpose=req.purpose or "",
         )
-        token = mint_access_token(grant, svc.keyring, config.broker.issuer)
+        try:
+            token = mint_access_token(grant, svc.keyring, config.broker.issuer)
+        except TokenTooLarge as err:
+            raise InvalidTarget(
+                "the requested audiences and scopes do not fit in one token; ask for fewer",
+                reason="token_too_large",
+                debug=str(err),
+            ) from err
         event.update(
             outcome="issued",
             jti=grant.jti,
@@ -257,5 +273,6 @@ def exchange_token(req: ExchangeRequest, svc: Services) -> IssuedToken:
             event["details"] = err.details
         svc.audit.record(event)
         err.audited = True
+        err.address_counted = counted["address"]
         note_denial(svc, event.get("identity"), err.reason, event)
         raise

@@ -72,6 +72,21 @@ def check_before_signature(svc: Services, address: str, issuer_id: str | None) -
             raise _refuse(limit, opts.window_seconds, reset, kind, what)
 
 
+def address_over_limit(svc: Services, address: str) -> TooManyRequests | None:
+    """Count a request refused before it named an issuer; the 429 to answer if over."""
+    limiter = getattr(svc, "limits", None)
+    opts = options(svc)
+    if limiter is None or opts.per_address <= 0:
+        return None
+    try:
+        count, reset = limiter.hit("addr", address or "unknown", window_seconds=opts.window_seconds)
+    except StoreUnavailable:
+        return None
+    if count > opts.per_address:
+        return _refuse(opts.per_address, opts.window_seconds, reset, "addr", "client address")
+    return None
+
+
 def check_identity_rate(svc: Services, requests: int, reset: int) -> None:
     """The verified identity's count comes back with the exchange's preflight read."""
     opts = options(svc)

@@ -29,6 +29,15 @@ MAX_PARAM_CHARS = 16384
 SENSITIVE = ("subject_token", "actor_token", "token", "assertion", "client_secret")
 
 
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+
+def _shown(name: str) -> str:
+    """A parameter name as an error may show it: RFC 6749 §5.2 limits error_description to
+    printable ASCII without '"' or '\\', and a caller's name must not reach it raw."""
+    return name if _PLAIN_NAME.fullmatch(name) else "a parameter"
+
+
 def read_form(request: Request, *, repeatable: Iterable[str] = ()) -> dict[str, Any]:
     """The body's parameters as str (or list[str] for repeatable ones)."""
     if any(name in request.args for name in SENSITIVE):
@@ -48,7 +57,9 @@ def read_form(request: Request, *, repeatable: Iterable[str] = ()) -> dict[str, 
         values = multi.getlist(name)
         for value in values:
             if len(value) > MAX_PARAM_CHARS:
-                raise InvalidRequest(f"{name[:64]}: the value is too long", reason="param_too_long")
+                raise InvalidRequest(
+                    f"{_shown(name)}: the value is too long", reason="param_too_long"
+                )
             if name not in (
                 "subject_token",
                 "actor_token",
@@ -56,12 +67,14 @@ def read_form(request: Request, *, repeatable: Iterable[str] = ()) -> dict[str, 
                 "assertion",
             ) and _CONTROL.search(value):
                 raise InvalidRequest(
-                    f"{name[:64]}: control characters are not allowed", reason="bad_characters"
+                    f"{_shown(name)}: control characters are not allowed", reason="bad_characters"
                 )
         if name in allowed_repeats:
             out[name] = values
         elif len(values) > 1:
-            raise InvalidRequest(f"{name[:64]}: the parameter is repeated", reason="repeated_param")
+            raise InvalidRequest(
+                f"{_shown(name)}: the parameter is repeated", reason="repeated_param"
+            )
         else:
             out[name] = values[0]
     return out

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flask import Flask, Response, g, jsonify
+from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from broker.errors import BrokerError
@@ -32,6 +32,25 @@ def error_response(err: BrokerError) -> Response:
     )
 
 
+def _audit_oversized() -> None:
+    """A body over the limit is refused by Werkzeug before any view runs: audit it here."""
+    from broker.http.context import client_address, request_id, services
+
+    services().audit.record(
+        {
+            "ts": services().clock.now(),
+            "event": "token.request",
+            "outcome": "denied",
+            "error": "invalid_request",
+            "reason": "body_too_large",
+            "description": "The request body is too large.",
+            "request_id": request_id(),
+            "client_address": client_address(),
+            "token_sha256": None,
+        }
+    )
+
+
 def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(BrokerError)
     def _broker_error(err: BrokerError) -> Response:
@@ -45,6 +64,8 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(HTTPException)
     def _http_error(err: HTTPException) -> Response:
         status = err.code or 400
+        if request.path == "/token" and status == 413:
+            _audit_oversized()
         code = {
             404: "not_found",
             405: "invalid_request",

@@ -12,6 +12,7 @@ from typing import Any
 from flask import Blueprint, Response, request
 
 from broker.domain.exchange import exchange_token
+from broker.domain.limits import address_over_limit
 from broker.domain.models import (
     GRANT_TYPE_JWT_BEARER,
     GRANT_TYPE_TOKEN_EXCHANGE,
@@ -20,7 +21,7 @@ from broker.domain.models import (
     IssuedToken,
 )
 from broker.domain.ports import Services
-from broker.errors import BrokerError, InvalidRequest, UnsupportedGrantType
+from broker.errors import BrokerError, InvalidRequest, TooManyRequests, UnsupportedGrantType
 from broker.http.context import client_address, request_id, services
 from broker.http.forms import JwtBearerForm, TokenExchangeForm, load, parse_scope, read_form
 from broker.http.responses import json_response
@@ -106,12 +107,20 @@ def token() -> Response:
             raise UnsupportedGrantType()
         return handler(form, services())
     except BrokerError as err:
+        if not err.address_counted and not isinstance(err, TooManyRequests):
+            # Refused before the token named an issuer (malformed form or token): count the
+            # address now, so a flood of garbage from one address meets the limit too.
+            over = address_over_limit(services(), client_address())
+            if over is not None:
+                # Over the limit: log only, so a flood cannot churn the bounded audit stream.
+                _audit_refusal(over, stream=False)
+                raise over from err
         if not err.audited:
             _audit_refusal(err)
         raise
 
 
-def _audit_refusal(err: BrokerError) -> None:
+def _audit_refusal(err: BrokerError, *, stream: bool = True) -> None:
     """Requests refused before the domain saw them (form, content type, grant type) are
     audited too: one event per denial (SECURITY.md). Only a hash of any token sent."""
     raw = request.form.get("subject_token") or request.form.get("assertion") or ""
@@ -126,6 +135,7 @@ def _audit_refusal(err: BrokerError) -> None:
             "request_id": request_id(),
             "client_address": client_address(),
             "token_sha256": token_sha256(raw) if raw else None,
-        }
+        },
+        stored=not stream,
     )
     err.audited = True

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -72,19 +73,49 @@ class _Cached:
 
 
 def _bounded_get(url: str, timeout: float) -> bytes:
-    with requests.get(url, timeout=timeout, stream=True, allow_redirects=False) as resp:
-        if resp.status_code != 200:
+    """GET with a size cap and a deadline for the whole fetch, headers included: requests'
+    timeout bounds each socket read only, so an endpoint trickling a byte at a time could
+    otherwise hold a worker (and the JWKS lock) for hours. The fetch runs in a daemon thread;
+    past the deadline we stop waiting for it, and its own read timeouts end it later."""
+    deadline = time.monotonic() + timeout
+    outcome: dict[str, Any] = {}
+
+    def fetch() -> None:
+        try:
+            with requests.get(url, timeout=timeout, stream=True, allow_redirects=False) as resp:
+                outcome["body"] = _read_bounded(resp, url, deadline)
+        except BaseException as err:  # handed to the waiting thread
+            outcome["error"] = err
+
+    worker = threading.Thread(target=fetch, name="errand-jwks-fetch", daemon=True)
+    worker.start()
+    worker.join(timeout)
+    if worker.is_alive():
+        raise KeysUnavailable(
+            "the issuer's keys are unavailable", debug=f"{url}: fetch deadline passed"
+        )
+    if "error" in outcome:
+        raise outcome["error"]
+    return bytes(outcome["body"])
+
+
+def _read_bounded(resp: requests.Response, url: str, deadline: float) -> bytes:
+    if resp.status_code != 200:
+        raise KeysUnavailable(
+            "the issuer's keys are unavailable", debug=f"GET {url}: HTTP {resp.status_code}"
+        )
+    body = b""
+    for chunk in resp.iter_content(16384):
+        body += chunk
+        if len(body) > MAX_JWKS_BYTES:
+            raise KeysUnavailable("the issuer's keys are unavailable", debug=f"{url}: too large")
+        if time.monotonic() > deadline:
             raise KeysUnavailable(
-                "the issuer's keys are unavailable", debug=f"GET {url}: HTTP {resp.status_code}"
+                "the issuer's keys are unavailable", debug=f"{url}: fetch deadline passed"
             )
-        body = b""
-        for chunk in resp.iter_content(16384):
-            body += chunk
-            if len(body) > MAX_JWKS_BYTES:
-                raise KeysUnavailable(
-                    "the issuer's keys are unavailable", debug=f"{url}: too large"
-                )
-        return body
+    if time.monotonic() > deadline:  # the watchdog may have cut the body short
+        raise KeysUnavailable("the issuer's keys are unavailable", debug=f"{url}: deadline")
+    return body
 
 
 class HttpJwksFetcher:
@@ -289,10 +320,24 @@ class JwksCache:
             self._local_cooldown[issuer.id] = now + issuer.refresh_cooldown_seconds
             return True
 
+    def _wait_for_mirror(self, issuer: TrustedIssuer) -> _Cached | None:
+        deadline = time.monotonic() + issuer.fetch_timeout_seconds + 0.5
+        while time.monotonic() < deadline:
+            time.sleep(0.05)
+            adopted = self._adopt_shared(issuer)
+            if adopted is not None:
+                return adopted
+        return None
+
     def _refresh(self, issuer: TrustedIssuer, cached: _Cached | None, now: float) -> _Cached:
         if not self._may_fetch(issuer, now):
             if cached is not None and now - cached.fetched_at < issuer.jwks_stale_seconds:
                 return cached
+            if cached is None:
+                # Another worker holds the fetch: wait for its mirror rather than fail.
+                adopted = self._wait_for_mirror(issuer)
+                if adopted is not None:
+                    return adopted
             raise KeysUnavailable(
                 "the issuer's keys are being refreshed; retry shortly", debug="refresh cooldown"
             )

@@ -13,7 +13,6 @@ from redis.exceptions import RedisError
 from broker.domain.ports import StoreUnavailable
 from broker.store import keys
 
-
 # KEYS: counters. ARGV: window seconds. Returns {count1, ttl1, count2, ttl2, ...}: one fixed
 # window per counter (SET NX EX starts it, INCR keeps its TTL), in one round trip.
 _HIT_MANY = """

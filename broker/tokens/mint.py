@@ -31,11 +31,21 @@ def access_token_claims(grant: Grant, issuer: str) -> dict[str, Any]:
     return claims
 
 
+MAX_MINTED_BYTES = 8192  # well under verify.MAX_ACCESS_TOKEN_BYTES and common header limits
+
+
+class TokenTooLarge(ValueError):
+    """The requested audiences and scopes would not fit in a token anyone could send."""
+
+
 def mint_access_token(grant: Grant, keyring: KeyRing, issuer: str) -> str:
     key = keyring.active
-    return jwt.encode(
+    token = jwt.encode(
         access_token_claims(grant, issuer),
         key.private_key,
         algorithm=key.alg,
         headers={"kid": key.kid, "typ": ACCESS_TOKEN_TYP},
     )
+    if len(token) > MAX_MINTED_BYTES:
+        raise TokenTooLarge(f"{len(token)} bytes")
+    return token

@@ -8,7 +8,7 @@ from broker.identity.jose import JoseError, read_compact_jws, verify_signature
 from broker.tokens.keyring import KeyRing
 from broker.tokens.mint import ACCESS_TOKEN_TYP
 
-MAX_ACCESS_TOKEN_BYTES = 4096
+MAX_ACCESS_TOKEN_BYTES = 16384  # mint.py refuses to mint anything larger
 
 
 class NotOurToken(Exception):
