@@ -209,7 +209,6 @@ def key_breakdown(r: redis.Redis, n: int, sample: int) -> list[dict[str, Any]]:
         )
     for label, names in (
         ("identity index zsets", [keys.identity_index(i[0]) for i in IDENTITIES]),
-        ("owner index zsets", [keys.owner_index(i[1]) for i in IDENTITIES]),
         ("expiry index zset", [keys.EXPIRY_INDEX]),
         ("audit stream", [keys.AUDIT_STREAM]),
     ):

@@ -57,10 +57,18 @@ def fill(svc, n: int, sample: int) -> list[str]:
     epoch = svc.revocations.current_epoch()
     grants = [
         Grant(
-            jti=secrets.token_urlsafe(16), identity_id="bench-svc", identity_type="service",
-            owner="bench-team", task_id=f"task_{i // 4}", audiences=("https://api.bench",),
-            scopes=("read", "write"), iat=now, exp=now + 3000, client_id="bench-svc",
-            issuer_id="ci", epoch=epoch,
+            jti=secrets.token_urlsafe(16),
+            identity_id="bench-svc",
+            identity_type="service",
+            owner="bench-team",
+            task_id=f"task_{i // 4}",
+            audiences=("https://api.bench",),
+            scopes=("read", "write"),
+            iat=now,
+            exp=now + 3000,
+            client_id="bench-svc",
+            issuer_id="ci",
+            epoch=epoch,
         )
         for i in range(n)
     ]

@@ -92,6 +92,8 @@ def _indexes_for(svc: Services, kind: str, value: str) -> list[tuple[str, str]]:
     """The (index kind, value) pairs whose grants a bulk revocation ends."""
     if kind == "identity_type":
         return [("identity", i.id) for i in svc.config.identities if i.type == value]
+    if kind == "owner":  # an owner's grants are its identities' grants
+        return [("identity", i.id) for i in svc.config.identities if i.owner == value]
     return [(kind, value)]
 
 

@@ -80,8 +80,7 @@ class GrantStore(Protocol):
         *,
         now: int,
         task_id: str | None,
-        identity_id: str | None,
-        owner: str | None,
+        identity_ids: list[str] | None,
         limit: int,
     ) -> list[Grant]: ...
 

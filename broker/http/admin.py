@@ -43,12 +43,17 @@ def _limit() -> int:
 @bp.get("/grants")
 def list_grants() -> Response:
     svc = services()
+    identity, owner = _safe_arg("identity"), _safe_arg("owner")
+    identity_ids: list[str] | None = None
+    if identity:
+        identity_ids = [identity]
+    elif owner:  # an owner's grants are its identities' grants
+        identity_ids = [i.id for i in svc.config.identities if i.owner == owner]
     try:
         grants = svc.store.list_grants(
             now=int(svc.clock.now()),
             task_id=_safe_arg("task"),
-            identity_id=_safe_arg("identity"),
-            owner=_safe_arg("owner"),
+            identity_ids=identity_ids,
             limit=_limit(),
         )
     except StoreUnavailable as err:

@@ -52,10 +52,6 @@ def identity_index(identity_id: str) -> str:
     return f"{PREFIX}ident:{identity_id}"
 
 
-def owner_index(owner: str) -> str:
-    return f"{PREFIX}owner:{owner}"
-
-
 def replay(issuer_id: str, jti: str) -> str:
     digest = hashlib.sha256(jti.encode("utf-8", "replace")).hexdigest()[:32]
     return f"{PREFIX}replay:{issuer_id}:{digest}"

@@ -44,15 +44,14 @@ for i = 3, #ARGV do
   local jti = ARGV[i]
   if KEYS[3] then redis.call('ZREM', KEYS[3], jti) end
   local gk = 'errand:grant:' .. jti
-  local g = redis.call('HMGET', gk, 't', 'i', 'o', 'e', 'u')
-  if g[1] and (ARGV[2] == '' or ARGV[2] == g[5]) then
+  local g = redis.call('HMGET', gk, 't', 'i', 'e', 'u')
+  if g[1] and (ARGV[2] == '' or ARGV[2] == g[4]) then
     redis.call('DEL', gk)
     redis.call('ZREM', 'errand:task:' .. g[1], jti)
     redis.call('ZREM', 'errand:ident:' .. g[2], jti)
-    redis.call('ZREM', 'errand:owner:' .. g[3], jti)
-    redis.call('ZREM', KEYS[1], jti .. ' ' .. g[1] .. ' ' .. g[2] .. ' ' .. g[3])
+    redis.call('ZREM', KEYS[1], jti .. ' ' .. g[1] .. ' ' .. g[2])
     if ARGV[1] == '1' then
-      redis.call('XADD', KEYS[2], '*', 'k', 'jti', 'v', jti, 'n', g[4], 'x', g[4])
+      redis.call('XADD', KEYS[2], '*', 'k', 'jti', 'v', jti, 'n', g[3], 'x', g[3])
     end
     n = n + 1
   end
@@ -67,7 +66,7 @@ local members = redis.call('ZRANGE', KEYS[1], ARGV[2], tonumber(ARGV[2]) + tonum
 local revoked, survivors = 0, 0
 local epoch = tonumber(ARGV[1])
 for _, m in ipairs(members) do
-  local jti, task, ident, owner = string.match(m, '^(%S+) (%S+) (%S+) (%S+)$')
+  local jti, task, ident = string.match(m, '^(%S+) (%S+) (%S+)$')
   local gk = 'errand:grant:' .. (jti or '')
   local p = redis.call('HGET', gk, 'p')
   if jti and p and tonumber(p) >= epoch then
@@ -77,7 +76,6 @@ for _, m in ipairs(members) do
       redis.call('DEL', gk)
       redis.call('ZREM', 'errand:task:' .. task, jti)
       redis.call('ZREM', 'errand:ident:' .. ident, jti)
-      redis.call('ZREM', 'errand:owner:' .. owner, jti)
     end
     redis.call('ZREM', KEYS[1], m)
     if p then revoked = revoked + 1 end
@@ -162,7 +160,6 @@ class RedisRevocationStore:
         return {
             "task": keys.task_index,
             "identity": keys.identity_index,
-            "owner": keys.owner_index,
         }[kind](value)
 
     def index_members(self, index_key: str, batch: int) -> list[str]:

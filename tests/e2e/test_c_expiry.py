@@ -12,7 +12,6 @@ import requests
 
 from tests.e2e.stack import (
     EXPIRY_IDENTITY,
-    EXPIRY_OWNER,
     EXPIRY_REF,
     LOCAL,
     introspect,
@@ -53,7 +52,7 @@ def test_two_hundred_short_grants_expire_through_the_worker(stack, dev_issuer, p
     ]
     assert {c["sub"] for c in claims} == {EXPIRY_IDENTITY}
     jtis = [str(c["jti"]) for c in claims]
-    members = [f"{c['jti']} {c['task_id']} {EXPIRY_IDENTITY} {EXPIRY_OWNER}" for c in claims]
+    members = [f"{c['jti']} {c['task_id']} {EXPIRY_IDENTITY}" for c in claims]
     last_exp = max(int(c["exp"]) for c in claims)
 
     # While live: the grants and their index entries exist.
@@ -65,7 +64,6 @@ def test_two_hundred_short_grants_expire_through_the_worker(stack, dev_issuer, p
         pipe.exists(*[f"errand:grant:{j}" for j in jtis])
         pipe.zmscore("errand:expiry", members)
         pipe.zcard(f"errand:ident:{EXPIRY_IDENTITY}")
-        pipe.zcard(f"errand:owner:{EXPIRY_OWNER}")
         for task in tasks:
             pipe.zcard(f"errand:task:{task}")
         grants, scores, *counts = pipe.execute()
@@ -84,7 +82,6 @@ def test_two_hundred_short_grants_expire_through_the_worker(stack, dev_issuer, p
     assert peek.zcount("errand:expiry", "-inf", time.time() - 2) == 0
     for key in (
         f"errand:ident:{EXPIRY_IDENTITY}",
-        f"errand:owner:{EXPIRY_OWNER}",
         *(f"errand:task:{t}" for t in tasks),
     ):
         assert peek.exists(key) == 0 or peek.zcard(key) == 0

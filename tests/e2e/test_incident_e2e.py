@@ -175,10 +175,18 @@ def _fill(db: redis.Redis, n: int) -> None:
     epoch = int(db.get("errand:epoch") or 0)
     grants = [
         Grant(
-            jti=f"fill{i:08d}", identity_id="acme-app-deploy", identity_type="service",
-            owner="platform-team", task_id=f"fill-task-{i // 10}", audiences=(DEPLOY_AUD,),
-            scopes=("deploy:read",), iat=now, exp=now + 600, client_id="acme-app-deploy",
-            issuer_id="dev-ci", epoch=epoch,
+            jti=f"fill{i:08d}",
+            identity_id="acme-app-deploy",
+            identity_type="service",
+            owner="platform-team",
+            task_id=f"fill-task-{i // 10}",
+            audiences=(DEPLOY_AUD,),
+            scopes=("deploy:read",),
+            iat=now,
+            exp=now + 600,
+            client_id="acme-app-deploy",
+            issuer_id="dev-ci",
+            epoch=epoch,
         )
         for i in range(n)
     ]

@@ -20,7 +20,14 @@ from broker.domain.ports import Services
 from broker.services import build_services
 from broker.settings import Settings
 from broker.store import keys
-from tests.fixtures.builders import DENIAL_MAY_TOUCH, DEPLOY_AUD, config_dict, gha_token, make_config, make_key_dir
+from tests.fixtures.builders import (
+    DENIAL_MAY_TOUCH,
+    DEPLOY_AUD,
+    config_dict,
+    gha_token,
+    make_config,
+    make_key_dir,
+)
 
 # Keys a denied exchange may touch: the audit stream and the JWKS mirror / refresh lock.
 ALLOWED_ON_DENIAL_PREFIXES = DENIAL_MAY_TOUCH

@@ -58,12 +58,11 @@ def test_grant_key_ttl_equals_token_lifetime(svc, raw, subject):
     assert record["e"] == str(grant.exp)
     assert record["p"] == raw.get(keys.EPOCH)  # stamped with the current revoke-all epoch
     assert json.loads(record["a"]) == ["https://deploy.acme.example"]
-    # The per-task/identity/owner indexes never outlive their newest grant by much, and never
-    # die before it.
+    # The per-task/identity indexes never outlive their newest grant by much, and never die
+    # before it.
     for index in (
         keys.task_index("ttl-task"),
         keys.identity_index("acme-deploy"),
-        keys.owner_index("platform-team"),
     ):
         assert raw.expiretime(index) == grant.exp
 
@@ -74,8 +73,8 @@ def test_grant_indexes_hold_the_jti(svc, raw, subject):
 
     assert raw.zscore(keys.task_index("idx-task"), g.jti) == g.exp
     assert raw.zscore(keys.identity_index("acme-deploy"), g.jti) == g.exp
-    assert raw.zscore(keys.owner_index("platform-team"), g.jti) == g.exp
-    member = f"{g.jti} idx-task acme-deploy platform-team"
+    assert not raw.exists("errand:owner:platform-team")  # owners go through their identities
+    member = f"{g.jti} idx-task acme-deploy"
     assert member == expiry_member(g)
     assert raw.zscore(keys.EXPIRY_INDEX, member) == g.exp
     # ... and the issuance is in the audit stream, written by the same script, without the token.
@@ -391,7 +390,7 @@ def test_audit_stream_is_bounded(make_svc, raw, subject):
 
 def test_grant_write_is_all_or_nothing_when_a_command_fails_mid_script(svc, raw, subject):
     """A fault inside the script (here: an index key of the wrong type) must leave no state."""
-    raw.set(keys.owner_index("platform-team"), "not-a-zset")
+    raw.set(keys.identity_index("acme-deploy"), "not-a-zset")
     token = subject()
     before = snapshot(raw)
     with pytest.raises(TemporarilyUnavailable):

@@ -64,7 +64,9 @@ def _active(svc, issued) -> bool:
 
 def test_revoke_all_is_immediate_and_later_exchanges_work(svc, issuer_key):
     start_epoch = svc.revocations.current_epoch()
-    assert start_epoch > 1_700_000_000  # starts at Redis's clock: above any epoch before a data loss
+    assert (
+        start_epoch > 1_700_000_000
+    )  # starts at Redis's clock: above any epoch before a data loss
     before = [_exchange(svc, issuer_key) for _ in range(30)]
     assert all(_active(svc, t) for t in before)
     result = revoke_all(svc, reason="incident 7", actor="alice")

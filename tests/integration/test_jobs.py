@@ -52,7 +52,6 @@ def test_completion_job_removes_every_grant_of_the_task_and_is_idempotent(
     for t in mine:
         assert raw.exists(keys.grant(t.grant.jti)) == 0
         assert raw.zscore(keys.identity_index("acme-deploy"), t.grant.jti) is None
-        assert raw.zscore(keys.owner_index("platform-team"), t.grant.jti) is None
         assert raw.zscore(keys.EXPIRY_INDEX, expiry_member(t.grant)) is None
     assert raw.exists(keys.task_index("job-task")) == 0
     assert raw.zscore(keys.COMPLETING, "job-task") is None
@@ -123,13 +122,12 @@ def test_sweep_removes_expired_grants_from_every_index(worker_env, svc, raw, sub
 
     assert raw.zrange(keys.EXPIRY_INDEX, 0, -1) == [expiry_member(live.grant)]
     assert raw.zrangebyscore(keys.EXPIRY_INDEX, "-inf", time.time()) == []
-    for index in (keys.identity_index("acme-deploy"), keys.owner_index("platform-team")):
-        assert raw.zrange(index, 0, -1) == [live.grant.jti]
+    assert raw.zrange(keys.identity_index("acme-deploy"), 0, -1) == [live.grant.jti]
     assert raw.zcard(keys.task_index("sweep-task")) == 0
     expired = [e for e in audit_events(raw) if e["event"] == "grant.expired"]
     assert sorted(e["jti"] for e in expired) == sorted(t.grant.jti for t in short)
     assert all(e["outcome"] == "expired" and e["task"] == "sweep-task" for e in expired)
-    assert all(e["identity"] == "acme-deploy" and e["owner"] == "platform-team" for e in expired)
+    assert all(e["identity"] == "acme-deploy" for e in expired)
     assert introspect(live.access_token, svc)["active"] is True
 
     # Sweeping again finds nothing and records nothing.
@@ -146,7 +144,7 @@ def test_sweep_handles_more_than_one_batch(worker_env, svc, raw, monkeypatch):
 
     monkeypatch.setattr(workers.expiry, "BATCH", 7)
     past = int(time.time()) - 5
-    members = {f"jti{i} t{i % 3} acme-deploy platform-team": past for i in range(20)}
+    members = {f"jti{i} t{i % 3} acme-deploy": past for i in range(20)}
     raw.zadd(keys.EXPIRY_INDEX, members)
     raw.zadd(keys.identity_index("acme-deploy"), {f"jti{i}": past for i in range(20)})
     assert workers.expiry.sweep_expired() == 20

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
-from tests.fixtures.builders import CLIENT_ID, CLIENT_SECRET, exchange_form, gha_token
 from tests.conftest import UNIT_ISSUER
+from tests.fixtures.builders import CLIENT_ID, CLIENT_SECRET, exchange_form, gha_token
 
 
 def test_exchange_then_introspect(client, issuer_key, clock):

@@ -295,7 +295,7 @@ def test_agent_assertion(wclient: Any, wsvc: Any, wkeys: Any, clock: Any) -> Non
     issued = [e for e in events(wsvc) if e.get("outcome") == "issued"][-1]
     assert issued["purpose"] == "summarise open tickets" and issued["task"] == "triage-42"
     grant = wsvc.store.list_grants(
-        now=int(clock.now()), task_id="triage-42", identity_id=None, owner=None, limit=5
+        now=int(clock.now()), task_id="triage-42", identity_ids=None, limit=5
     )
     assert grant[0].purpose == "summarise open tickets"
 

@@ -7,7 +7,6 @@ from typing import Any
 
 import pytest
 
-from broker.domain import exchange as exchange_module
 from broker.domain.inventory import access_review, offboard_identity, suspend_identity
 from broker.errors import InvalidRequest, NotFound
 from broker.inventory_cli import format_review

@@ -8,7 +8,6 @@ from tests.unit.helpers import stream_events, token_parts
 INDEXES = (
     keys.task_index("sweep-task"),
     keys.identity_index("acme-deploy"),
-    keys.owner_index("platform-team"),
 )
 
 
@@ -39,8 +38,8 @@ def test_sweep_removes_expired_entries_from_every_index(issued, svc, clock) -> N
         assert members(r, index) == {long}
     assert expiry_jtis(r) == {long}
     expired = [e for e in stream_events(svc) if e.get("event") == "grant.expired"]
-    assert [(e["jti"], e["task"], e["identity"], e["owner"]) for e in expired] == [
-        (short, "sweep-task", "acme-deploy", "platform-team")
+    assert [(e["jti"], e["task"], e["identity"]) for e in expired] == [
+        (short, "sweep-task", "acme-deploy")
     ]
 
     # Idempotent: nothing more until `long` expires.
@@ -75,6 +74,6 @@ def test_expired_grants_are_not_listed(issued, svc, clock) -> None:
     live = jti_of(issued(task_id="sweep-task", requested_lifetime="600"))
     clock.advance(61)
     listed = svc.store.list_grants(
-        now=int(clock.now()), task_id=None, identity_id=None, owner=None, limit=100
+        now=int(clock.now()), task_id=None, identity_ids=None, limit=100
     )
     assert [g.jti for g in listed] == [live]
