@@ -10,14 +10,15 @@ if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="errand-metrics-")
 
 
-def child_exit(server, worker):  # noqa: ARG001 - gunicorn's hook signature
+def child_exit(server, worker):  # gunicorn's hook signature
     from prometheus_client import multiprocess
 
     multiprocess.mark_process_dead(worker.pid)
 
 
 bind = os.environ.get("ERRAND_BIND", "127.0.0.1:8080")
-workers = int(os.environ.get("ERRAND_WEB_WORKERS", "3"))  # measured best on 2 cores (docs/benchmarks.md)
+# 3 sync workers measured best on 2 cores (docs/benchmarks.md).
+workers = int(os.environ.get("ERRAND_WEB_WORKERS", "3"))
 worker_class = "sync"
 timeout = 30
 graceful_timeout = 10

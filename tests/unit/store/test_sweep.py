@@ -73,7 +73,5 @@ def test_expired_grants_are_not_listed(issued, svc, clock) -> None:
     issued(task_id="sweep-task", requested_lifetime="60")
     live = jti_of(issued(task_id="sweep-task", requested_lifetime="600"))
     clock.advance(61)
-    listed = svc.store.list_grants(
-        now=int(clock.now()), task_id=None, identity_ids=None, limit=100
-    )
+    listed = svc.store.list_grants(now=int(clock.now()), task_id=None, identity_ids=None, limit=100)
     assert [g.jti for g in listed] == [live]
