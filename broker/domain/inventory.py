@@ -43,8 +43,6 @@ class InventoryStore(Protocol):
 
     def live_grant_counts(self, identity_ids: list[str], *, now: int) -> dict[str, int]: ...
 
-    def record_last_exchange(self, identity_id: str, ts: float) -> None: ...
-
     def last_exchanges(self) -> dict[str, float]: ...
 
 
@@ -55,25 +53,6 @@ def inventory_store(svc: Services) -> InventoryStore:
 def state_name(record: dict[str, Any]) -> str:
     """An identity state record names "offboarded"; anything else present is a suspension."""
     return OFFBOARDED if record.get("state") == OFFBOARDED else SUSPENDED
-
-
-def blocked_state(svc: Services, identity_id: str) -> str | None:
-    """ "suspended" or "offboarded" when the identity may not be issued to; None when active.
-    Raises StoreUnavailable: the exchange fails closed when it cannot tell."""
-    record = inventory_store(svc).identity_state(identity_id)
-    return None if record is None else state_name(record)
-
-
-def record_exchange(svc: Services, identity_id: str, ts: float) -> None:
-    """Bookkeeping for the access review; a failure here never fails an issued exchange."""
-    try:
-        inventory_store(svc).record_last_exchange(identity_id, ts)
-    except Exception as err:
-        log.warning(
-            "could not record last exchange: %s",
-            type(err).__name__,
-            extra={"identity": identity_id},
-        )
 
 
 def _known(svc: Services, identity_id: str) -> bool:

@@ -568,9 +568,6 @@ class RedisGrantStore:
             counts = pipe.execute()
         return {i: int(c) for i, c in zip(identity_ids, counts, strict=True)}
 
-    def record_last_exchange(self, identity_id: str, ts: float) -> None:
-        self._call(lambda: self._r.hset(keys.LAST_EXCHANGE, identity_id, repr(float(ts))))
-
     def last_exchanges(self) -> dict[str, float]:
         raw = self._call(lambda: self._r.hgetall(keys.LAST_EXCHANGE))
         out: dict[str, float] = {}
