@@ -31,6 +31,9 @@ def find_redis_server() -> str | None:
 
 
 class RedisProcess:
+    # No persistence by default: a development or test Redis. Subclasses may keep data.
+    persistence_args: tuple[str, ...] = ("--save", "", "--appendonly", "no")
+
     def __init__(self, data_dir: Path, port: int | None = None, binary: str | None = None) -> None:
         self.binary = binary or find_redis_server()
         if not self.binary:
@@ -51,8 +54,7 @@ class RedisProcess:
                 self.binary or "redis-server",
                 "--bind", "127.0.0.1",
                 "--port", str(self.port),
-                "--save", "",
-                "--appendonly", "no",
+                *self.persistence_args,
                 "--dir", str(self.data_dir),
                 "--maxmemory-policy", "noeviction",
                 "--protected-mode", "yes",

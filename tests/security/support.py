@@ -9,8 +9,6 @@ import contextlib
 import hashlib
 import hmac
 import json
-import socket
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -28,6 +26,7 @@ from jwt.algorithms import ECAlgorithm
 from broker.embedded_redis import RedisProcess
 from broker.tokens.keyring import SigningKey, thumbprint
 from tests.e2e.stack import Stack
+from tests.fixtures.builders import NO_LIMITS as BUILDER_NO_LIMITS
 
 # -- raw JWS ---------------------------------------------------------------------------------
 
@@ -247,49 +246,14 @@ class DurableRedis(RedisProcess):
     """RedisProcess with `appendonly yes` and `appendfsync always`: every acknowledged write
     survives a SIGKILL, so "the grant was written before the 200" can be checked afterwards."""
 
-    def start(self, timeout: float = 10.0) -> DurableRedis:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        log = open(self.data_dir / "redis.log", "ab")  # noqa: SIM115 - owned by the child
-        self.proc = subprocess.Popen(
-            [
-                self.binary or "redis-server",
-                "--bind", "127.0.0.1",
-                "--port", str(self.port),
-                "--save", "",
-                "--appendonly", "yes",
-                "--appendfsync", "always",
-                "--dir", str(self.data_dir),
-                "--maxmemory-policy", "noeviction",
-                "--protected-mode", "yes",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )  # fmt: skip
-        log.close()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"redis-server exited; see {self.data_dir / 'redis.log'}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
-                    s.sendall(b"PING\r\n")
-                    if s.recv(16).startswith(b"+PONG"):
-                        return self
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("redis-server did not start in time")
+    persistence_args = ("--save", "", "--appendonly", "yes", "--appendfsync", "always")
 
 
 # -- abuse limits --------------------------------------------------------------------------
 
 # Every limit off (0), for suites that are not about limits: they send hundreds of requests
 # from one address and identity on purpose.
-NO_LIMITS = {
-    "per_address": 0,
-    "per_issuer": 0,
-    "per_identity": 0,
-    "max_live_grants_per_identity": 0,
-}
+NO_LIMITS = BUILDER_NO_LIMITS
 
 
 def limits_supported() -> bool:
