@@ -75,16 +75,36 @@ def _blocked(req: ExchangeRequest, identity_id: str, state: str) -> BrokerError:
     )
 
 
-def _count_before_signature(
-    svc: Services, req: ExchangeRequest, issuer: Any, counted: dict[str, bool]
-) -> None:
-    counted["address"] = True
+def _task_foreign() -> BrokerError:
+    # A task belongs to the identity that opened it: another identity naming it could
+    # otherwise complete (end) that identity's tokens. Not retryable: the name is taken.
+    return InvalidRequest("task_id: the task belongs to another identity", reason="task_foreign")
+
+
+def _epoch_moved(reason: str = "epoch_changed") -> BrokerError:
+    # A revoke-all ran while the exchange was in flight: nothing in flight at the cut comes
+    # out live. The caller retries; its subject token was not spent.
+    return TemporarilyUnavailable(
+        "credentials were revoked while the exchange ran; retry", reason=reason
+    )
+
+
+def _on_issuer(svc: Services, req: ExchangeRequest, issuer: Any, arrival: dict[str, Any]) -> None:
+    """Runs once the token names a configured issuer, before any key fetch or signature
+    work: rate limits, then the revoke-all epoch this exchange answers to."""
+    arrival["address_counted"] = True
     check_before_signature(
         svc,
         req.client_address,
         # an agent's issuer is per identity: a forger must not drain its budget
         None if issuer.profile == AGENT_PROFILE else issuer.id,
     )
+    # Taken before verification can wait on anything (an issuer's keys): the grant write
+    # refuses if a revoke-all moved the epoch since (SECURITY.md: revoke-all is a cut).
+    try:
+        arrival["epoch"] = svc.store.current_epoch()
+    except StoreUnavailable as err:
+        raise TemporarilyUnavailable(debug=str(err)) from err
 
 
 def exchange_token(req: ExchangeRequest, svc: Services) -> IssuedToken:
@@ -109,7 +129,7 @@ def exchange_token(req: ExchangeRequest, svc: Services) -> IssuedToken:
     }
     if req.purpose:
         event["purpose"] = req.purpose
-    counted = {"address": False}
+    arrival: dict[str, Any] = {"address_counted": False}
     try:
         try:
             subject: VerifiedSubject = verifier.verify(
@@ -117,10 +137,15 @@ def exchange_token(req: ExchangeRequest, svc: Services) -> IssuedToken:
                 now=now,
                 # Rate-limited by the claimed issuer before any signature work, never by a
                 # claimed identity (which a forger could exhaust for its victim).
-                on_issuer=lambda issuer: _count_before_signature(svc, req, issuer, counted),
+                on_issuer=lambda issuer: _on_issuer(svc, req, issuer, arrival),
             )
         except VerificationError as err:
             raise _denial_from_verification(req, err) from err
+        if "epoch" not in arrival:
+            # A verifier that never reported the issuer: no epoch from before verification,
+            # so no grant (one read now could be stamped after a revoke-all).
+            raise BrokerError(debug="the verifier did not call on_issuer")
+        epoch: int = arrival["epoch"]
         event["issuer"] = subject.issuer.id
         event["token_sha256"] = subject.token_sha256
         event["subject"] = str(subject.claims.get("sub", ""))[:256]
@@ -162,6 +187,8 @@ def exchange_token(req: ExchangeRequest, svc: Services) -> IssuedToken:
         if state.replayed:
             raise bad_subject(req, "the token has already been used", reason="replayed")
         check_identity_rate(svc, state.identity_requests, state.identity_window_reset)
+        if state.task_owner is not None and state.task_owner != identity.id:
+            raise _task_foreign()
         if state.task_completed:
             raise InvalidRequest("task_id: the task is already complete", reason="task_completed")
         if issuer_kind_mismatch(identity, subject.issuer):
@@ -181,6 +208,8 @@ def exchange_token(req: ExchangeRequest, svc: Services) -> IssuedToken:
         rules = config.type_rules(identity.type)
         check_type_requirements(identity, req, rules)
         decision = evaluate(identity, req, config.broker, rules)
+        if state.epoch != epoch:
+            raise _epoch_moved()
 
         iat = int(now)
         grant = Grant(
@@ -195,7 +224,7 @@ def exchange_token(req: ExchangeRequest, svc: Services) -> IssuedToken:
             exp=iat + decision.ttl_seconds,
             client_id=identity.id,
             issuer_id=subject.issuer.id,
-            epoch=state.epoch,
+            epoch=epoch,  # as the request arrived: the write refuses if it has moved since
             purpose=req.purpose or "",
         )
         try:
@@ -248,15 +277,9 @@ def exchange_token(req: ExchangeRequest, svc: Services) -> IssuedToken:
                     reason="quota_exceeded",
                 ) from refused
             if refused.reason == "task_foreign":
-                # A task belongs to the identity that opened it: another identity naming it
-                # could otherwise complete (end) that identity's tokens.
-                raise InvalidRequest(
-                    "task_id: the task belongs to another identity", reason="task_foreign"
-                ) from refused
+                raise _task_foreign() from refused  # another identity opened it first
             # epoch_changed: a revoke-all ran while we worked; the caller retries.
-            raise TemporarilyUnavailable(
-                "credentials were revoked while the exchange ran; retry", reason=refused.reason
-            ) from refused
+            raise _epoch_moved(refused.reason) from refused
         svc.audit.record(event, stored=True)
         return IssuedToken(access_token=token, grant=grant, expires_in=decision.ttl_seconds)
     except BrokerError as err:
@@ -273,6 +296,6 @@ def exchange_token(req: ExchangeRequest, svc: Services) -> IssuedToken:
             event["details"] = err.details
         svc.audit.record(event)
         err.audited = True
-        err.address_counted = counted["address"]
+        err.address_counted = arrival["address_counted"]
         note_denial(svc, event.get("identity"), err.reason, event)
         raise

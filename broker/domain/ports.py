@@ -14,9 +14,10 @@ class StoreUnavailable(Exception):
 
 
 class WriteRefused(Exception):
-    """The atomic grant write refused; `reason` says why.
+    """An atomic write refused; `reason` says why.
 
-    Reasons: task_completed, epoch_changed, replayed."""
+    Grant write: task_foreign, task_completed, identity_blocked, quota_exceeded,
+    epoch_changed, replayed. Task completion: task_foreign."""
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
@@ -31,9 +32,12 @@ class PreflightState:
     identity_state: dict[str, Any] | None = None  # suspension/offboarding record, if any
     identity_requests: int = 0  # exchanges by the identity in the current rate window
     identity_window_reset: int = 0  # seconds until that window resets
+    task_owner: str | None = None  # the identity that opened the task, if it is open
 
 
 class GrantStore(Protocol):
+    def current_epoch(self) -> int: ...
+
     def preflight(
         self,
         *,
@@ -51,6 +55,7 @@ class GrantStore(Protocol):
         replay: tuple[str, str, int] | None,
         audit: Mapping[str, Any],
         now: int,
+        quota: int = 0,
     ) -> None: ...
 
     def grant_state(self, jti: str, task_id: str) -> GrantState: ...
@@ -61,6 +66,7 @@ class GrantStore(Protocol):
         self,
         task_id: str,
         *,
+        identity_id: str,
         tombstone_seconds: int,
         audit: Mapping[str, Any],
         now: int,
@@ -97,7 +103,10 @@ class JobScheduler(Protocol):
 
 
 class SubjectVerifier(Protocol):
-    def verify(self, token: str, *, now: float, on_issuer: Any = None) -> Any: ...
+    def verify(self, token: str, *, now: float, on_issuer: Any = None) -> Any:
+        """Raises VerificationError. Calls `on_issuer(issuer)` once the token's issuer is
+        chosen and before any key fetch or signature work: the exchange reads the revoke-all
+        epoch and counts its rate limits there."""
 
 
 class Clock(Protocol):

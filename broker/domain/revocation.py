@@ -7,8 +7,9 @@ from typing import Any
 
 from broker.domain.access import read_our_token
 from broker.domain.introspection import grant_state, is_live
-from broker.domain.ports import Services, StoreUnavailable
-from broker.errors import InvalidToken, TemporarilyUnavailable
+from broker.domain.limits import note_denial
+from broker.domain.ports import Services, StoreUnavailable, WriteRefused
+from broker.errors import AccessDenied, InvalidToken, TemporarilyUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -69,11 +70,13 @@ def revoke_grant(
 def complete_task(
     token: str, svc: Services, *, request_id: str = "", client_address: str = ""
 ) -> dict[str, Any]:
-    """Any live token of a task may declare the task complete.
+    """Any live token of a task's owner may declare the task complete.
 
     A tombstone makes every token of the task inactive at once (introspection checks it);
     an RQ job then removes the task's grants. The tombstone outlives every token the task
-    could hold, so a racing exchange for the task is refused."""
+    could hold, so a racing exchange for the task is refused. The owner is the one the task
+    recorded when it opened, checked in the same script: a token of another identity that
+    names the task (however it got there) cannot end the owner's tokens."""
     claims = read_our_token(token, svc)
     if claims is None:
         raise InvalidToken("the access token is invalid or expired")
@@ -98,6 +101,7 @@ def complete_task(
     try:
         newly = svc.store.complete_task(
             task_id,
+            identity_id=claims["sub"],
             tombstone_seconds=svc.config.broker.task_tombstone_seconds,
             audit=event,
             now=int(now),
@@ -105,6 +109,15 @@ def complete_task(
         )
     except StoreUnavailable as err:
         raise TemporarilyUnavailable(debug=str(err)) from err
+    except WriteRefused as refused:
+        # A token of another identity in the owner's task: audited, and counted against
+        # that identity as reaching beyond what it was given.
+        event.update(outcome="denied", reason=refused.reason)
+        svc.audit.record(event)
+        note_denial(svc, claims["sub"], refused.reason, event)
+        raise AccessDenied(
+            "the task belongs to another identity", reason=refused.reason
+        ) from refused
     if newly:
         svc.audit.record(event, stored=True)
     try:

@@ -36,8 +36,12 @@ def fanout_progress(epoch: int) -> str:
     return f"{PREFIX}fanout:{epoch}"
 
 
+# Scripts that reach a grant from an index member get this prefix as an argument.
+GRANT_PREFIX = PREFIX + "grant:"
+
+
 def grant(jti: str) -> str:
-    return f"{PREFIX}grant:{jti}"
+    return GRANT_PREFIX + jti
 
 
 def task_index(task_id: str) -> str:
@@ -46,6 +50,12 @@ def task_index(task_id: str) -> str:
 
 def task_tombstone(task_id: str) -> str:
     return f"{PREFIX}task-done:{task_id}"
+
+
+def task_owner(task_id: str) -> str:
+    """The identity that opened the task, set once; it expires with the task's latest grant
+    or, once the task is complete, with its tombstone."""
+    return f"{PREFIX}task-owner:{task_id}"
 
 
 def identity_index(identity_id: str) -> str:

@@ -24,16 +24,17 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 # KEYS: grant, task idx, identity idx, expiry idx, epoch, tombstone, replay, audit,
-#       identity states, last exchanges
+#       identity states, last exchanges, task owner
 # ARGV: jti, exp, now, expected epoch, use replay (0/1), replay exat, expiry member,
-#       audit maxlen, audit json, live-grant quota (0: none), then grant field/value pairs
+#       audit maxlen, audit json, live-grant quota (0: none), grant key prefix,
+#       then grant field/value pairs (ARGV[13] is the 'i' value: the identity)
 # (There is no owner index: an owner's grants are its identities' grants, and the inventory
 # knows which identities an owner has. It saves ~130 bytes per live grant.)
 _SAVE_GRANT = """
 -- Redis does not roll a script back: check every key the writes below touch first, so a
 -- command cannot fail half-way and leave a partial grant or a burned jti.
 local want = {[1] = 'hash', [2] = 'zset', [3] = 'zset', [4] = 'zset', [8] = 'stream',
-              [9] = 'hash', [10] = 'hash'}
+              [9] = 'hash', [10] = 'hash', [11] = 'string'}
 for i, t in pairs(want) do
   local have = redis.call('TYPE', KEYS[i])['ok']
   if have ~= 'none' and have ~= t then
@@ -45,15 +46,21 @@ local rtype = redis.call('TYPE', KEYS[7])['ok']
 if ARGV[5] == '1' and rtype ~= 'none' and rtype ~= 'string' then
   return redis.error_reply('ERRAND_CORRUPT ' .. KEYS[7] .. ' holds a ' .. rtype)
 end
-if redis.call('EXISTS', KEYS[6]) == 1 then return 'task_completed' end
--- A task belongs to the identity that opened it (ARGV[12] is the grant's 'i' field value).
-local first = redis.call('ZRANGE', KEYS[2], 0, 0)
-if first[1] then
-  local holder = redis.call('HGET', 'errand:grant:' .. first[1], 'i')
-  if holder and holder ~= ARGV[12] then return 'task_foreign' end
+local me = ARGV[13]
+-- A task belongs to the identity that opened it, for its whole life: the owner key is set
+-- once and outlives every grant of the task (and, once complete, its tombstone). Checked
+-- before the tombstone, so a stranger learns nothing about another identity's task.
+local owner = redis.call('GET', KEYS[11])
+if owner and owner ~= me then return 'task_foreign' end
+if not owner then
+  -- A task opened before owners were recorded: its earliest live grant speaks for it.
+  local live = redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. ARGV[3], '+inf', 'LIMIT', 0, 1)
+  local holder = live[1] and redis.call('HGET', ARGV[11] .. live[1], 'i')
+  if holder and holder ~= me then return 'task_foreign' end
 end
+if redis.call('EXISTS', KEYS[6]) == 1 then return 'task_completed' end
 -- A suspended or offboarded identity gets nothing, even if the suspension landed a moment ago.
-if redis.call('HEXISTS', KEYS[9], ARGV[12]) == 1 then return 'identity_blocked' end
+if redis.call('HEXISTS', KEYS[9], me) == 1 then return 'identity_blocked' end
 -- A quota of live grants per identity: a runaway agent or CI loop cannot flood Redis.
 local quota = tonumber(ARGV[10])
 if quota > 0 and redis.call('ZCOUNT', KEYS[3], '(' .. ARGV[3], '+inf') >= quota then
@@ -66,21 +73,27 @@ if not epoch then
   redis.call('SET', KEYS[5], redis.call('TIME')[1], 'NX')
   return 'epoch_changed'
 end
+-- ARGV[4] is the epoch read when the request arrived: a revoke-all since then refuses.
 if epoch ~= ARGV[4] then return 'epoch_changed' end
 if ARGV[5] == '1' then
   if not redis.call('SET', KEYS[7], '1', 'NX', 'EXAT', ARGV[6]) then return 'replayed' end
 end
 local exp = tonumber(ARGV[2])
 local ttl = exp - tonumber(ARGV[3])
-redis.call('HSET', KEYS[1], unpack(ARGV, 11))
+redis.call('HSET', KEYS[1], unpack(ARGV, 12))
 redis.call('EXPIREAT', KEYS[1], exp)
 for i = 2, 3 do
   redis.call('ZADD', KEYS[i], exp, ARGV[1])
   if redis.call('TTL', KEYS[i]) < ttl then redis.call('EXPIREAT', KEYS[i], exp) end
 end
+if not owner then
+  redis.call('SET', KEYS[11], me, 'EXAT', exp)
+elseif redis.call('TTL', KEYS[11]) < ttl then
+  redis.call('EXPIREAT', KEYS[11], exp)
+end
 redis.call('ZADD', KEYS[4], exp, ARGV[7])
 redis.call('XADD', KEYS[8], 'MAXLEN', '~', ARGV[8], '*', 'e', ARGV[9])
-redis.call('HSET', KEYS[10], ARGV[12], ARGV[3])
+redis.call('HSET', KEYS[10], me, ARGV[3])
 return 'ok'
 """
 
@@ -101,10 +114,18 @@ redis.call('XADD', KEYS[4], '*', 'k', 'jti', 'v', ARGV[1], 'n', g[3], 'x', g[3])
 return {g[1], g[2]}
 """
 
-# KEYS: tombstone, completing, audit, revocation feed.
-# ARGV: ttl, now, audit maxlen, audit json, task id, feed entry expiry, feed cut-off (iat)
+# KEYS: tombstone, completing, audit, revocation feed, task owner.
+# ARGV: ttl, now, audit maxlen, audit json, task id, feed entry expiry, feed cut-off (iat),
+#       the completing token's identity
 _COMPLETE_TASK = """
+-- Only the task's owner ends it, whichever grants of the task a token may name.
+local owner = redis.call('GET', KEYS[5])
+if owner and owner ~= ARGV[8] then return -1 end
 if not redis.call('SET', KEYS[1], ARGV[2], 'NX', 'EX', ARGV[1]) then return 0 end
+-- The owner keeps the name as long as the tombstone refuses it to everyone else.
+if owner and redis.call('TTL', KEYS[5]) < tonumber(ARGV[1]) then
+  redis.call('EXPIRE', KEYS[5], ARGV[1])
+end
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[5])
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', 'e', ARGV[4])
 redis.call('XADD', KEYS[4], '*', 'k', 'task', 'v', ARGV[5], 'n', ARGV[7], 'x', ARGV[6])
@@ -197,23 +218,27 @@ return tonumber(now)
 
 
 # Everything the exchange reads before deciding, in one round trip.
-# KEYS: epoch, replay key, task tombstone, identity states, the identity's rate counter.
+# KEYS: epoch, replay key, task tombstone, identity states, the identity's rate counter,
+#       task owner.
 # ARGV: identity id ('' for none), rate window seconds (0: do not count).
 _PREFLIGHT = """
 local epoch = redis.call('GET', KEYS[1])
 local replayed = redis.call('EXISTS', KEYS[2])
 local done = redis.call('EXISTS', KEYS[3])
+local owner = redis.call('GET', KEYS[6])
 local state = false
 local n, ttl = 0, 0
 if ARGV[1] ~= '' then
   state = redis.call('HGET', KEYS[4], ARGV[1])
-  if tonumber(ARGV[2]) > 0 then
+  -- A replay of a spent token is refused without counting: whoever holds a victim's used
+  -- token must not be able to spend the victim's budget with it.
+  if tonumber(ARGV[2]) > 0 and replayed == 0 then
     redis.call('SET', KEYS[5], 0, 'EX', ARGV[2], 'NX')  -- starts a fixed window
     n = redis.call('INCR', KEYS[5])  -- keeps the window's TTL
     ttl = redis.call('TTL', KEYS[5])
   end
 end
-return {epoch or false, replayed, done, state or false, n, ttl}
+return {epoch or false, replayed, done, state or false, n, ttl, owner or false}
 """
 
 
@@ -244,6 +269,13 @@ class RedisGrantStore:
         with self._guard():
             return int(self._ensure_epoch(keys=[keys.EPOCH]))
 
+    def current_epoch(self) -> int:
+        """The revoke-all epoch now: what an exchange stamps on its grant, read when the
+        request arrives so that a revoke-all landing while it runs refuses its write."""
+        with self._guard():
+            epoch = self._r.get(keys.EPOCH)
+        return int(epoch) if epoch is not None else self.ensure_epoch()
+
     # -- exchange -------------------------------------------------------------------------
     def preflight(
         self,
@@ -255,16 +287,18 @@ class RedisGrantStore:
         rate_window_seconds: int = 0,
     ) -> PreflightState:
         """Everything the exchange reads before it decides, in one round trip: the epoch,
-        replay, the task's tombstone, the identity's suspension state, and (when a window is
-        given) one count against the verified identity's rate limit."""
+        replay, the task's tombstone and owner, the identity's suspension state, and (when a
+        window is given and the token is not a replay) one count against the verified
+        identity's rate limit."""
         with self._guard():
-            epoch, replayed, done, raw_state, requests, reset = self._preflight(
+            epoch, replayed, done, raw_state, requests, reset, owner = self._preflight(
                 keys=[
                     keys.EPOCH,
                     keys.replay(issuer_id, jti) if jti else keys.EPOCH + ":none",
                     keys.task_tombstone(task_id),
                     keys.IDENTITY_STATE,
                     keys.rate_counter("identity", identity_id or "-"),
+                    keys.task_owner(task_id),
                 ],
                 args=[identity_id or "", rate_window_seconds if identity_id else 0],
             )
@@ -279,6 +313,7 @@ class RedisGrantStore:
             identity_state=state,
             identity_requests=requests,
             identity_window_reset=reset,
+            task_owner=str(owner) if owner else None,
         )
 
     def save_grant(
@@ -329,6 +364,7 @@ class RedisGrantStore:
                 keys.AUDIT_STREAM,
                 keys.IDENTITY_STATE,
                 keys.LAST_EXCHANGE,
+                keys.task_owner(grant.task_id),
             ],
             args=[
                 grant.jti,
@@ -341,6 +377,7 @@ class RedisGrantStore:
                 self._audit_maxlen,
                 json.dumps(audit, separators=(",", ":")),
                 quota,
+                keys.GRANT_PREFIX,
                 *_grant_fields(grant),
             ],
             client=client,
@@ -378,34 +415,39 @@ class RedisGrantStore:
         self,
         task_id: str,
         *,
+        identity_id: str,
         tombstone_seconds: int,
         audit: Mapping[str, Any],
         now: int,
         skew_seconds: int = 60,
     ) -> bool:
-        """Tombstone the task. Its feed entry covers tokens with iat up to now + skew: no token
-        of the task can be issued after the tombstone, and a node whose clock runs ahead may
-        have stamped an earlier one with a later iat."""
+        """Tombstone the task, if `identity_id` owns it (WriteRefused("task_foreign") if
+        not); False when it was already complete. Its feed entry covers tokens with iat up to
+        now + skew: no token of the task can be issued after the tombstone, and a node whose
+        clock runs ahead may have stamped an earlier one with a later iat."""
         with self._guard():
-            return bool(
-                self._complete(
-                    keys=[
-                        keys.task_tombstone(task_id),
-                        keys.COMPLETING,
-                        keys.AUDIT_STREAM,
-                        keys.REVOCATION_FEED,
-                    ],
-                    args=[
-                        tombstone_seconds,
-                        now,
-                        self._audit_maxlen,
-                        json.dumps(audit, separators=(",", ":")),
-                        task_id,
-                        now + tombstone_seconds,
-                        now + skew_seconds,
-                    ],
-                )
+            result = self._complete(
+                keys=[
+                    keys.task_tombstone(task_id),
+                    keys.COMPLETING,
+                    keys.AUDIT_STREAM,
+                    keys.REVOCATION_FEED,
+                    keys.task_owner(task_id),
+                ],
+                args=[
+                    tombstone_seconds,
+                    now,
+                    self._audit_maxlen,
+                    json.dumps(audit, separators=(",", ":")),
+                    task_id,
+                    now + tombstone_seconds,
+                    now + skew_seconds,
+                    identity_id,
+                ],
             )
+        if int(result) < 0:
+            raise WriteRefused("task_foreign")
+        return bool(result)
 
     def task_grant_ids(self, task_id: str) -> list[str]:
         return self._call(lambda: list(self._r.zrange(keys.task_index(task_id), 0, -1)))

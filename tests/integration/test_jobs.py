@@ -97,6 +97,7 @@ def test_cleanup_task_called_directly_is_idempotent(worker_env, svc, raw, subjec
     issued = [exchange(svc, subject(), task_id="direct-task") for _ in range(2)]
     svc.store.complete_task(
         "direct-task",
+        identity_id="acme-deploy",
         tombstone_seconds=3600,
         audit={"event": "task.completed"},
         now=int(time.time()),
@@ -157,6 +158,7 @@ def test_sweep_reenqueues_a_completion_a_dead_worker_left(worker_env, svc, raw, 
     # A completion recorded long ago whose clean-up job was lost (worker died, queue flushed).
     svc.store.complete_task(
         "orphan-task",
+        identity_id="acme-deploy",
         tombstone_seconds=3600,
         audit={"event": "task.completed", "task": "orphan-task"},
         now=int(time.time()) - 120,

@@ -33,7 +33,13 @@ def test_revoke_all_during_the_exchange_refuses_the_write(exchange, svc, monkeyp
 
 def test_task_completed_during_the_exchange_refuses_the_write(exchange, svc, monkeypatch) -> None:
     def finish(kw: dict[str, Any]) -> None:
-        svc.store.complete_task(kw["task_id"], tombstone_seconds=3600, audit={"event": "x"}, now=0)
+        svc.store.complete_task(
+            kw["task_id"],
+            identity_id=kw["identity_id"],
+            tombstone_seconds=3600,
+            audit={"event": "x"},
+            now=0,
+        )
 
     after_preflight(svc, monkeypatch, finish)
     resp = exchange(task_id="racing-task")
