@@ -17,6 +17,16 @@ import requests
 
 from broker.config import ConfigError, load_config
 from broker.errors import BrokerError
+from errand_client.client import check_url
+
+
+def _broker_url(args: argparse.Namespace) -> str:
+    """--url, checked before anything is read or sent: the admin credential (and the keys
+    `evidence verify` trusts) travel only over https, or plain http to a loopback address."""
+    try:
+        return check_url(args.url)
+    except ValueError as err:
+        sys.exit(f"errand: --url {args.url!r}: {err}")
 
 
 def _admin_request(
@@ -27,6 +37,7 @@ def _admin_request(
     extra_headers: dict[str, str] | None = None,
     **kw: Any,
 ) -> Any:
+    base = _broker_url(args)  # first: refuse before the credential is even read
     token_file = (
         args.admin_token_file or os.environ.get("ERRAND_ADMIN_TOKEN_FILE") or ".errand/admin-token"
     )
@@ -36,15 +47,26 @@ def _admin_request(
         sys.exit(
             f"errand: cannot read the admin credential from {token_file} (see --admin-token-file)"
         )
-    url = args.url.rstrip("/") + path
     try:
         headers = {"Authorization": f"Bearer {token}", **(extra_headers or {})}
-        resp = requests.request(method, url, headers=headers, timeout=60, **kw)
+        # No redirects: a redirect must not carry the admin credential anywhere else.
+        resp = requests.request(
+            method, base + path, headers=headers, timeout=60, allow_redirects=False, **kw
+        )
     except requests.RequestException as err:
-        sys.exit(f"errand: cannot reach {args.url}: {type(err).__name__}")
-    body = (
-        resp.json() if resp.headers.get("Content-Type", "").startswith("application/json") else {}
-    )
+        sys.exit(f"errand: cannot reach {base}: {type(err).__name__}")
+    try:
+        is_json = resp.headers.get("Content-Type", "").startswith("application/json")
+        body = resp.json() if is_json else {}
+    except ValueError:
+        body = {}
+    if not isinstance(body, dict):
+        body = {}
+    if 300 <= resp.status_code < 400:
+        sys.exit(
+            f"errand: {base} answered a redirect ({resp.status_code}): the admin credential is "
+            "not sent on; pass the broker's final https URL as --url"
+        )
     if resp.status_code >= 400:
         sys.exit(f"errand: {resp.status_code} {body.get('error')}: {body.get('error_description')}")
     return body
@@ -166,12 +188,13 @@ def cmd_evidence_list(args: argparse.Namespace) -> int:
 def cmd_evidence_verify(args: argparse.Namespace) -> int:
     from broker.tokens.evidence import EvidenceInvalid, verify_record
 
+    base = _broker_url(args)  # keys fetched over plain http could be anyone's
     text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text()
     try:
         meta = requests.get(
-            args.url.rstrip("/") + "/.well-known/oauth-authorization-server", timeout=10
+            base + "/.well-known/oauth-authorization-server", timeout=10, allow_redirects=False
         ).json()
-        jwks = requests.get(args.url.rstrip("/") + "/evidence/keys", timeout=10).json()
+        jwks = requests.get(base + "/evidence/keys", timeout=10, allow_redirects=False).json()
     except (requests.RequestException, ValueError) as err:
         sys.exit(f"errand: cannot fetch the broker's keys: {type(err).__name__}")
     try:

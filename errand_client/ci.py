@@ -3,7 +3,11 @@
     errand exchange --url https://errand.example --audience-for-oidc errand \\
         --audience https://deploy.example --scope deploy:write
     ...                                     # later steps use $ERRAND_TOKEN
-    errand complete                          # in an always-run step: the task's tokens die
+    errand complete --url https://errand.example    # always-run step: the task's tokens die
+
+`complete` takes the broker URL from --url or $ERRAND_URL, never from the state `exchange`
+left in the (possibly shared) temporary folder, and trusts and removes only what `exchange`
+created (errand_client.files).
 
 Inside GitHub Actions `exchange` fetches the job's OIDC token itself (a fresh one per
 attempt); in GitLab CI it reads the variable named by --id-token-var (the job's
@@ -22,7 +26,6 @@ import argparse
 import base64
 import json
 import os
-import stat
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -34,6 +37,18 @@ import requests
 
 from errand_client.client import ErrandClient, IssuedToken, check_url, complete_task, new_task_id
 from errand_client.errors import ErrandError, RetriesExhausted, SubjectTokenError, TokenRequestError
+from errand_client.files import (
+    CreatedFile,
+    LoadedState,
+    SecretFile,
+    UntrustedFile,
+    read_state,
+    read_token_file,
+    remove_created,
+    remove_created_dir,
+    write_secret_file,
+    write_state,
+)
 from errand_client.providers import (
     SubjectTokenProvider,
     env_provider,
@@ -49,16 +64,13 @@ from errand_client.runner import (
     escape_command_data,
     in_github_actions,
     in_gitlab_ci,
-    read_state,
-    remove_secret_file,
     secret_base_dir,
-    write_secret_file,
-    write_state,
 )
 
 EXIT_OK = 0
 EXIT_TERMINAL = 2
 EXIT_RETRIES_EXHAUSTED = 3
+STATE_VERSION = 2  # 2: no broker URL; created files recorded with their device and inode
 OUTPUTS = ("stdout", "file", "github-env", "github-output")
 # A pause between the mask (stderr) and a token on stdout: the runner reads the two pipes
 # separately, and the mask must be registered before the token could reach the log.
@@ -74,6 +86,8 @@ class Context:
     err: TextIO = field(default_factory=lambda: sys.stderr)
     sleep: Callable[[float], None] = time.sleep
     session: requests.Session | None = None
+    # Whose files `complete` may trust and remove (read at call time, so tests can vary it).
+    uid: int = field(default_factory=lambda: os.getuid())
 
     @property
     def github(self) -> bool:
@@ -181,7 +195,9 @@ def add_exchange_arguments(p: argparse.ArgumentParser) -> None:
 def add_complete_arguments(p: argparse.ArgumentParser) -> None:
     _common(p)
     p.add_argument(
-        "--token-file", default=None, help="read the token from this file (it is removed)"
+        "--token-file",
+        default=None,
+        help="read the token from this file (removed only if `errand exchange` created it)",
     )
 
 
@@ -341,15 +357,20 @@ def exchange(
     try:
         if on_issued is not None:
             on_issued(issued, url)
-        token_file = _deliver(issued, output, env_name, ctx)
+        secret = _deliver(issued, output, env_name, ctx)
+        token_file = secret.path if secret else None
         if state_path is not None:
+            # No broker URL here: complete takes it from its command line or environment,
+            # so a state planted in a shared temporary folder cannot send a token elsewhere.
             state: dict[str, Any] = {
-                "url": url,
+                "v": STATE_VERSION,
                 "task_id": issued.task_id,
                 "expires_at": int(issued.expires_at),
             }
-            if token_file:
-                state["token_file"] = str(token_file)
+            if secret:
+                # What we created, by inode: complete removes these and nothing else.
+                state["token_file"] = secret.file.to_json()
+                state["token_dir"] = secret.directory.to_json()
             else:
                 state["token"] = issued.access_token
             write_state(state_path, state)
@@ -379,16 +400,16 @@ def exchange(
     return EXIT_OK, issued
 
 
-def _deliver(issued: IssuedToken, output: str, env_name: str, ctx: Context) -> Path | None:
+def _deliver(issued: IssuedToken, output: str, env_name: str, ctx: Context) -> SecretFile | None:
     env = ctx.environ
     if output == "stdout":
         if ctx.github:
             ctx.sleep(_MASK_SETTLE_SECONDS)
         ctx.result(issued.access_token)
     elif output == "file":
-        path = write_secret_file(env, issued.access_token + "\n")
-        ctx.result(str(path))
-        return path
+        secret = write_secret_file(env, issued.access_token + "\n")
+        ctx.result(str(secret.path))
+        return secret
     elif output == "github-env":
         append_github_file(env["GITHUB_ENV"], env_name, issued.access_token)
     elif output == "github-output":
@@ -442,17 +463,39 @@ def complete_tokens(url: str, tokens: Sequence[str], ctx: Context, *, retry: Ret
     return code
 
 
-def _read_token_file(path: Path) -> str | None:
-    """A token from a regular file (not a FIFO or device: reading those could block or
-    never end), at most 16 KiB."""
+def _complete_url(args: argparse.Namespace, ctx: Context) -> str | None:
+    """The broker URL from --url or $ERRAND_URL, as for exchange; never from the state."""
+    raw_url = args.url or ctx.environ.get("ERRAND_URL") or ""
     try:
-        if not stat.S_ISREG(path.stat().st_mode):
-            return None
-        with path.open("r", encoding="ascii") as fh:
-            text = fh.read(16385).strip()
-    except (OSError, UnicodeDecodeError):
+        return check_url(raw_url, allow_http=args.allow_http)
+    except ValueError as err:
+        ctx.error(f"--url: {err}" if raw_url else "--url (or $ERRAND_URL) is required")
         return None
-    return text if text and len(text) <= 16384 else None
+
+
+def _load_state(state_path: Path, ctx: Context) -> tuple[LoadedState | None, bool]:
+    """(the state, refused?): a state another user could have planted is refused outright."""
+    try:
+        return read_state(state_path, uid=ctx.uid), False
+    except UntrustedFile as err:
+        ctx.error(f"refusing the state file {state_path}: {err}")
+        return None, True
+    except (OSError, ValueError):
+        ctx.info(f"warning: ignoring an unreadable state file {state_path}")
+        return None, False
+
+
+def _created_by_exchange(state: dict[str, Any], ctx: Context) -> tuple[CreatedFile | None, bool]:
+    """(the token file exchange recorded creating, refused?)."""
+    named = state.get("token_file")
+    created = CreatedFile.from_json(named)
+    if named is not None and created is None:
+        ctx.error(
+            "the state names a token file without a record of creating it: "
+            "not reading or removing it"
+        )
+        return None, True
+    return created, False
 
 
 def complete(args: argparse.Namespace, ctx: Context) -> int:
@@ -463,50 +506,81 @@ def complete(args: argparse.Namespace, ctx: Context) -> int:
     except RunnerError as err:
         ctx.error(str(err))
         return EXIT_TERMINAL
-    try:
-        state = read_state(state_path) or {}
-    except (OSError, ValueError):
-        ctx.info(f"warning: ignoring an unreadable state file {state_path}")
-        state = {}
-    files = [Path(args.token_file)] if args.token_file else []
-    if isinstance(state.get("token_file"), str):
-        files.append(Path(state["token_file"]))
+    loaded, refused = _load_state(state_path, ctx)
+    state = loaded.data if loaded else {}
+    created, bad_record = _created_by_exchange(state, ctx)
+    code = EXIT_TERMINAL if refused or bad_record else EXIT_OK
     tokens: list[str] = []
-    try:
-        if args.token_file:
-            token = _read_token_file(Path(args.token_file))
-            if token is None:
-                ctx.error(f"cannot read a token from {args.token_file}")
-                return EXIT_TERMINAL
-            tokens.append(token)
-        elif env.get(env_name):
-            tokens.append(env[env_name].strip())
-        recorded = state.get("token") if isinstance(state.get("token"), str) else None
-        if recorded is None and isinstance(state.get("token_file"), str):
-            recorded = _read_token_file(Path(state["token_file"]))
-        if recorded and recorded not in tokens:
-            tokens.append(recorded)
-        if not tokens:
+    if args.token_file:
+        path = Path(args.token_file)
+        try:
+            token = read_token_file(path, uid=ctx.uid)
+        except (UntrustedFile, OSError) as err:
+            reason = err if isinstance(err, UntrustedFile) else type(err).__name__
+            ctx.error(f"cannot read a token from {path}: {reason}")
+            return EXIT_TERMINAL
+        if token is None:
+            ctx.error(f"cannot read a token from {path}")
+            return EXIT_TERMINAL
+        tokens.append(token)
+    elif env.get(env_name):
+        tokens.append(env[env_name].strip())
+    recorded = state.get("token") if isinstance(state.get("token"), str) else None
+    if recorded is None and created is not None:
+        try:
+            recorded = read_token_file(created.path, uid=ctx.uid, expected=created)
+        except FileNotFoundError:
+            recorded = None  # already gone: nothing of it to complete
+        except (UntrustedFile, OSError) as err:
+            reason = err if isinstance(err, UntrustedFile) else type(err).__name__
+            ctx.error(f"refusing the token file {created.path}: {reason}")
+            code = EXIT_TERMINAL
+    if recorded and recorded not in tokens:
+        tokens.append(recorded)
+    if not tokens:
+        if code == EXIT_OK:
             ctx.info(
                 f"nothing to complete: no --token-file, no ${env_name} "
                 "and no state from `errand exchange`"
             )
-            return EXIT_OK
-        raw_url = args.url or env.get("ERRAND_URL") or state.get("url") or ""
-        try:
-            url = check_url(str(raw_url), allow_http=args.allow_http)
-        except ValueError as err:
-            ctx.error(f"--url: {err}" if raw_url else "--url (or $ERRAND_URL) is required")
-            return EXIT_TERMINAL
+            _remove_created(args, ctx, loaded, created)
+        return code
+    url = _complete_url(args, ctx)
+    if url is None:
+        return EXIT_TERMINAL  # nothing removed: a retry with --url can still complete the task
+    try:
         retry = RetryPolicy(max_attempts=max(1, args.max_attempts), timeout_seconds=args.timeout)
-        return complete_tokens(url, tokens, ctx, retry=retry)
+        return complete_tokens(url, tokens, ctx, retry=retry) or code
     finally:
-        # Nothing outlives the task: the token files and the state go whatever the outcome.
-        for path in files:
-            if remove_secret_file(path):
-                ctx.info(f"removed {path}")
-        if state.get("task_id"):  # only a file that is our state, whatever --state-file says
-            remove_secret_file(state_path)
+        # Nothing outlives the task: what exchange created goes, whatever the outcome.
+        _remove_created(args, ctx, loaded, created)
+
+
+def _is_same_file(path: Path, created: CreatedFile) -> bool:
+    try:
+        return created.is_same(path.lstat())
+    except OSError:
+        return False
+
+
+def _remove_created(
+    args: argparse.Namespace,
+    ctx: Context,
+    loaded: LoadedState | None,
+    created: CreatedFile | None,
+) -> None:
+    """Remove what exchange created (the token file, its directory, the state), each only
+    while its path still holds that very file; never anything else, whatever a path says."""
+    if args.token_file and not (created and _is_same_file(Path(args.token_file), created)):
+        ctx.info(f"not removing {args.token_file}: `errand exchange` did not create it")
+    if created is not None and remove_created(created, uid=ctx.uid):
+        ctx.info(f"removed {created.path}")
+    if loaded is None or not loaded.data.get("task_id"):
+        return  # only a file that is our state, whatever --state-file says
+    directory = CreatedFile.from_json(loaded.data.get("token_dir"))
+    if directory is not None:
+        remove_created_dir(directory, uid=ctx.uid)
+    remove_created(loaded.file, uid=ctx.uid)
 
 
 def cmd_complete(args: argparse.Namespace, ctx: Context | None = None) -> int:

@@ -13,6 +13,7 @@ errand_client.retry. Tokens never appear in a repr, a log line or an exception m
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import re
 import secrets
@@ -40,7 +41,6 @@ GRANTS = {"token-exchange": GRANT_TOKEN_EXCHANGE, "jwt-bearer": GRANT_JWT_BEARER
 SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@+-]{0,127}")
 SCOPE_TOKEN = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]{1,128}")
 _ACCESS_TOKEN = re.compile(r"[A-Za-z0-9._~+/=-]{1,16384}")  # RFC 6750 b64token
-_LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 _RETRYABLE_TRANSPORT = (
     requests.ConnectionError,
     requests.Timeout,
@@ -67,13 +67,28 @@ def new_task_id(prefix: str = "task") -> str:
     return f"{prefix}-{secrets.token_hex(12)}"
 
 
+def is_loopback_host(host: str) -> bool:
+    """127.0.0.0/8, ::1 or `localhost`: traffic that never leaves this machine. A name that
+    merely starts like one (127.0.0.1.nip.io, localhost.example.com) is not."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def check_url(url: str, *, allow_http: bool = False) -> str:
     """The broker base URL without a trailing slash. Tokens travel only over HTTPS, except to
     a loopback address (or when the caller says so, e.g. inside a service mesh)."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("https", "http") or not parts.hostname:
+    try:
+        parts = urlsplit(url)
+        hostname = parts.hostname
+    except ValueError:  # e.g. an unbalanced [ in an IPv6 host
+        raise ValueError("the Errand URL must be an absolute http(s) URL") from None
+    if parts.scheme not in ("https", "http") or not hostname:
         raise ValueError("the Errand URL must be an absolute http(s) URL")
-    if parts.scheme == "http" and not allow_http and parts.hostname not in _LOOPBACK:
+    if parts.scheme == "http" and not allow_http and not is_loopback_host(hostname):
         raise ValueError(
             "the Errand URL must use https (plain http is allowed only to a loopback address)"
         )

@@ -8,14 +8,13 @@ end; tokens never logged"):
 - a token file never lands under GITHUB_WORKSPACE or CI_PROJECT_DIR, where a later
   `actions/upload-artifact`, cache or `git add -A` could pick it up: RUNNER_TEMP (emptied by
   GitHub at the start and end of each job) or the system temporary directory;
-- files are created O_EXCL|O_NOFOLLOW with mode 0600 in a fresh 0700 directory;
+- files are created O_EXCL|O_NOFOLLOW with mode 0600 in a fresh 0700 directory, and read or
+  removed later only while they are still ours (errand_client.files);
 - values go to $GITHUB_ENV / $GITHUB_OUTPUT / $GITHUB_STATE with the heredoc syntax and a
   random delimiter, so no value can inject another variable."""
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
 import re
 import secrets
@@ -23,7 +22,6 @@ import stat
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 WORKSPACE_VARS = ("GITHUB_WORKSPACE", "CI_PROJECT_DIR")
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,127}")
@@ -75,45 +73,6 @@ def secret_base_dir(env: Mapping[str, str]) -> Path:
         "no temporary directory outside the workspace (RUNNER_TEMP and TMPDIR are inside "
         "GITHUB_WORKSPACE/CI_PROJECT_DIR or missing): refusing to write a token file"
     )
-
-
-def write_secret_file(env: Mapping[str, str], content: str, *, name: str = "token") -> Path:
-    """Write `content` to a new 0600 file in a new 0700 directory outside the workspace."""
-    base = secret_base_dir(env)
-    directory = Path(tempfile.mkdtemp(prefix="errand-", dir=base))  # 0700, unique
-    path = directory / name
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(content)
-    if any(is_within(path, r) for r in workspaces(env)):  # belt and braces (symlinked TMPDIR)
-        remove_secret_file(path)
-        raise RunnerError("the token file resolved into the workspace: refusing")
-    return path
-
-
-def remove_secret_file(path: Path) -> bool:
-    """Remove a token file and, when it is the only thing in an errand- directory, that
-    directory. True when something was removed.
-
-    Only a regular file this user owns is removed: never a symlink (its target stays), a
-    device such as /dev/null, a FIFO or a directory, whatever path a caller passes."""
-    try:
-        info = path.lstat()
-    except OSError:
-        return False
-    if not stat.S_ISREG(info.st_mode) or info.st_uid != os.getuid():
-        return False
-    removed = False
-    try:
-        path.unlink()
-        removed = True
-    except FileNotFoundError:
-        pass
-    parent = path.parent
-    if parent.name.startswith("errand-") and not parent.name.startswith("errand-state"):
-        with contextlib.suppress(OSError):
-            parent.rmdir()
-    return removed
 
 
 def append_github_file(path: str | Path, name: str, value: str) -> None:
@@ -173,7 +132,8 @@ def default_state_path(env: Mapping[str, str], env_name: str) -> Path:
     return directory / f"{_job_key(env)}-{env_name}.json"
 
 
-def _private_dir(directory: Path) -> None:
+def private_dir(directory: Path) -> None:
+    """Create (or accept) a directory only this user can enter, e.g. for the state files."""
     directory.mkdir(mode=0o700, parents=False, exist_ok=True)
     info = directory.lstat()
     # A shared /tmp: refuse a directory someone else planted or opened up.
@@ -181,22 +141,3 @@ def _private_dir(directory: Path) -> None:
         raise RunnerError(
             f"{directory} is not a private directory of this user: refusing to use it"
         )
-
-
-def write_state(path: Path, state: Mapping[str, Any]) -> None:
-    _private_dir(path.parent)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        json.dump(dict(state), fh)
-    os.replace(tmp, path)
-
-
-def read_state(path: Path) -> dict[str, Any] | None:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    except FileNotFoundError:
-        return None
-    with os.fdopen(fd, "r", encoding="utf-8") as fh:
-        data = json.load(fh)
-    return data if isinstance(data, dict) else None

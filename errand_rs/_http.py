@@ -4,8 +4,10 @@ fork: a gunicorn worker would share its parent's sockets)."""
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
 
@@ -16,6 +18,36 @@ class HttpError(Exception):
     def __init__(self, message: str, *, status: int | None = None) -> None:
         super().__init__(message)
         self.status = status
+
+
+def is_loopback_host(host: str) -> bool:
+    """127.0.0.0/8, ::1 or `localhost`; not a name that merely starts like one."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_broker_url(url: Any, what: str) -> str:
+    """`url` if it is https, or plain http to a loopback address (a broker on this machine, as
+    in development); else ValueError. The JWKS decides which tokens are genuine and the feed
+    carries our client secret: neither may cross a network in clear text."""
+    if not isinstance(url, str):
+        raise ValueError(f"{what} must be an absolute https:// URL")
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+    except ValueError:  # e.g. an unbalanced [ in an IPv6 host
+        raise ValueError(f"{what} must be an absolute https:// URL") from None
+    if not host or parts.scheme not in ("https", "http"):
+        raise ValueError(f"{what} must be an absolute https:// URL")
+    if parts.scheme == "http" and not is_loopback_host(host):
+        raise ValueError(
+            f"{what} must use https:// (plain http is accepted only for a loopback address)"
+        )
+    return url
 
 
 class ProcessSession:

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import Any, TypeGuard
 from urllib.parse import quote
 
-from errand_rs._http import HttpError, ProcessSession, bounded_get
+from errand_rs._http import HttpError, ProcessSession, bounded_get, check_broker_url
 from errand_rs.errors import FeedUnavailable, InvalidToken, TokenRevoked
 from errand_rs.jose import JoseError, strict_json_object
 from errand_rs.verifier import MAX_LEEWAY_SECONDS, VerifiedToken
@@ -152,8 +152,10 @@ class RevocationFeed:
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
-        if not isinstance(issuer, str) or not issuer.startswith(("https://", "http://")):
-            raise ValueError("issuer must be the broker's URL")
+        # The feed sends our client secret: only over https (or to this machine).
+        check_broker_url(issuer, "issuer (the broker's URL)")
+        if revocations_url is not None:
+            check_broker_url(revocations_url, "revocations_url")
         if not client_id or not client_secret:
             raise ValueError("the feed needs the resource server's client_id and client_secret")
         if poll_interval_seconds <= 0 or http_timeout_seconds <= 0:

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, TypeGuard
 
 import jwt
 
+from errand_rs._http import check_broker_url
 from errand_rs.errors import InsufficientScope, InvalidToken
 from errand_rs.jose import JoseError, read_compact_jws
 from errand_rs.jwks import JwksCache
@@ -116,8 +117,9 @@ class ErrandVerifier:
         max_token_lifetime_seconds: int = 86400,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        if not isinstance(issuer, str) or not issuer.startswith(("https://", "http://")):
-            raise ValueError("issuer must be the broker's https:// URL, exactly as in `iss`")
+        check_broker_url(issuer, "issuer (the broker's URL, exactly as in `iss`)")
+        if jwks_uri is not None:
+            check_broker_url(jwks_uri, "jwks_uri")
         if not isinstance(audience, str) or not audience:
             raise ValueError("audience must be this resource server's audience string")
         if not _is_int(leeway_seconds) or not 0 <= leeway_seconds <= MAX_LEEWAY_SECONDS:

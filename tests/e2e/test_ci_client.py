@@ -169,7 +169,7 @@ def test_errand_exchange_then_complete(
     assert info["active"] is True
     assert info["task_id"] == task_id and info["scope"] == "deploy:write"
 
-    done = run([*errand, "complete"], runner)
+    done = run([*errand, "complete", "--url", stack.url], runner)
     assert done.returncode == 0, done.stdout
     assert "task completed" in done.stdout and token not in done.stdout
     assert active(stack, token) is False
@@ -213,7 +213,7 @@ def test_file_output_then_complete(stack: Any, runner: dict[str, str]) -> None:
     assert oct(path.stat().st_mode & 0o777) == "0o600"
     token = path.read_text().strip()
     assert active(stack, token) is True
-    done = run([*errand, "complete"], runner)
+    done = run([*errand, "complete", "--url", stack.url], runner)
     assert done.returncode == 0, done.stdout
     assert not path.exists()
     assert active(stack, token) is False

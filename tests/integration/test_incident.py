@@ -21,6 +21,7 @@ from broker.errors import BrokerError, InvalidRequest
 from broker.services import build_services
 from broker.settings import Settings
 from broker.tokens.evidence import EvidenceInvalid, verify_record
+from broker.tokens.keyring import KeyError_
 from broker.tokens.keystore import new_kek
 from broker.tokens.verify import verify_access_token
 from tests.fixtures.builders import AUDIENCE, DEPLOY_AUD, StaticFetcher, make_config
@@ -207,10 +208,10 @@ def test_keys_are_shared_by_nodes_and_sealed_at_rest(svc, redis_url, tmp_path, i
     wrong = Settings(
         config_path=settings.config_path, redis_url=redis_url, signing_key_dir=None, kek_file=bad
     )
-    from cryptography.exceptions import InvalidTag
-
-    with pytest.raises(InvalidTag):
+    # Its records fail authentication: refused (never used), and no key of its own is made.
+    with pytest.raises(KeyError_, match="refused"):
         build_services(wrong, config=svc.config).keyring.active  # noqa: B018
+    assert svc.extras["redis"].hgetall("errand:keys") == raw
 
 
 def test_emergency_rotation_removes_old_key_at_once(svc, issuer_key):

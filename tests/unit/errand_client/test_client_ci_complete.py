@@ -1,4 +1,5 @@
-"""`errand complete`: completes the task, treats 401 as done, removes what exchange wrote."""
+"""`errand complete`: completes the task, treats 401 as done, removes what exchange wrote.
+The broker URL comes from --url or $ERRAND_URL, never from the state."""
 
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ def test_complete_from_the_state_file(broker, gha_env, sleeps, ctx_factory) -> N
     state = default_state_path(gha_env, "ERRAND_TOKEN")
     assert state.exists() and Path(gha_env["RUNNER_TEMP"]) in state.parents
     assert oct(state.stat().st_mode & 0o777) == "0o600"
-    code, text = complete(gha_env, sleeps, ctx_factory)
+    code, text = complete(gha_env, sleeps, ctx_factory, f"--url={broker.url}")
     assert code == 0 and "task completed" in text
     assert broker.complete_requests == [f"Bearer {broker.issued[-1]}"]
     assert not state.exists()
@@ -44,7 +45,7 @@ def test_complete_from_the_state_file(broker, gha_env, sleeps, ctx_factory) -> N
 def test_complete_removes_the_token_file(broker, gha_env, sleeps, ctx_factory) -> None:
     ctx = exchange(broker, gha_env, sleeps, ctx_factory, "--output=file")
     path = Path(ctx.out.getvalue().strip())
-    code, _ = complete(gha_env, sleeps, ctx_factory)
+    code, _ = complete(gha_env, sleeps, ctx_factory, f"--url={broker.url}")
     assert code == 0
     assert broker.complete_requests == [f"Bearer {broker.issued[-1]}"]
     assert not path.exists() and not path.parent.exists()
@@ -53,9 +54,9 @@ def test_complete_removes_the_token_file(broker, gha_env, sleeps, ctx_factory) -
 def test_complete_with_token_file(broker, tmp_path, sleeps, ctx_factory) -> None:
     path = tmp_path / "tok"
     path.write_text("eyJ.some-token\n")
-    code, _ = complete({}, sleeps, ctx_factory, f"--url={broker.url}", f"--token-file={path}")
+    code, text = complete({}, sleeps, ctx_factory, f"--url={broker.url}", f"--token-file={path}")
     assert code == 0 and broker.complete_requests == ["Bearer eyJ.some-token"]
-    assert not path.exists()
+    assert path.exists() and "not removing" in text  # exchange did not create it
 
 
 def test_complete_with_env_token(broker, sleeps, ctx_factory, tmp_path) -> None:
@@ -71,7 +72,7 @@ def test_complete_with_env_token(broker, sleeps, ctx_factory, tmp_path) -> None:
 def test_401_means_already_complete(broker, gha_env, sleeps, ctx_factory) -> None:
     exchange(broker, gha_env, sleeps, ctx_factory, "--output=file")
     broker.complete_script = [(401, {"error": "invalid_token", "error_description": "expired"}, {})]
-    code, text = complete(gha_env, sleeps, ctx_factory)
+    code, text = complete(gha_env, sleeps, ctx_factory, f"--url={broker.url}")
     assert code == 0 and "already invalid" in text
     assert not default_state_path(gha_env, "ERRAND_TOKEN").exists()
 
@@ -79,7 +80,7 @@ def test_401_means_already_complete(broker, gha_env, sleeps, ctx_factory) -> Non
 def test_503_is_retried(broker, gha_env, sleeps, ctx_factory) -> None:
     exchange(broker, gha_env, sleeps, ctx_factory)
     broker.complete_script = [broker.unavailable("3")]
-    code, _ = complete(gha_env, sleeps, ctx_factory)
+    code, _ = complete(gha_env, sleeps, ctx_factory, f"--url={broker.url}")
     assert code == 0 and len(broker.complete_requests) == 2 and sleeps == [3.0]
 
 
@@ -87,12 +88,12 @@ def test_failures_exit_codes_and_files_still_removed(broker, gha_env, sleeps, ct
     ctx = exchange(broker, gha_env, sleeps, ctx_factory, "--output=file")
     path = Path(ctx.out.getvalue().strip())
     broker.complete_script = [(400, {"error": "invalid_request", "error_description": "nope"}, {})]
-    code, text = complete(gha_env, sleeps, ctx_factory)
+    code, text = complete(gha_env, sleeps, ctx_factory, f"--url={broker.url}")
     assert code == 2 and "invalid_request: nope" in text
     assert not path.exists()  # a token file never outlives the job
     exchange(broker, gha_env, sleeps, ctx_factory)
     broker.complete_script = [broker.unavailable("1")] * 2
-    code, _ = complete(gha_env, sleeps, ctx_factory, "--max-attempts=2")
+    code, _ = complete(gha_env, sleeps, ctx_factory, f"--url={broker.url}", "--max-attempts=2")
     assert code == 3
 
 
@@ -106,7 +107,7 @@ def test_env_token_and_a_different_state_token_both_complete(
 ) -> None:
     exchange(broker, gha_env, sleeps, ctx_factory)
     gha_env["ERRAND_TOKEN"] = "eyJ.from-a-later-exchange"
-    code, _ = complete(gha_env, sleeps, ctx_factory)
+    code, _ = complete(gha_env, sleeps, ctx_factory, f"--url={broker.url}")
     assert code == 0
     assert broker.complete_requests == [
         "Bearer eyJ.from-a-later-exchange",
@@ -119,8 +120,9 @@ def test_only_regular_files_are_read_or_removed(broker, tmp_path, sleeps, ctx_fa
     target.write_text("eyJ.some-token\n")
     link = tmp_path / "link"
     link.symlink_to(target)
-    code, _ = complete({}, sleeps, ctx_factory, f"--url={broker.url}", f"--token-file={link}")
-    assert code == 0 and target.exists() and link.is_symlink()  # a symlink is never removed
+    code, text = complete({}, sleeps, ctx_factory, f"--url={broker.url}", f"--token-file={link}")
+    assert code == 2 and "symbolic link" in text  # a symlink is never read
+    assert target.exists() and link.is_symlink() and broker.complete_requests == []
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)  # like /dev/null or a device: not a regular file, never read nor removed
     code, text = complete({}, sleeps, ctx_factory, f"--url={broker.url}", f"--token-file={fifo}")
