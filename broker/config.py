@@ -48,6 +48,9 @@ from broker.domain.models import (
     TrustedIssuer,
 )
 from broker.errors import BrokerError
+from broker.identity.egress import is_loopback_host
+from broker.identity.issuer_options import ConfiguredIssuer, IssuerOptions
+from broker.identity.jwks import parse_jwks
 from broker.identity.profiles import PROFILES as PROFILE_TABLE
 from broker.identity.profiles import rule_problems
 from broker.policy.patterns import values_overlap
@@ -71,14 +74,53 @@ def _url(value: str) -> None:
         raise ValidationError("must be an absolute http(s) URL without query or fragment")
 
 
+TRUSTED_URL_RULE = (
+    "must be an https URL without user info, query or fragment "
+    "(http only for a loopback host: 127.0.0.0/8, ::1, localhost)"
+)
+
+
+def _trusted_url(value: str) -> None:
+    """Where trusted keys come from: https, so nobody on the path can swap the keys. Plain
+    http is for a development issuer on this machine only."""
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError on a malformed port
+    except ValueError as err:
+        raise ValidationError(TRUSTED_URL_RULE) from err
+    plain_ok = parts.scheme == "http" and is_loopback_host(parts.hostname)
+    if (
+        not (parts.scheme == "https" or plain_ok)
+        or not parts.hostname
+        or "@" in parts.netloc
+        or "?" in value
+        or "#" in value
+    ):
+        raise ValidationError(TRUSTED_URL_RULE)
+
+
+_JWKS_HOST = validate.Regexp(
+    r"[a-z0-9]([a-z0-9.-]{0,252})(:[0-9]{1,5})?\Z",
+    error="must be a lower-case host name or IPv4 address, optionally with :port",
+)
+
+
 class _Strict(Schema):
     class Meta:
         unknown = RAISE
 
 
+class _YamlBool(fields.Boolean):
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> bool:
+        # `1 in {True}` holds in Python: check the type, not set membership.
+        if not isinstance(value, bool):
+            raise self.make_error("invalid", input=value)
+        return value
+
+
 def _flag(default: bool | None) -> fields.Boolean:
-    """A YAML boolean only: the strings "yes"/"1" are not silently read as true."""
-    return fields.Boolean(load_default=default, truthy={True}, falsy={False})
+    """A YAML boolean only: the strings "yes"/"1" and the number 1 are not read as true."""
+    return _YamlBool(load_default=default)
 
 
 class LimitsSchema(_Strict):
@@ -136,6 +178,10 @@ class BrokerSchema(_Strict):
         return BrokerOptions(**data)
 
 
+PLAIN_HTTP_WARNING = (
+    "plain http (accepted for a loopback host only): for development; use https in production"
+)
+
 _TRUST_DOMAIN = validate.Regexp(
     r"[a-z0-9._-]{1,255}\Z", error="must be a SPIFFE trust domain name (lowercase, no scheme)"
 )
@@ -144,12 +190,12 @@ _TRUST_DOMAIN = validate.Regexp(
 class IssuerSchema(_Strict):
     id = fields.String(required=True, validate=_id)
     # Required, except for a SPIFFE trust domain whose JWT-SVIDs carry no `iss`.
-    issuer = fields.String(load_default=None, validate=_url)
+    issuer = fields.String(load_default=None, validate=_trusted_url)
     audience = fields.String(required=True, validate=validate.Length(min=1, max=512))
     profile = fields.String(load_default="generic", validate=validate.OneOf(PROFILES))
     human = _flag(False)
     trust_domain = fields.String(load_default=None, validate=_TRUST_DOMAIN)
-    jwks_uri = fields.String(load_default=None, validate=_url)
+    jwks_uri = fields.String(load_default=None, validate=_trusted_url)
     jwks_file = fields.String(load_default=None, validate=validate.Length(min=1, max=4096))
     algorithms = fields.List(
         fields.String(validate=validate.OneOf(ASYMMETRIC_ALGORITHMS)),
@@ -165,6 +211,11 @@ class IssuerSchema(_Strict):
     jwks_stale_seconds = fields.Integer(load_default=86400, validate=_positive, strict=True)
     max_token_lifetime_seconds = fields.Integer(load_default=86400, validate=_positive, strict=True)
     fetch_timeout_seconds = fields.Float(load_default=3.0, validate=validate.Range(min=0.1, max=10))
+    # broker/identity/issuer_options.py
+    jwks_hosts = fields.List(fields.String(validate=_JWKS_HOST), load_default=list)
+    allow_private_network = _flag(False)
+    allow_multiple_audiences = _flag(False)
+    expected_azp = fields.String(load_default=None, validate=validate.Length(min=1, max=512))
 
     @validates_schema
     def _profile_fields(self, data: dict[str, Any], **_: Any) -> None:
@@ -196,7 +247,13 @@ class IssuerSchema(_Strict):
         data["issuer"] = data["issuer"] or ""
         if data["replay"] is None:
             data["replay"] = PROFILE_TABLE[data["profile"]].default_replay
-        return TrustedIssuer(**data)
+        options = IssuerOptions(
+            jwks_hosts=tuple(data.pop("jwks_hosts")),
+            allow_private_network=data.pop("allow_private_network"),
+            allow_multiple_audiences=data.pop("allow_multiple_audiences"),
+            expected_azp=data.pop("expected_azp"),
+        )
+        return ConfiguredIssuer(**data, options=options)
 
 
 class ClaimValue(fields.Field[str]):
@@ -261,7 +318,9 @@ class KeysSchema(_Strict):
     """An identity's own public keys: inline JWKS or a URL (fetched like an issuer's JWKS)."""
 
     jwks = fields.Dict(load_default=None)
-    jwks_uri = fields.String(load_default=None, validate=_url)
+    jwks_uri = fields.String(load_default=None, validate=_trusted_url)
+    # Let the jwks_uri fetch reach private addresses (broker/identity/egress.py).
+    allow_private_network = _flag(False)
     algorithms = fields.List(
         fields.String(validate=validate.OneOf(ASYMMETRIC_ALGORITHMS)),
         load_default=lambda: list(AgentKeys.algorithms),
@@ -412,7 +471,7 @@ def _agent_issuer(
     """The synthetic issuer for an identity's own keys: iss = sub = identity id, aud = our
     token endpoint, at most 5 minutes between iat and exp, every jti used once."""
     jwks = keys.get("jwks")
-    return TrustedIssuer(
+    return ConfiguredIssuer(
         id=AGENT_ISSUER_PREFIX + identity_id,
         issuer=identity_id,
         audience=broker.issuer.rstrip("/") + "/token",
@@ -423,6 +482,7 @@ def _agent_issuer(
         profile=AGENT_PROFILE,
         jwks_json=json.dumps(jwks, sort_keys=True) if jwks is not None else None,
         identity_id=identity_id,
+        options=IssuerOptions(allow_private_network=keys["allow_private_network"]),
     )
 
 
@@ -478,6 +538,9 @@ def parse_config(raw: Any, base_dir: Path = Path(".")) -> Config:
             issuer = dataclasses.replace(issuer, jwks_file=str(path))
             if not path.is_file():
                 warnings.append(f"issuers.{i}.jwks_file: {path} does not exist (yet)")
+        for name in ("issuer", "jwks_uri"):
+            if (getattr(issuer, name) or "").startswith("http:"):
+                warnings.append(f"issuers.{i}.{name}: {PLAIN_HTTP_WARNING}")
         if issuer.replay == "reuse-within-lifetime" and issuer.profile in (
             "github-actions",
             "gitlab-ci",
@@ -535,6 +598,8 @@ def parse_config(raw: Any, base_dir: Path = Path(".")) -> Config:
             )
             if keys.get("jwks") is not None:
                 _check_inline_jwks(agent_issuer, f"{where}.keys.jwks", errors)
+            if (keys.get("jwks_uri") or "").startswith("http:"):
+                warnings.append(f"{where}.keys.jwks_uri: {PLAIN_HTTP_WARNING}")
         allow = item["allow"]
         rules_for_type = type_rules[kind]
         if rules_for_type.audiences is not None:
@@ -633,8 +698,6 @@ def _check_rule(
 
 
 def _check_inline_jwks(issuer: TrustedIssuer, where: str, errors: list[str]) -> None:
-    from broker.identity.jwks import parse_jwks
-
     assert issuer.jwks_json is not None
     if not parse_jwks(json.loads(issuer.jwks_json), issuer):
         errors.append(

@@ -8,6 +8,10 @@ complete, valid configuration replaces the running one, in one swap of (verifier
 config) between requests; anything else keeps the old configuration, logs the error, records
 a `config.reload` audit event and shows it at GET /admin/identities/reload.
 
+Cached issuer keys are dropped (in this process and in the Redis mirror) for every issuer
+whose key source changed, that is new to the configuration (an id removed by an earlier
+reload and added back must not find its old keys) or that was removed.
+
 Refused even when the file is valid:
 - a file that changed while it was being read (a half-written file; retried next check);
 - a file that lists no identities while the running one has some (a truncated file?);
@@ -48,6 +52,18 @@ def _stamp(path: Path) -> Stamp | None:
 
 def _all_issuers(config: Config) -> dict[str, TrustedIssuer]:
     return {**config.issuers, **{i.id: i for i in config.agent_issuers.values()}}
+
+
+def issuers_to_forget(old: Config, new: Config) -> list[str]:
+    """Issuers whose cached keys must go: a changed key source, one absent before (an id
+    removed by an earlier reload and now back must not find its old keys), or one removed."""
+    before, after = _all_issuers(old), _all_issuers(new)
+    changed = [
+        issuer_id
+        for issuer_id, issuer in after.items()
+        if issuer_id not in before or before[issuer_id].key_source != issuer.key_source
+    ]
+    return changed + [issuer_id for issuer_id in before if issuer_id not in after]
 
 
 class ConfigReloader:
@@ -155,11 +171,8 @@ class ConfigReloader:
     def _apply(self, old: Config, new: Config) -> None:
         jwks = self._svc.extras.get("jwks")
         if jwks is not None:
-            before = _all_issuers(old)
-            for issuer_id, issuer in _all_issuers(new).items():
-                prior = before.get(issuer_id)
-                if prior is not None and prior.key_source != issuer.key_source:
-                    jwks.forget(issuer_id)
+            for issuer_id in issuers_to_forget(old, new):
+                jwks.forget(issuer_id)
             verifier: Any = SubjectTokenVerifier(new, jwks)
         else:  # a verifier we did not build (tests): keep it
             verifier = self._svc.verifier

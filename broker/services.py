@@ -14,8 +14,9 @@ from broker.identity.verifier import SubjectTokenVerifier
 from broker.jobs import RqScheduler
 from broker.policy.matcher import IdentityMatcher
 from broker.settings import Settings
+from broker.store.jwks_mirror import JwksMirror
 from broker.store.limits import RedisLimits
-from broker.store.redis import RedisGrantStore, RedisJwksState, connect
+from broker.store.redis import RedisGrantStore, connect
 from broker.store.revocations import RedisRevocationStore
 from broker.tokens.keyring import KeyRing
 from broker.tokens.keystore import RedisKeyRecords, RedisKeyRing, load_kek
@@ -38,7 +39,7 @@ def build_services(
     keyring = build_keyring(settings, config, r, clock)
     r_rq = rq_client or connect(settings.redis_url, timeout=5.0, decode=False)
     store = RedisGrantStore(r, audit_maxlen=config.broker.audit_stream_maxlen)  # type: ignore[arg-type]
-    jwks = JwksCache(fetcher or HttpJwksFetcher(), RedisJwksState(r), clock)  # type: ignore[arg-type]
+    jwks = JwksCache(fetcher or HttpJwksFetcher(), JwksMirror(r), clock)  # type: ignore[arg-type]
     try:
         store.ensure_epoch()
     except StoreUnavailable:

@@ -1,7 +1,8 @@
 """Strict, bounded reading of a compact JWS before any signature work (RFC 7515, RFC 8725).
 
 Checks run cheapest first: size, then shape (three base64url segments: no JWE, no JSON
-serialisation), then strict JSON (UTF-8 only, no duplicate keys, no NaN/Infinity, objects
+serialisation), then canonical base64url in every segment (one token, one spelling), then
+strict JSON (UTF-8 only, no duplicate keys, no NaN/Infinity, objects
 only). Libraries' own decoders accept duplicate keys and numeric strings; we do not."""
 
 from __future__ import annotations
@@ -36,12 +37,21 @@ class CompactJws:
 
 
 def _b64decode(segment: str) -> bytes:
+    """Strict base64url (RFC 7515 §2: no padding): exactly one spelling per byte string.
+
+    The last character of a segment of length 2 or 3 modulo 4 carries bits that encode
+    nothing; lenient decoders ignore them, so one token could be re-spelled into others
+    (another string, hash and audit fingerprint for the same signed content). We refuse
+    any spelling that is not the canonical one (RFC 4648 §3.5: those bits must be zero)."""
     if len(segment) % 4 == 1:
         raise JoseError("bad base64url")
     try:
-        return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+        raw = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
     except (binascii.Error, ValueError) as err:
         raise JoseError("bad base64url") from err
+    if base64.urlsafe_b64encode(raw).rstrip(b"=") != segment.encode("ascii"):
+        raise JoseError("non-canonical base64url")
+    return raw
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

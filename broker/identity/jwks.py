@@ -1,49 +1,72 @@
 """Per-issuer JWKS cache shared by every broker process.
 
-- Keys are cached in process and mirrored in Redis, so one fetch serves every worker.
+- Keys are cached in process and mirrored in Redis, so one fetch serves every worker. Each
+  cached or mirrored key set carries the fingerprint of the key source it came from: keys
+  fetched from a source a reload replaced (or from a removed issuer that came back) are
+  never used.
 - An unknown `kid` may trigger a refresh, but at most one fetch per issuer per cooldown
   across all nodes (a Redis SET NX lock); unknown kids are then cached negatively, so random
   kids cannot turn Errand into a request amplifier.
 - A failed refresh keeps the cached keys in use for `jwks_stale_seconds`; only a cold cache
-  with an unreachable issuer is a (retryable) failure.
-- Only configured URLs are fetched: nothing in a token (`jku`, `x5u`, `jwk`, `kid`, `iss`)
-  causes egress.
+  with an unreachable issuer is a (retryable) failure. The failure is recorded for the
+  cooldown, so every worker then fails fast; a worker that finds another one's fetch really
+  in flight waits for it, and never longer than the fetch deadline.
+- Only configured URLs are fetched, and only where broker/identity/egress.py allows: nothing
+  in a token (`jku`, `x5u`, `jwk`, `kid`, `iss`) causes egress.
 - A `jwks_file` (a SPIFFE bundle kept current by spiffe-helper, say) is re-read like a fetch;
   inline keys (an agent's registered JWKS) are parsed once and never touch Redis or HTTP."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import jwt
-import requests
 
 from broker.clock import Clock
 from broker.domain.models import TrustedIssuer
 from broker.identity.errors import KeysUnavailable, UnknownKey
+from broker.identity.jwks_fetch import (
+    MAX_JWKS_BYTES,
+    HttpJwksFetcher,
+    JwksFetcher,
+    read_jwks_file,
+)
 from broker.tokens.algorithms import ASYMMETRIC_ALGORITHMS, CURVE_ALGORITHMS
+
+__all__ = ["MAX_JWKS_BYTES", "HttpJwksFetcher", "JwksCache", "JwksFetcher", "parse_jwks"]
 
 log = logging.getLogger(__name__)
 
-MAX_JWKS_BYTES = 256 * 1024
 MAX_KEYS = 100
 MAX_NEGATIVE_KIDS = 1024
 SOURCE_MEMBER = "errand_key_source"  # added to mirrored JWKS: which key source it came from
+# How long after its fetch deadline a fetch in flight may take to write the mirror.
+MIRROR_WRITE_SECONDS = 0.25
+POLL_SECONDS = 0.05  # how often a waiting worker looks at the mirror again
+
+# How another worker's fetch of this cooldown is going (broker/store/jwks_mirror.py).
+FetchState = Literal["failed", "in_flight", "idle"]
 
 
 def source_fingerprint(issuer: TrustedIssuer) -> str:
-    import hashlib
-
     return hashlib.sha256(repr(issuer.key_source).encode()).hexdigest()[:16]
 
 
+def fetch_deadline(issuer: TrustedIssuer) -> float:
+    """How long a fetch can be in flight, mirror write included (broker/identity/jwks_fetch.py
+    bounds the whole fetch by fetch_timeout_seconds)."""
+    return issuer.fetch_timeout_seconds + MIRROR_WRITE_SECONDS
+
+
 class SharedJwksState(Protocol):
-    """Cross-process JWKS mirror and refresh lock (Redis in production)."""
+    """Cross-process JWKS mirror, refresh lock and fetch state (Redis in production)."""
 
     def load(self, issuer_id: str) -> tuple[str, float] | None: ...
 
@@ -51,11 +74,19 @@ class SharedJwksState(Protocol):
         self, issuer_id: str, jwks_json: str, fetched_at: float, ttl_seconds: int
     ) -> None: ...
 
-    def try_lock_refresh(self, issuer_id: str, cooldown_seconds: int) -> bool: ...
+    def try_lock_refresh(self, issuer_id: str, cooldown_seconds: int) -> bool:
+        """Take the lock and mark the fetch in flight, atomically."""
+        ...
 
+    def mark_in_flight(self, issuer_id: str, cooldown_seconds: int) -> None: ...
 
-class JwksFetcher(Protocol):
-    def fetch(self, issuer: TrustedIssuer) -> dict[str, Any]: ...
+    def record_failure(self, issuer_id: str, cooldown_seconds: int) -> None: ...
+
+    def fetch_state(
+        self, issuer_id: str, cooldown_seconds: int, fetch_deadline_seconds: float
+    ) -> FetchState: ...
+
+    def forget(self, issuer_id: str) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -69,110 +100,8 @@ class VerificationKey:
 class _Cached:
     keys: dict[str, VerificationKey]
     fetched_at: float
+    source: str  # source_fingerprint of the issuer configuration the keys were fetched for
     negative: dict[str, float] = field(default_factory=dict)  # kid -> until
-
-
-def _bounded_get(url: str, timeout: float) -> bytes:
-    """GET with a size cap and a deadline for the whole fetch, headers included: requests'
-    timeout bounds each socket read only, so an endpoint trickling a byte at a time could
-    otherwise hold a worker (and the JWKS lock) for hours. The fetch runs in a daemon thread;
-    past the deadline we stop waiting for it, and its own read timeouts end it later."""
-    deadline = time.monotonic() + timeout
-    outcome: dict[str, Any] = {}
-
-    def fetch() -> None:
-        try:
-            with requests.get(url, timeout=timeout, stream=True, allow_redirects=False) as resp:
-                outcome["body"] = _read_bounded(resp, url, deadline)
-        except BaseException as err:  # handed to the waiting thread
-            outcome["error"] = err
-
-    worker = threading.Thread(target=fetch, name="errand-jwks-fetch", daemon=True)
-    worker.start()
-    worker.join(timeout)
-    if worker.is_alive():
-        raise KeysUnavailable(
-            "the issuer's keys are unavailable", debug=f"{url}: fetch deadline passed"
-        )
-    if "error" in outcome:
-        raise outcome["error"]
-    return bytes(outcome["body"])
-
-
-def _read_bounded(resp: requests.Response, url: str, deadline: float) -> bytes:
-    if resp.status_code != 200:
-        raise KeysUnavailable(
-            "the issuer's keys are unavailable", debug=f"GET {url}: HTTP {resp.status_code}"
-        )
-    body = b""
-    for chunk in resp.iter_content(16384):
-        body += chunk
-        if len(body) > MAX_JWKS_BYTES:
-            raise KeysUnavailable("the issuer's keys are unavailable", debug=f"{url}: too large")
-        if time.monotonic() > deadline:
-            raise KeysUnavailable(
-                "the issuer's keys are unavailable", debug=f"{url}: fetch deadline passed"
-            )
-    if time.monotonic() > deadline:  # the watchdog may have cut the body short
-        raise KeysUnavailable("the issuer's keys are unavailable", debug=f"{url}: deadline")
-    return body
-
-
-class HttpJwksFetcher:
-    """Fetch a JWKS over HTTP with a short timeout and a size cap, via discovery if needed."""
-
-    def fetch(self, issuer: TrustedIssuer) -> dict[str, Any]:
-        try:
-            jwks_uri = issuer.jwks_uri or self._discover(issuer)
-            doc = json.loads(_bounded_get(jwks_uri, issuer.fetch_timeout_seconds))
-        except KeysUnavailable:
-            raise
-        except (requests.RequestException, ValueError) as err:
-            raise KeysUnavailable(
-                "the issuer's keys are unavailable", debug=f"{issuer.id}: {type(err).__name__}"
-            ) from err
-        if not isinstance(doc, dict) or not isinstance(doc.get("keys"), list):
-            raise KeysUnavailable(
-                "the issuer's keys are unavailable", debug="JWKS has no keys list"
-            )
-        return doc
-
-    def _discover(self, issuer: TrustedIssuer) -> str:
-        url = issuer.issuer.rstrip("/") + "/.well-known/openid-configuration"
-        meta = json.loads(_bounded_get(url, issuer.fetch_timeout_seconds))
-        if not isinstance(meta, dict) or meta.get("issuer") != issuer.issuer:
-            raise KeysUnavailable(
-                "the issuer's keys are unavailable", debug="discovery issuer does not match"
-            )
-        uri = meta.get("jwks_uri")
-        if not isinstance(uri, str) or not uri.startswith(("https://", "http://")):
-            raise KeysUnavailable("the issuer's keys are unavailable", debug="bad jwks_uri")
-        return uri
-
-
-def read_jwks_file(issuer: TrustedIssuer) -> dict[str, Any]:
-    """A JWKS (or SPIFFE trust bundle) from a configured file, size-capped like a fetch."""
-    assert issuer.jwks_file is not None
-    try:
-        with open(issuer.jwks_file, "rb") as fh:
-            raw = fh.read(MAX_JWKS_BYTES + 1)
-        if len(raw) > MAX_JWKS_BYTES:
-            raise KeysUnavailable(
-                "the issuer's keys are unavailable", debug=f"{issuer.id}: bundle too large"
-            )
-        doc = json.loads(raw)
-    except OSError as err:
-        raise KeysUnavailable(
-            "the issuer's keys are unavailable",
-            debug=f"{issuer.id}: cannot read bundle: {err.strerror}",
-        ) from err
-    except ValueError as err:
-        raise KeysUnavailable(
-            "the issuer's keys are unavailable", debug=f"{issuer.id}: bundle is not JSON"
-        ) from err
-    if not isinstance(doc, dict) or not isinstance(doc.get("keys"), list):
-        raise KeysUnavailable("the issuer's keys are unavailable", debug="JWKS has no keys list")
-    return doc
 
 
 def _usable_use(jwk: dict[str, Any], issuer: TrustedIssuer) -> bool:
@@ -214,10 +143,22 @@ def parse_jwks(doc: dict[str, Any], issuer: TrustedIssuer) -> dict[str, Verifica
 
 
 class JwksCache:
-    def __init__(self, fetcher: JwksFetcher, shared: SharedJwksState, clock: Clock) -> None:
+    """`sleep` and `monotonic` time the wait for another worker's fetch (tests inject them)."""
+
+    def __init__(
+        self,
+        fetcher: JwksFetcher,
+        shared: SharedJwksState,
+        clock: Clock,
+        *,
+        sleep: Callable[[float], None] | None = None,
+        monotonic: Callable[[], float] | None = None,
+    ) -> None:
         self._fetcher = fetcher
         self._shared = shared
         self._clock = clock
+        self._sleep = sleep or time.sleep
+        self._monotonic = monotonic or time.monotonic
         self._cache: dict[str, _Cached] = {}
         self._lock = threading.Lock()
         self._local_cooldown: dict[str, float] = {}
@@ -226,15 +167,19 @@ class JwksCache:
         self.fetches = 0  # observable for tests and metrics
 
     def forget(self, issuer_id: str) -> None:
-        """Drop cached keys after a reload changed where an issuer's keys come from. Shared
-        mirrors carry the fingerprint of the key source they came from, so one written from
-        the old source is not adopted either."""
+        """Drop cached keys, here and in the shared mirror, when a reload changed where an
+        issuer's keys come from (or the issuer is new to this process's configuration)."""
         with self._lock:
             self._cache.pop(issuer_id, None)
             self._inline.pop(issuer_id, None)
+            self._local_cooldown.pop(issuer_id, None)
             # One fetch from the new source may skip the cooldown (an operator's reload, not
             # something a token can trigger): the old source's lock must not delay the new keys.
             self._fetch_now.add(issuer_id)
+        try:
+            self._shared.forget(issuer_id)
+        except Exception:  # the fingerprint still keeps the old keys out
+            log.warning("could not drop the mirrored JWKS", extra={"issuer": issuer_id})
 
     def _inline_key(self, issuer: TrustedIssuer, kid: str | None) -> VerificationKey:
         assert issuer.jwks_json is not None
@@ -242,7 +187,7 @@ class JwksCache:
         if cached is None or cached[0] != issuer.jwks_json:
             cached = (issuer.jwks_json, parse_jwks(json.loads(issuer.jwks_json), issuer))
             self._inline[issuer.id] = cached
-        found = self._pick(_Cached(keys=cached[1], fetched_at=0.0), kid)
+        found = self._pick(_Cached(keys=cached[1], fetched_at=0.0, source=""), kid)
         if found is None:
             raise UnknownKey(
                 "the token's key is not registered for this identity", debug=f"kid={kid!r}"[:300]
@@ -254,10 +199,14 @@ class JwksCache:
             with self._lock:
                 return self._inline_key(issuer, kid)
         now = self._clock.now()
+        source = source_fingerprint(issuer)
         with self._lock:
             cached = self._cache.get(issuer.id)
+            if cached is not None and cached.source != source:
+                cached = None  # fetched for a configuration that is no longer this one
+                self._cache.pop(issuer.id, None)
             if cached is None or kid not in cached.keys:
-                cached = self._adopt_shared(issuer) or cached
+                cached = self._adopt_shared(issuer, source) or cached
             if cached is not None:
                 fresh = now - cached.fetched_at < issuer.jwks_max_age_seconds
                 found = self._pick(cached, kid)
@@ -265,7 +214,7 @@ class JwksCache:
                     return found
                 if found is None and cached.negative.get(kid or "", 0) > now and fresh:
                     raise UnknownKey("the token's key is not in the issuer's key set")
-            cached = self._refresh(issuer, cached, now)
+            cached = self._refresh(issuer, cached, now, source)
             found = self._pick(cached, kid)
             if found is None:
                 if len(cached.negative) >= MAX_NEGATIVE_KIDS:
@@ -283,7 +232,7 @@ class JwksCache:
         # No kid: usable only when the issuer publishes exactly one key.
         return next(iter(cached.keys.values())) if len(cached.keys) == 1 else None
 
-    def _adopt_shared(self, issuer: TrustedIssuer) -> _Cached | None:
+    def _adopt_shared(self, issuer: TrustedIssuer, source: str) -> _Cached | None:
         try:
             mirrored = self._shared.load(issuer.id)
         except Exception:  # a Redis fault must not break verification from local keys
@@ -293,53 +242,72 @@ class JwksCache:
             return None
         current = self._cache.get(issuer.id)
         jwks_json, fetched_at = mirrored
-        if current is not None and current.fetched_at >= fetched_at:
+        if current is not None and current.source == source and current.fetched_at >= fetched_at:
             return current
         try:
             doc = json.loads(jwks_json)
-            source = doc.get(SOURCE_MEMBER) if isinstance(doc, dict) else None
-            if source is not None and source != source_fingerprint(issuer):
+            if not isinstance(doc, dict) or doc.get(SOURCE_MEMBER) != source:
                 return None  # fetched from a key source that a reload replaced
             keys = parse_jwks(doc, issuer)
         except (ValueError, AttributeError):
             return None
-        adopted = _Cached(keys=keys, fetched_at=fetched_at)
+        adopted = _Cached(keys=keys, fetched_at=fetched_at, source=source)
         self._cache[issuer.id] = adopted
         return adopted
 
     def _may_fetch(self, issuer: TrustedIssuer, now: float) -> bool:
-        if issuer.id in self._fetch_now:
-            self._fetch_now.discard(issuer.id)
-            return True
+        cooldown = issuer.refresh_cooldown_seconds
         try:
-            return self._shared.try_lock_refresh(issuer.id, issuer.refresh_cooldown_seconds)
+            if issuer.id in self._fetch_now:
+                self._fetch_now.discard(issuer.id)
+                self._shared.mark_in_flight(issuer.id, cooldown)
+                return True
+            return self._shared.try_lock_refresh(issuer.id, cooldown)
         except Exception:
             # Redis is down: fall back to a per-process cooldown.
             if self._local_cooldown.get(issuer.id, 0) > now:
                 return False
-            self._local_cooldown[issuer.id] = now + issuer.refresh_cooldown_seconds
+            self._local_cooldown[issuer.id] = now + cooldown
             return True
 
-    def _wait_for_mirror(self, issuer: TrustedIssuer) -> _Cached | None:
-        deadline = time.monotonic() + issuer.fetch_timeout_seconds + 0.5
-        while time.monotonic() < deadline:
-            time.sleep(0.05)
-            adopted = self._adopt_shared(issuer)
+    def _wait_for_fetch(self, issuer: TrustedIssuer, source: str) -> _Cached | None:
+        """Another worker holds the refresh lock and we have no keys. Wait only while its
+        fetch is really in flight: stop as soon as its keys are mirrored (adopt them), it
+        recorded a failure, or it is no longer marked in flight; never past the deadline."""
+        give_up = self._monotonic() + fetch_deadline(issuer)
+        while True:
+            adopted = self._adopt_shared(issuer, source)
             if adopted is not None:
                 return adopted
-        return None
+            try:
+                state = self._shared.fetch_state(
+                    issuer.id, issuer.refresh_cooldown_seconds, fetch_deadline(issuer)
+                )
+            except Exception:
+                return None
+            if state != "in_flight" or self._monotonic() >= give_up:
+                return None
+            self._sleep(POLL_SECONDS)
 
-    def _refresh(self, issuer: TrustedIssuer, cached: _Cached | None, now: float) -> _Cached:
+    def _record_failure(self, issuer: TrustedIssuer) -> None:
+        try:
+            self._shared.record_failure(issuer.id, issuer.refresh_cooldown_seconds)
+        except Exception:  # Redis down: the per-process cooldown still bounds our fetches
+            log.warning("could not record the JWKS fetch failure", extra={"issuer": issuer.id})
+
+    def _refresh(
+        self, issuer: TrustedIssuer, cached: _Cached | None, now: float, source: str
+    ) -> _Cached:
         if not self._may_fetch(issuer, now):
             if cached is not None and now - cached.fetched_at < issuer.jwks_stale_seconds:
                 return cached
             if cached is None:
-                # Another worker holds the fetch: wait for its mirror rather than fail.
-                adopted = self._wait_for_mirror(issuer)
+                adopted = self._wait_for_fetch(issuer, source)
                 if adopted is not None:
                     return adopted
             raise KeysUnavailable(
-                "the issuer's keys are being refreshed; retry shortly", debug="refresh cooldown"
+                "the issuer's keys are unavailable; retry shortly",
+                debug="refresh cooldown: the last fetch failed or another worker is fetching",
             )
         try:
             self.fetches += 1
@@ -350,17 +318,24 @@ class JwksCache:
                     "the issuer's keys are unavailable", debug="JWKS has no usable keys"
                 )
         except KeysUnavailable as err:
+            # Normally one such line per issuer per cooldown, fleet-wide: the failure record
+            # keeps the other workers from fetching (and logging) until the cooldown ends.
+            self._record_failure(issuer)
             if cached is not None and now - cached.fetched_at < issuer.jwks_stale_seconds:
                 log.warning(
                     "jwks refresh failed; serving cached keys",
                     extra={"issuer": issuer.id, "debug": err.debug},
                 )
                 return cached
+            log.warning(
+                "jwks fetch failed; the issuer's tokens are refused (503) until the cooldown ends",
+                extra={"issuer": issuer.id, "debug": err.debug},
+            )
             raise
-        fresh = _Cached(keys=keys, fetched_at=now)
+        fresh = _Cached(keys=keys, fetched_at=now, source=source)
         self._cache[issuer.id] = fresh
         try:
-            mirrored = {**doc, SOURCE_MEMBER: source_fingerprint(issuer)}
+            mirrored = {**doc, SOURCE_MEMBER: source}
             self._shared.store(issuer.id, json.dumps(mirrored), now, issuer.jwks_stale_seconds)
         except Exception:
             log.warning("could not mirror JWKS to Redis", extra={"issuer": issuer.id})

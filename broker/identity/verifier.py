@@ -1,9 +1,11 @@
 """Verify a workload-identity JWT from a configured issuer (RFC 8725 order of checks).
 
-size -> shape -> header allow-list -> issuer (the unverified `iss` only selects a configured
-issuer) -> key (kid looked up in that issuer's JWKS; the algorithm comes from the key) ->
-signature -> registered claims (exact iss, our audience, exp/nbf/iat with bounded skew,
-numeric dates that are numbers, bounded lifetime) -> the issuer profile's own checks
+size -> shape (three segments, each canonical base64url) -> header allow-list -> issuer (the
+unverified `iss` only selects a configured issuer) -> key (kid looked up in that issuer's
+JWKS; the algorithm comes from the key) -> signature -> registered claims (exact iss; our
+audience, alone unless the issuer allows several; `azp`, when present, ours or the expected
+client; exp/nbf/iat with bounded skew, numeric dates that are numbers, bounded lifetime) ->
+no delegation claims (`act`, `may_act`) -> the issuer profile's own checks
 (broker/identity/profiles.py) -> jti shape per the issuer's replay policy.
 
 The same path verifies every workload JWT: CI OIDC tokens, Kubernetes projected
@@ -18,6 +20,7 @@ from typing import Any
 
 from broker.domain.models import Config, TrustedIssuer, VerifiedSubject
 from broker.identity.errors import BadSignature, ClaimInvalid, MalformedToken, UnknownIssuer
+from broker.identity.issuer_options import options_of
 from broker.identity.jose import JoseError, read_compact_jws, verify_signature
 from broker.identity.jwks import JwksCache
 from broker.identity.profiles import parse_spiffe_id, profile_for
@@ -73,10 +76,55 @@ def route_issuer(config: Config, unverified_payload: Mapping[str, Any]) -> Trust
     return issuer
 
 
-def _names_audience(aud: Any, ours: str) -> bool:
-    if isinstance(aud, str):
-        return aud == ours
-    return isinstance(aud, list) and ours in aud and all(isinstance(a, str) for a in aud)
+# RFC 8693 §4.1 `act` (who is acting) and §4.4 `may_act` (who may act): a token carrying
+# either speaks of delegation, which only a delegation path may accept.
+DELEGATION_CLAIMS = ("act", "may_act")
+
+
+def verify_audience(claims: Mapping[str, Any], issuer: TrustedIssuer) -> None:
+    """RFC 7519 §4.1.3 lets `aud` be a list; we accept only the list we are alone in unless the
+    issuer allows several audiences. `azp` (OIDC Core §2), when present, must name us or the
+    issuer's expected client: a token obtained by another party is not ours to accept."""
+    aud = claims.get("aud")
+    audiences = [aud] if isinstance(aud, str) else aud
+    debug = f"aud={aud!r}"[:300]  # the values compared go to the audit event only
+    if not isinstance(audiences, list) or not all(isinstance(a, str) for a in audiences):
+        raise ClaimInvalid(
+            "the token's 'aud' claim is malformed", reason="wrong_audience", debug=debug
+        )
+    if issuer.audience not in audiences:
+        raise ClaimInvalid(
+            "the token's 'aud' claim does not name this broker",
+            reason="wrong_audience",
+            debug=debug,
+        )
+    options = options_of(issuer)
+    if len(audiences) != 1 and not options.allow_multiple_audiences:
+        # strict_aud: we must be the only audience, or the token could be replayed at a peer
+        raise ClaimInvalid(
+            "the token's 'aud' claim names other parties too",
+            reason="multiple_audiences",
+            debug=debug,
+        )
+    allowed_azp = {issuer.audience} | ({options.expected_azp} if options.expected_azp else set())
+    azp = claims.get("azp")
+    if "azp" in claims and not (isinstance(azp, str) and azp in allowed_azp):
+        raise ClaimInvalid(
+            "the token's 'azp' claim names another party",
+            reason="wrong_azp",
+            debug=f"azp={azp!r}"[:300],
+        )
+
+
+def verify_no_delegation(claims: Mapping[str, Any]) -> None:
+    """Until Errand has a delegation path, a token that says someone acts (or may act) for its
+    subject is refused, never read as its plain subject."""
+    present = [name for name in DELEGATION_CLAIMS if name in claims]
+    if present:
+        raise ClaimInvalid(
+            f"the token carries delegation claims ('{present[0]}'); delegation is not supported",
+            reason="delegation_unsupported",
+        )
 
 
 class SubjectTokenVerifier:
@@ -140,11 +188,7 @@ class SubjectTokenVerifier:
                 raise ClaimInvalid(f"the token has no '{name}' claim", reason="missing_claim")
         if issuer.issuer and claims.get("iss") != issuer.issuer:
             raise ClaimInvalid("the token's 'iss' claim does not match", reason="wrong_issuer")
-        if not _names_audience(claims.get("aud"), issuer.audience):
-            # aud may be a list, but it must contain ours exactly
-            raise ClaimInvalid(
-                "the token's 'aud' claim does not name this broker", reason="wrong_audience"
-            )
+        verify_audience(claims, issuer)
 
         if not issuer.issuer and "iss" in claims:
             # Routed by trust domain: an SVID that names an issuer must be configured by it.
@@ -165,9 +209,7 @@ class SubjectTokenVerifier:
             raise ClaimInvalid(
                 "the token's lifetime is longer than this issuer allows", reason="lifetime_too_long"
             )
-        aud = claims.get("aud")
-        if isinstance(aud, list) and not all(isinstance(a, str) for a in aud):
-            raise ClaimInvalid("the token's 'aud' claim is malformed")
+        verify_no_delegation(claims)
         attributes, context = profile.read(claims, issuer)
 
         jti = claims.get("jti")

@@ -32,6 +32,14 @@ def _raw_sign(key: SigningKey, header_json: str, payload_json: str | bytes) -> s
     return es256(key, header_json.encode(), payload)
 
 
+def _respell_signature(token: str) -> str:
+    """The same signature bytes with the spare low bits of the last character set."""
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    head, sig = token.rsplit(".", 1)
+    assert len(sig) % 4 == 2  # 64 bytes: 86 characters, 4 bits of the last one unused
+    return f"{head}.{sig[:-1]}{alphabet[alphabet.index(sig[-1]) ^ 0b1111]}"
+
+
 def _claims_json(w: World, **overrides: Any) -> str:
     return json.dumps(w.claims(**overrides), separators=(",", ":"))
 
@@ -124,6 +132,15 @@ TOKENS: dict[str, Callable[[World], str]] = {
     "aud_prefix_of_ours": lambda w: w.token(aud=AUDIENCE[:-1]),
     "aud_object": lambda w: w.token(aud={"aud": AUDIENCE}),
     "aud_missing": lambda w: w.token(aud=DROP),
+    # strict_aud: ours among others is a token for several parties (opt-in per issuer only)
+    "aud_ours_and_another": lambda w: w.token(aud=[AUDIENCE, "https://peer.example"]),
+    "aud_ours_twice": lambda w: w.token(aud=[AUDIENCE, AUDIENCE]),
+    "azp_another_party": lambda w: w.token(azp="another-client-id"),
+    "azp_null": lambda w: w.token(azp=None),
+    # -- delegation: a token that says someone acts for its subject is not its subject -------
+    "act_another_party": lambda w: w.token(act={"sub": "agent-mallory"}),
+    "act_nested": lambda w: w.token(act={"sub": "agent-a", "act": {"sub": "agent-b"}}),
+    "may_act_another_party": lambda w: w.token(may_act={"sub": "agent-mallory"}),
     # -- time ----------------------------------------------------------------------------------
     "expired": lambda w: w.token(iat=int(NOW) - 4000, nbf=int(NOW) - 4000, exp=int(NOW) - 3600),
     "nbf_in_the_future": lambda w: w.token(nbf=int(NOW) + 3600),
@@ -177,6 +194,8 @@ TOKENS: dict[str, Callable[[World], str]] = {
         {"payload": segment(w.claims()), "signatures": [{"protected": segment(w.header())}]}
     ),
     "padded_base64": lambda w: ".".join(p + "==" for p in w.token().split(".")),
+    # one token, one spelling: the ES256 signature's last character has 4 spare bits
+    "signature_with_trailing_bits_set": lambda w: _respell_signature(w.token()),
     "leading_space": lambda w: " " + w.token(),
     "trailing_newline": lambda w: w.token() + "\n",
     "over_the_8KiB_token_limit": lambda w: w.token(padding="p" * 9000),
@@ -212,11 +231,11 @@ def test_hostile_token_is_refused_without_state(world: World, case: str, grant: 
     assert world.fetcher.calls <= 1
 
 
-def test_audience_list_containing_ours_is_accepted(world: World) -> None:
-    """RFC 7519 §4.1.3: `aud` may be an array; ours among others is accepted (per the code:
-    strict_aud False, every member a string)."""
-    token = world.token(aud=["https://other.example", AUDIENCE])
-    resp = world.exchange(token=token)
+def test_audience_list_of_ours_alone_is_accepted(world: World) -> None:
+    """RFC 7519 §4.1.3: `aud` may be an array; an array of exactly our audience is accepted.
+    Ours among others is refused unless the issuer sets allow_multiple_audiences (the
+    aud_ours_and_another case above)."""
+    resp = world.exchange(token=world.token(aud=[AUDIENCE]))
     assert resp.status_code == 200, resp.get_json()
 
 

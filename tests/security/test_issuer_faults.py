@@ -91,12 +91,13 @@ def fault_issuer() -> Iterator[FaultIssuer]:
     server.stop()
 
 
-def build(issuer: FaultIssuer, tmp_path: Path, **overrides: Any) -> IssuerWorld:
+def build(issuer: FaultIssuer, tmp_path: Path, server: Any = None, **overrides: Any) -> IssuerWorld:
+    """One web worker; workers built with the same fakeredis `server` share one Redis."""
     from broker.app import create_app
     from broker.settings import Settings
 
     config = make_config(issuer.issuer, _tune(**overrides))
-    svc = fake_services(config, make_key_dir(tmp_path), clock=SystemClock())  # type: ignore[arg-type]
+    svc = fake_services(config, make_key_dir(tmp_path), clock=SystemClock(), server=server)  # type: ignore[arg-type]
     admin = tmp_path / "admin"
     admin.write_text(ADMIN_TOKEN)
     settings = Settings(
@@ -147,6 +148,32 @@ def test_cold_cache_with_a_failing_jwks_is_a_quick_503(iw: IssuerWorld, mode: st
         elapsed=round(elapsed, 3),
         jwks_requests=iw.issuer.jwks_requests,
     )
+
+
+@pytest.mark.regression
+@pytest.mark.parametrize("mode", ["error", "hang"])
+def test_cold_cache_with_a_failing_jwks_every_other_worker_fails_fast(
+    fault_issuer: FaultIssuer, tmp_path: Path, mode: str
+) -> None:
+    """Two workers on one Redis: the first fetches and fails (after the timeout when the
+    issuer hangs); the other, which loses the refresh lock, answers 503 at once for the rest
+    of the cooldown instead of waiting for a mirror that never comes."""
+    import fakeredis
+
+    server = fakeredis.FakeServer()
+    first = build(fault_issuer, tmp_path / "a", server=server)
+    other = build(fault_issuer, tmp_path / "b", server=server)
+    fault_issuer.mode = mode
+    fault_issuer.hang_seconds = TIMEOUT * 3
+    before = other.state_keys()
+    assert first.exchange().status_code == 503
+    start = time.monotonic()
+    for _ in range(3):
+        assert_unavailable(other, other.exchange(), before)
+    elapsed = time.monotonic() - start
+    assert elapsed < TIMEOUT, f"{elapsed:.2f}s for three refusals"
+    assert fault_issuer.jwks_requests == 1
+    observe(fault=f"cold {mode}, second worker", elapsed=round(elapsed, 3))
 
 
 def test_slow_jwks_within_the_timeout_is_fine(iw: IssuerWorld) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import secrets
 from typing import Any
 
+import fakeredis
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
@@ -15,9 +16,10 @@ from jwt.algorithms import RSAAlgorithm
 from broker.clock import FixedClock
 from broker.domain.models import TrustedIssuer
 from broker.identity.errors import KeysUnavailable, UnknownKey
-from broker.identity.jwks import JwksCache, parse_jwks
+from broker.identity.jwks import POLL_SECONDS, JwksCache, fetch_deadline, parse_jwks
+from broker.store.jwks_mirror import JwksMirror
 from tests.fixtures.builders import StaticFetcher
-from tests.unit.helpers import MemoryShared, assert_oauth_error, grant_state_keys, new_es256_key
+from tests.unit.helpers import assert_oauth_error, grant_state_keys, new_es256_key
 
 ISSUER = TrustedIssuer(
     id="gha",
@@ -134,12 +136,39 @@ def test_a_new_key_is_picked_up_after_rotation(
 # -- JwksCache directly ------------------------------------------------------------------------
 
 
+class FakeSleep:
+    """The injected sleep of a waiting worker: it advances the test clock, never the real one."""
+
+    def __init__(self, clock: FixedClock) -> None:
+        self.clock = clock
+        self.slept = 0.0
+
+    def __call__(self, seconds: float) -> None:
+        self.slept += seconds
+        self.clock.advance(seconds)
+
+
 @pytest.fixture
-def direct(issuer_key):
-    clock = FixedClock(1_800_000_000.0)
-    shared = MemoryShared(clock)
+def redis_server() -> fakeredis.FakeServer:
+    return fakeredis.FakeServer()
+
+
+def mirror_on(server: fakeredis.FakeServer) -> JwksMirror:
+    return JwksMirror(fakeredis.FakeStrictRedis(server=server, decode_responses=True))
+
+
+@pytest.fixture
+def fake_sleep(clock) -> FakeSleep:
+    return FakeSleep(clock)
+
+
+@pytest.fixture
+def direct(issuer_key, clock, redis_server, fake_sleep):
+    """A JwksCache on a fakeredis mirror that follows `clock` (tests/unit/conftest.py)."""
+    shared = mirror_on(redis_server)
     fetcher = StaticFetcher({"keys": [issuer_key.public_jwk()]})
-    return JwksCache(fetcher, shared, clock), fetcher, shared, clock
+    cache = JwksCache(fetcher, shared, clock, sleep=fake_sleep, monotonic=clock.now)
+    return cache, fetcher, shared, clock
 
 
 def test_cache_serves_a_known_kid_without_refetching(direct, issuer_key) -> None:
@@ -159,16 +188,16 @@ def test_many_unknown_kids_are_bounded_per_cooldown(direct, issuer_key) -> None:
         with pytest.raises(UnknownKey):
             cache.key_for(ISSUER, f"random-{i}")
     assert fetcher.calls == 1
-    clock.advance(60)
+    clock.advance(61)  # Redis expires a key strictly after its TTL, as fakeredis does
     for i in range(200):
         with pytest.raises(UnknownKey):
             cache.key_for(ISSUER, f"again-{i}")
     assert fetcher.calls == 2
 
 
-def test_redis_down_falls_back_to_a_per_process_cooldown(direct, issuer_key) -> None:
-    cache, fetcher, shared, clock = direct
-    shared.fail = ConnectionError("redis down")
+def test_redis_down_falls_back_to_a_per_process_cooldown(direct, issuer_key, redis_server) -> None:
+    cache, fetcher, _shared, clock = direct
+    redis_server.connected = False
     assert cache.key_for(ISSUER, issuer_key.kid).kid == issuer_key.kid
     for i in range(50):
         with pytest.raises(UnknownKey):
@@ -180,21 +209,26 @@ def test_redis_down_falls_back_to_a_per_process_cooldown(direct, issuer_key) -> 
     assert fetcher.calls == 2
 
 
-def test_a_second_process_adopts_the_mirrored_keys(direct, issuer_key) -> None:
-    cache, _fetcher, shared, clock = direct
+def test_a_second_process_adopts_the_mirrored_keys(direct, issuer_key, redis_server) -> None:
+    cache, _fetcher, _shared, clock = direct
     cache.key_for(ISSUER, issuer_key.kid)
     other_fetcher = StaticFetcher({"keys": []})
-    other = JwksCache(other_fetcher, shared, clock)
+    other = JwksCache(other_fetcher, mirror_on(redis_server), clock)
     assert other.key_for(ISSUER, issuer_key.kid).kid == issuer_key.kid
     assert other_fetcher.calls == 0
 
 
-def test_cold_cache_with_lock_held_elsewhere_is_keys_unavailable(direct, issuer_key) -> None:
+def test_cold_cache_with_lock_held_elsewhere_is_keys_unavailable(
+    direct, issuer_key, fake_sleep
+) -> None:
+    """Another node took the lock (its fetch is in flight) but never mirrors keys: we wait
+    for it, on the injected clock, no longer than the fetch deadline."""
     cache, fetcher, shared, _clock = direct
     assert shared.try_lock_refresh(ISSUER.id, 60)  # another node is refreshing
     with pytest.raises(KeysUnavailable):
         cache.key_for(ISSUER, issuer_key.kid)
     assert fetcher.calls == 0
+    assert fake_sleep.slept <= fetch_deadline(ISSUER) + POLL_SECONDS
 
 
 def test_no_kid_is_ambiguous_with_several_keys(direct, issuer_key) -> None:

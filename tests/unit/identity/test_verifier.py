@@ -276,10 +276,18 @@ def test_wrong_audience_is_refused(verify, refused_over_http, issuer_key) -> Non
         refused_over_http(token)
 
 
-def test_audience_list_containing_ours_is_accepted(verify, exchange, issuer_key) -> None:
-    token = es256_sign(issuer_key, header(issuer_key), claims(aud=["other", AUDIENCE]))
+def test_audience_list_of_ours_alone_is_accepted_but_not_with_others(
+    verify, exchange, issuer_key, refused_over_http
+) -> None:
+    token = es256_sign(issuer_key, header(issuer_key), claims(aud=[AUDIENCE]))
     assert verify(token).issuer.id == "gha"
     assert exchange(token).status_code == 200
+    # strict_aud unless the issuer sets allow_multiple_audiences (test_review_claims.py)
+    token = es256_sign(issuer_key, header(issuer_key), claims(aud=["other", AUDIENCE]))
+    with pytest.raises(ClaimInvalid) as info:
+        verify(token)
+    assert info.value.reason == "multiple_audiences"
+    refused_over_http(token)
 
 
 @pytest.mark.parametrize("name", ["iss", "aud", "exp", "iat"])

@@ -333,7 +333,7 @@ def test_agent_without_task_or_purpose_is_refused_and_burns_nothing(
         ({"aud": "https://errand.test"}, "'aud'"),
         (
             {"aud": ["https://errand.test/token", "https://peer.example/token"]},
-            "token endpoint only",
+            "'aud' claim names other parties",
         ),
         ({"sub": "someone-else"}, "'sub' must equal its 'iss'"),
         ({"_drop": ("jti",)}, "'jti'"),
