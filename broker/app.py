@@ -15,6 +15,7 @@ from broker.http.context import request_id
 from broker.http.responses import register_error_handlers
 from broker.metrics import HTTP_REQUESTS, HTTP_SECONDS
 from broker.settings import Settings, load_settings
+from broker.store.auth_failures import RedisAuthFailures
 
 MAX_BODY_BYTES = 64 * 1024
 
@@ -42,6 +43,9 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app.config["MAX_FORM_MEMORY_SIZE"] = MAX_BODY_BYTES
     app.config["MAX_FORM_PARTS"] = 100
     app.config["ERRAND_ADMIN_TOKEN_SHA256"] = read_admin_token_hash(settings)
+    if "redis" in services.extras:
+        # Failed-authentication counters for the web side (domain/limits.py reads them).
+        services.extras.setdefault("auth_failures", RedisAuthFailures(services.extras["redis"]))
     app.extensions["errand"] = services
 
     @app.before_request

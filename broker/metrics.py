@@ -34,6 +34,12 @@ AUDIT_EVENTS = Counter(
 IDENTITY_FLAGGED = Counter(
     "errand_identity_flagged_total", "Identities flagged for repeated suspicious denials"
 )
+AUTH_FAILURES = Counter(
+    "errand_auth_failures_total",
+    "Failed client and admin authentications (denied) and attempts refused by the "
+    "per-address throttle (throttled)",
+    ["kind", "outcome"],
+)
 JWKS_FETCHES = Counter("errand_jwks_fetches_total", "JWKS fetches by issuer id", ["issuer"])
 
 # Reason codes only for decisions on tokens; operator-written reasons are free text.

@@ -3,14 +3,18 @@
 `active: true` only for a token whose signature is ours, that has not expired, whose grant
 is live in Redis, stamped with the current revocation epoch, and whose task is not complete.
 RFC 7662 §2.2: an inactive token reveals nothing else. If Redis cannot be read the caller
-gets an error (StoreUnavailable -> 503), never `active: true`."""
+gets an error (StoreUnavailable -> 503), never `active: true`.
+
+A completed task's token that is still being presented is audited, never counted against
+its identity: whoever holds a dead token, or a resource server it is shown to, is not the
+identity, and only the identity's own verified requests count toward its suspension."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from broker.domain.access import read_our_token
-from broker.domain.limits import note_denial
+from broker.domain.limits import count_occurrence
 from broker.domain.models import GrantState
 from broker.domain.ports import Services, StoreUnavailable
 from broker.errors import TemporarilyUnavailable
@@ -39,7 +43,35 @@ def is_live(state: GrantState, claims: dict[str, Any], now: float) -> bool:
     )
 
 
-def introspect(token: str, svc: Services) -> dict[str, Any]:
+def _audit_used_after_completion(
+    svc: Services, claims: dict[str, Any], context: dict[str, Any]
+) -> None:
+    """A sign of an agent acting on stale state. One stream entry per token per limits
+    window, so a dead token replayed in a loop cannot churn the bounded stream; every
+    occurrence is a log line carrying the count."""
+    seen = count_occurrence(svc, "introspected", claims["jti"])
+    event = {
+        "ts": svc.clock.now(),
+        "event": "token.introspected",
+        "outcome": "inactive",
+        "reason": "used_after_completion",
+        "identity": claims["sub"],
+        "task": claims["task_id"],
+        "jti": claims["jti"],
+        "seen": seen,
+        **context,
+    }
+    svc.audit.record(event, stored=seen > 1)
+
+
+def introspect(
+    token: str,
+    svc: Services,
+    *,
+    client_id: str | None = None,
+    request_id: str = "",
+    client_address: str = "",
+) -> dict[str, Any]:
     claims = read_our_token(token, svc)
     if claims is None:
         return dict(INACTIVE)
@@ -47,8 +79,12 @@ def introspect(token: str, svc: Services) -> dict[str, Any]:
     grant = state.grant
     if grant is None or not is_live(state, claims, svc.clock.now()):
         if state.task_completed:
-            # A token used after its task completed: a sign of an agent acting on stale state.
-            note_denial(svc, claims["sub"], "used_after_completion", {})
+            context = {
+                "client_id": client_id,
+                "request_id": request_id,
+                "client_address": client_address,
+            }
+            _audit_used_after_completion(svc, claims, context)
         return dict(INACTIVE)
     return {
         "active": True,

@@ -1,4 +1,4 @@
-"""Abuse limits on the token endpoint (issue 5): rates, a live-grant quota, and flagging of
+"""Abuse limits on the token endpoint: rates, a live-grant quota, and flagging of
 identities that keep being denied.
 
 - Per client address, before anything is parsed.
@@ -7,12 +7,18 @@ identities that keep being denied.
 - Per verified identity, after the token is verified and matched: never keyed by a claimed
   identity, so nobody can lock a victim out by sending garbage in its name (SECURITY.md §1).
 - A quota of live grants per identity, enforced inside the atomic grant write.
-- Denials of a verified identity (scope escalation, audiences it never had, tokens used after
-  their task completed) are counted; past a threshold the identity is flagged (audit event
-  and metric) and, if configured, suspended."""
+- Failed client and admin authentications per client address: past the limit the address
+  is refused (429) before any credential is compared, and at most one failure per address
+  per second reaches the audit stream (every failure is logged and counted).
+- Denials of a verified identity's own requests (scope escalation, audiences it never had, a
+  completed or foreign task) are counted; past a threshold the identity is flagged (audit
+  event and metric) and, if configured, suspended. Nothing anyone else can cause counts:
+  introspection of a token whose task completed is audited, never counted (whoever holds a
+  dead token could otherwise get its identity suspended)."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any
 
@@ -29,10 +35,15 @@ SUSPICIOUS_REASONS = frozenset(
         "scope_not_allowed",
         "task_completed",
         "task_foreign",
-        "used_after_completion",
         "quota_exceeded",
     }
 )
+
+
+# Failed client or admin authentications per client address per limits window (a fixed
+# number: nobody mistypes a secret ten times a minute; a guesser needs far more).
+AUTH_FAILURES_PER_ADDRESS = 10
+AUTH_AUDIT_GATE_SECONDS = 1  # at most one stream event per address per this many seconds
 
 
 def options(svc: Services) -> LimitOptions:
@@ -99,6 +110,19 @@ def identity_window(svc: Services) -> int:
     return opts.window_seconds if opts.per_identity > 0 else 0
 
 
+def count_occurrence(svc: Services, kind: str, value: str) -> int:
+    """How many times (kind, value) was seen in the current limits window, this time
+    included; 1 when nothing counts (no limiter, or Redis unavailable)."""
+    limiter = getattr(svc, "limits", None)
+    if limiter is None:
+        return 1
+    try:
+        count, _ = limiter.hit(kind, value, window_seconds=options(svc).window_seconds)
+    except StoreUnavailable:
+        return 1
+    return int(count)
+
+
 def note_denial(svc: Services, identity_id: str | None, reason: str, event: dict[str, Any]) -> None:
     """Count a suspicious denial of a verified identity; flag (and maybe suspend) it."""
     if not identity_id or reason not in SUSPICIOUS_REASONS:
@@ -140,3 +164,63 @@ def note_denial(svc: Services, identity_id: str | None, reason: str, event: dict
             )
         except Exception as err:  # the flag stands; an operator follows up
             log.error("auto-suspension of %s failed: %s", identity_id, type(err).__name__)
+
+
+def _auth_failures(svc: Services) -> Any:
+    extras = getattr(svc, "extras", None)
+    return extras.get("auth_failures") if isinstance(extras, dict) else None
+
+
+def _auth_event(
+    svc: Services, kind: str, reason: str, outcome: str, context: dict[str, Any]
+) -> dict[str, Any]:
+    return {
+        "ts": svc.clock.now(),
+        "event": "auth.failed",
+        "kind": kind,  # client | admin
+        "outcome": outcome,
+        "reason": reason,
+        **context,
+    }
+
+
+def check_auth_throttle(svc: Services, kind: str, context: dict[str, Any]) -> None:
+    """Before any credential is compared: refuse an address past its failure limit, even
+    with the right credential, or a guess that happens to be right would get through.
+    `context` holds client_address and request_id."""
+    store = _auth_failures(svc)
+    if store is None:
+        return
+    try:
+        failures, reset = store.failures(context.get("client_address") or "unknown")
+    except StoreUnavailable:
+        return  # a limiter outage is not a denial
+    if failures < AUTH_FAILURES_PER_ADDRESS:
+        return
+    refusal = TooManyRequests(
+        "too many failed authentications from this address; retry later",
+        retry_after=reset,
+        reason="auth_throttled",
+    )
+    event = _auth_event(svc, kind, refusal.reason, "throttled", {**context, "failures": failures})
+    svc.audit.record(event, stored=True)  # log only: a throttled flood must not churn the stream
+    raise refusal
+
+
+def note_auth_failure(svc: Services, kind: str, reason: str, context: dict[str, Any]) -> None:
+    """Count a failed authentication against the client address and audit it: a log line
+    each time, a stream entry at most once per address per AUTH_AUDIT_GATE_SECONDS. The
+    event carries the failures counted so far in the window."""
+    store = _auth_failures(svc)
+    failures: int | None = None
+    to_stream = True
+    # Redis unavailable: still audited; the throttle fails open like every limiter here.
+    if store is not None:
+        with contextlib.suppress(StoreUnavailable):
+            failures, _, to_stream = store.note_failure(
+                context.get("client_address") or "unknown",
+                window_seconds=options(svc).window_seconds,
+                gate_seconds=AUTH_AUDIT_GATE_SECONDS,
+            )
+    event = _auth_event(svc, kind, reason, "denied", {**context, "failures": failures})
+    svc.audit.record(event, stored=not to_stream)

@@ -20,9 +20,17 @@ def introspect_view() -> Response:
     svc = services()
     form = read_form(request)
     # RFC 7662 §2.1: introspection is for authenticated resource servers only.
-    authenticate_client(request, form, svc.config, required=True)
+    client = authenticate_client(request, form, svc.config, required=True)
     data = load(TOKEN_FORM, form)
-    return json_response(introspect(data["token"], svc))
+    return json_response(
+        introspect(
+            data["token"],
+            svc,
+            client_id=client.client_id if client else None,
+            request_id=request_id(),
+            client_address=client_address(),
+        )
+    )
 
 
 @bp.post("/revoke")

@@ -8,7 +8,9 @@ from typing import Any
 from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from broker.errors import BrokerError
+from broker.domain.limits import address_over_limit
+from broker.errors import BrokerError, InvalidRequest
+from broker.http.context import client_address, request_id, services
 
 log = logging.getLogger("errand.http")
 
@@ -32,23 +34,29 @@ def error_response(err: BrokerError) -> Response:
     )
 
 
-def _audit_oversized() -> None:
-    """A body over the limit is refused by Werkzeug before any view runs: audit it here."""
-    from broker.http.context import client_address, request_id, services
-
-    services().audit.record(
+def _oversized_token_request() -> Response | None:
+    """A body over the limit is refused by Werkzeug before any view runs. It is pre-exchange
+    garbage like a malformed form (http/token.py): it counts against the client address and
+    is audited; once the address is over its limit the answer is that 429, audited as a log
+    line only, so a flood of large bodies cannot churn the bounded audit stream."""
+    svc = services()
+    over = address_over_limit(svc, client_address())
+    refusal = over or InvalidRequest("The request body is too large.", reason="body_too_large")
+    svc.audit.record(
         {
-            "ts": services().clock.now(),
+            "ts": svc.clock.now(),
             "event": "token.request",
             "outcome": "denied",
-            "error": "invalid_request",
-            "reason": "body_too_large",
-            "description": "The request body is too large.",
+            "error": refusal.error,
+            "reason": refusal.reason,
+            "description": refusal.description,
             "request_id": request_id(),
             "client_address": client_address(),
             "token_sha256": None,
-        }
+        },
+        stored=over is not None,
     )
+    return error_response(over) if over is not None else None
 
 
 def register_error_handlers(app: Flask) -> None:
@@ -65,7 +73,9 @@ def register_error_handlers(app: Flask) -> None:
     def _http_error(err: HTTPException) -> Response:
         status = err.code or 400
         if request.path == "/token" and status == 413:
-            _audit_oversized()
+            limited = _oversized_token_request()
+            if limited is not None:
+                return limited
         code = {
             404: "not_found",
             405: "invalid_request",

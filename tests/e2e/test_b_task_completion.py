@@ -60,13 +60,15 @@ def test_completing_a_task_ends_every_token_of_it(stack, dev_issuer, http, peek)
     assert late.json()["error"] == "invalid_request"
     assert "complete" in late.json()["error_description"]
 
-    # The audit trail, oldest first: three issuances, the completion, three revocations by
-    # the worker, and the refused late exchange.
+    # The audit trail, oldest first: three issuances, the completion, each completed token
+    # introspected (audited once per token and window), three revocations by the worker, and
+    # the refused late exchange.
     audit = errand_cli(stack, "audit", task)
     assert audit.returncode == 0, audit.stderr
     lines = audit.stdout.strip().splitlines()
     assert sum("token.exchange" in line and "issued" in line for line in lines) == 3
     assert sum("task.completed" in line for line in lines) == 1
+    assert sum("token.introspected" in line for line in lines) == 3
     assert sum("grant.revoked" in line and "task_completed" in line for line in lines) == 3
     assert (
         sum(
@@ -75,7 +77,7 @@ def test_completing_a_task_ends_every_token_of_it(stack, dev_issuer, http, peek)
         )
         == 1
     )
-    assert lines[-1] == f"8 event(s) for task {task}"
+    assert lines[-1] == f"11 event(s) for task {task}"
     assert not any(t in audit.stdout for t in mine), "a token leaked into the audit trail"
     events = json.loads(errand_cli(stack, "audit", task, "--json").stdout)
     kinds = [(e["event"], e.get("outcome")) for e in events]
