@@ -3,7 +3,7 @@
 """Redis memory per live grant, written through the real store code path.
 
 Starts a private redis-server on a free port (never the one on 6379) and fills it with N live
-grants (default 100,000) by calling broker.store.redis.RedisGrantStore.save_grant, the same
+grants (default 100,000) by calling broker.store.grants.RedisGrants.save_grant, the same
 Lua script a real exchange runs, with realistic values: a 22-character jti, a task id per
 grant (or --grants-per-task), three identities with three owners, one audience, two scopes,
 the replay entry of a single-use subject token and the audit event the exchange writes.
@@ -45,11 +45,12 @@ if str(ROOT) not in sys.path:
 
 import redis  # noqa: E402
 
+from broker.dev.embedded_redis import RedisProcess  # noqa: E402
 from broker.domain.exchange import new_id  # noqa: E402
 from broker.domain.models import Grant  # noqa: E402
-from broker.embedded_redis import RedisProcess  # noqa: E402
 from broker.store import keys  # noqa: E402
-from broker.store.redis import RedisGrantStore, connect  # noqa: E402
+from broker.store.connection import connect  # noqa: E402
+from broker.store.grants import RedisGrants  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "scripts"))
 from bench_http import code_version  # noqa: E402
@@ -124,7 +125,7 @@ def _fill_part(
     grants_per_task: int,
 ) -> int:
     client = connect(url, timeout=10.0)
-    store = RedisGrantStore(client, audit_maxlen=audit_maxlen)
+    store = RedisGrants(client, audit_maxlen=audit_maxlen)
     # The revocation epoch to stamp, read as an exchange reads it (it may not start at 0).
     epoch = store.preflight(issuer_id=ISSUER_ID, jti=None, task_id=tasks[0]).epoch
     done = 0
@@ -147,7 +148,7 @@ def fill(
     grants_per_task: int,
     procs: int,
 ) -> float:
-    """Write n grants through RedisGrantStore.save_grant (one Lua call each) from `procs`
+    """Write n grants through RedisGrants.save_grant (one Lua call each) from `procs`
     processes, each with its own store and connection; returns the seconds it took."""
     now = int(time.time())
     tasks = [new_id("task_") for _ in range((n + grants_per_task - 1) // grants_per_task)]

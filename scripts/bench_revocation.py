@@ -20,15 +20,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from broker.domain.incident import revoke_all  # noqa: E402
+from broker.dev.embedded_redis import RedisProcess  # noqa: E402
+from broker.domain.bulk_revocation import revoke_all  # noqa: E402
 from broker.domain.introspection import introspect  # noqa: E402
 from broker.domain.models import Grant  # noqa: E402
-from broker.embedded_redis import RedisProcess  # noqa: E402
 from broker.services import build_services  # noqa: E402
 from broker.settings import Settings  # noqa: E402
 from broker.store import keys  # noqa: E402
 from broker.tokens.keyring import generate_key  # noqa: E402
 from broker.tokens.mint import mint_access_token  # noqa: E402
+from scripts._bulk import BulkGrantWriter  # noqa: E402
 
 CONFIG = """
 broker:
@@ -72,7 +73,8 @@ def fill(svc, n: int, sample: int) -> list[str]:
         )
         for i in range(n)
     ]
-    svc.store.save_many(grants, now=now)
+    writer = BulkGrantWriter(svc.redis, audit_maxlen=svc.config.broker.audit_stream_maxlen)
+    writer.save_many(grants, now=now)
     return [mint_access_token(g, svc.keyring, svc.config.broker.issuer) for g in grants[:sample]]
 
 
@@ -101,7 +103,7 @@ def run(n: int, workers: int, sample: int) -> dict[str, float]:
         t0 = time.perf_counter()
         tokens = fill(svc, n, sample)
         fill_s = time.perf_counter() - t0
-        used = int(svc.extras["redis"].info("memory")["used_memory"])
+        used = int(svc.redis.info("memory")["used_memory"])
         assert all(introspect(t, svc)["active"] for t in tokens)
         procs = [
             subprocess.Popen(
@@ -126,7 +128,7 @@ def run(n: int, workers: int, sample: int) -> dict[str, float]:
         effect_ms = (time.perf_counter() - t_cut) * 1000
         assert first_inactive
 
-        r = svc.extras["redis"]
+        r = svc.redis
         deadline = time.time() + 600
         while time.time() < deadline:
             progress = r.hgetall(keys.fanout_progress(result.epoch))

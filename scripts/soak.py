@@ -58,8 +58,8 @@ import jwt  # noqa: E402
 import redis  # noqa: E402
 import requests  # noqa: E402
 
-from broker.devissuer import DevIssuer, github_claims, load_or_create_key  # noqa: E402
-from broker.embedded_redis import RedisProcess  # noqa: E402
+from broker.dev.embedded_redis import RedisProcess  # noqa: E402
+from broker.dev.issuer import DevIssuer, github_claims, load_or_create_key  # noqa: E402
 from broker.store import keys  # noqa: E402
 from tests.e2e.stack import AUDIENCE, CLIENT_ID, exchange_form  # noqa: E402
 from tests.security.support import TunedStack  # noqa: E402

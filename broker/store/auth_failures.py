@@ -10,10 +10,9 @@ from __future__ import annotations
 import hashlib
 
 import redis
-from redis.exceptions import RedisError
 
-from broker.domain.ports import StoreUnavailable
 from broker.store import keys
+from broker.store.connection import store_errors
 
 # Key prefixes (each key expires with its window).
 AUTH_FAILURES = keys.PREFIX + "rl:authfail:"  # + address hash: failures in the window
@@ -44,13 +43,11 @@ class RedisAuthFailures:
     def failures(self, address: str) -> tuple[int, int]:
         """(failures in the current window, seconds until it resets); nothing is written."""
         key = AUTH_FAILURES + _address_hash(address)
-        try:
+        with store_errors():
             pipe = self._r.pipeline(transaction=False)
             pipe.get(key)
             pipe.ttl(key)
             count, ttl = pipe.execute()
-        except RedisError as err:
-            raise StoreUnavailable(f"{type(err).__name__}: {err}") from err
         return int(count or 0), max(int(ttl), 1)
 
     def note_failure(
@@ -59,11 +56,9 @@ class RedisAuthFailures:
         """Count one failure; returns (failures in the window, seconds until it resets,
         whether this failure is the first of its gate period and so goes to the stream)."""
         digest = _address_hash(address)
-        try:
+        with store_errors():
             failures, ttl, first = self._note(
                 keys=[AUTH_FAILURES + digest, AUTH_AUDIT_GATE + digest],
                 args=[window_seconds, gate_seconds],
             )
-        except RedisError as err:
-            raise StoreUnavailable(f"{type(err).__name__}: {err}") from err
         return int(failures), max(int(ttl), 1), bool(first)

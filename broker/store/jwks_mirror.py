@@ -20,6 +20,7 @@ import redis
 
 from broker.identity.jwks import FetchState
 from broker.store import keys
+from broker.store.connection import store_errors
 
 FETCHING = "fetching"
 FAILED = "failed"
@@ -36,12 +37,14 @@ class JwksMirror:
     def __init__(self, client: redis.Redis) -> None:
         self._r = client
 
+    @store_errors()
     def load(self, issuer_id: str) -> tuple[str, float] | None:
         doc, at = (_text(v) for v in self._r.hmget(keys.jwks(issuer_id), "doc", "at"))
         if not doc or not at:
             return None
         return doc, float(at)
 
+    @store_errors()
     def store(self, issuer_id: str, jwks_json: str, fetched_at: float, ttl_seconds: int) -> None:
         pipe = self._r.pipeline(transaction=True)
         pipe.hset(keys.jwks(issuer_id), mapping={"doc": jwks_json, "at": repr(fetched_at)})
@@ -50,20 +53,24 @@ class JwksMirror:
         pipe.set(keys.jwks_lock(issuer_id), DONE, xx=True, keepttl=True)
         pipe.execute()
 
+    @store_errors()
     def try_lock_refresh(self, issuer_id: str, cooldown_seconds: int) -> bool:
         """Take the refresh lock and mark the fetch in flight, in one command."""
         lock = keys.jwks_lock(issuer_id)
         return bool(self._r.set(lock, FETCHING, nx=True, ex=cooldown_seconds))
 
+    @store_errors()
     def mark_in_flight(self, issuer_id: str, cooldown_seconds: int) -> None:
         """A fetch that may skip the lock (after a reload changed the key source) still
         tells the others it is under way, and restarts the cooldown."""
         self._r.set(keys.jwks_lock(issuer_id), FETCHING, ex=cooldown_seconds)
 
+    @store_errors()
     def record_failure(self, issuer_id: str, cooldown_seconds: int) -> None:
         """Every worker fails fast on a cold cache until the cooldown ends."""
         self._r.set(keys.jwks_lock(issuer_id), FAILED, ex=cooldown_seconds)
 
+    @store_errors()
     def fetch_state(
         self, issuer_id: str, cooldown_seconds: int, fetch_deadline_seconds: float
     ) -> FetchState:
@@ -80,6 +87,7 @@ class JwksMirror:
                 return "in_flight"
         return "idle"
 
+    @store_errors()
     def forget(self, issuer_id: str) -> None:
         """Drop the mirrored keys and the fetch state of a key source a reload replaced."""
         self._r.delete(keys.jwks(issuer_id), keys.jwks_lock(issuer_id))

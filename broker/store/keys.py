@@ -36,8 +36,11 @@ def fanout_progress(epoch: int) -> str:
     return f"{PREFIX}fanout:{epoch}"
 
 
-# Scripts that reach a grant from an index member get this prefix as an argument.
+# Lua scripts reach a grant's hash and index keys from the grant's own fields; they get
+# these three prefixes filled in at load time (store/lua_scripts.py).
 GRANT_PREFIX = PREFIX + "grant:"
+TASK_INDEX_PREFIX = PREFIX + "task:"  # zset jti -> exp: a task's grants
+IDENTITY_INDEX_PREFIX = PREFIX + "ident:"  # zset jti -> exp: an identity's grants
 
 
 def grant(jti: str) -> str:
@@ -45,7 +48,7 @@ def grant(jti: str) -> str:
 
 
 def task_index(task_id: str) -> str:
-    return f"{PREFIX}task:{task_id}"
+    return TASK_INDEX_PREFIX + task_id
 
 
 def task_tombstone(task_id: str) -> str:
@@ -59,7 +62,7 @@ def task_owner(task_id: str) -> str:
 
 
 def identity_index(identity_id: str) -> str:
-    return f"{PREFIX}ident:{identity_id}"
+    return IDENTITY_INDEX_PREFIX + identity_id
 
 
 def replay(issuer_id: str, jti: str) -> str:

@@ -8,41 +8,26 @@ by verified identity (after the signature)."""
 from __future__ import annotations
 
 import redis
-from redis.exceptions import RedisError
 
-from broker.domain.ports import StoreUnavailable
-from broker.store import keys
-
-# KEYS: counters. ARGV: window seconds. Returns {count1, ttl1, count2, ttl2, ...}: one fixed
-# window per counter (SET NX EX starts it, INCR keeps its TTL), in one round trip.
-_HIT_MANY = """
-local out = {}
-for i, key in ipairs(KEYS) do
-  redis.call('SET', key, 0, 'EX', ARGV[1], 'NX')
-  out[#out + 1] = redis.call('INCR', key)
-  out[#out + 1] = redis.call('TTL', key)
-end
-return out
-"""
+from broker.store import keys, lua_scripts
+from broker.store.connection import store_errors
 
 
 class RedisLimits:
     def __init__(self, client: redis.Redis) -> None:
         self._r = client
-        self._hit_many = client.register_script(_HIT_MANY)
+        self._hit_many = client.register_script(lua_scripts.HIT_MANY)
 
+    @store_errors()
     def hit_many(
         self, counters: list[tuple[str, str]], *, window_seconds: int
     ) -> list[tuple[int, int]]:
-        """Count one event on each (kind, value) counter in one round trip; returns, per
-        counter, (events in the current window, seconds until it resets)."""
-        try:
-            results = self._hit_many(
-                keys=[keys.rate_counter(kind, value) for kind, value in counters],
-                args=[window_seconds],
-            )
-        except RedisError as err:
-            raise StoreUnavailable(f"{type(err).__name__}: {err}") from err
+        """Count one event on each (kind, value) counter in one round trip (lua/hit_many.lua);
+        returns, per counter, (events in the current window, seconds until it resets)."""
+        results = self._hit_many(
+            keys=[keys.rate_counter(kind, value) for kind, value in counters],
+            args=[window_seconds],
+        )
         return [(int(results[i]), max(int(results[i + 1]), 1)) for i in range(0, len(results), 2)]
 
     def hit(self, kind: str, value: str, *, window_seconds: int) -> tuple[int, int]:

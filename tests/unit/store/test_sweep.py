@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from broker.store import keys
-from tests.unit.helpers import stream_events, token_parts
+from tests.support.jws import token_parts
+from tests.support.redis import stream_events
 
 INDEXES = (
     keys.task_index("sweep-task"),
@@ -24,7 +25,7 @@ def expiry_jtis(r) -> set[str]:
 
 
 def test_sweep_removes_expired_entries_from_every_index(issued, svc, clock) -> None:
-    r = svc.extras["redis"]
+    r = svc.redis
     short = jti_of(issued(task_id="sweep-task", requested_lifetime="60"))
     long = jti_of(issued(task_id="sweep-task", requested_lifetime="600"))
     for index in INDEXES:
@@ -66,7 +67,7 @@ def test_sweep_with_the_clock_before_expiry_removes_nothing(issued, svc, clock) 
     body = issued(task_id="sweep-task")
     exp = token_parts(body["access_token"])[1]["exp"]
     assert svc.store.sweep_expired(now=exp - 1, batch=100) == 0
-    assert expiry_jtis(svc.extras["redis"]) == {jti_of(body)}
+    assert expiry_jtis(svc.redis) == {jti_of(body)}
 
 
 def test_expired_grants_are_not_listed(issued, svc, clock) -> None:

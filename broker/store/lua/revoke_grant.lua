@@ -1,0 +1,21 @@
+-- revoke_grant: revoke one grant, record it in the audit stream and publish it on the
+-- revocation feed (store/grants.py RedisGrants.revoke_grant).
+--
+-- KEYS[1] grant hash, KEYS[2] expiry index, KEYS[3] audit stream, KEYS[4] revocation feed.
+-- ARGV[1] jti, ARGV[2] audit stream maxlen, ARGV[3] audit event JSON (the task and identity
+-- are added here, from the grant).
+-- Returns {task, identity}, or 0 when the grant was not live.
+--
+-- The task and identity index keys come from the grant's own fields.
+-- Redis does not roll a script back: the one check (is the grant live?) comes before the
+-- first write, and that write deletes the grant, so should a later command fail the token
+-- is already dead.
+local g = redis.call('HMGET', KEYS[1], 't', 'i', 'e')
+if not g[1] then return 0 end
+drop_grant(KEYS[2], ARGV[1], g[1], g[2])
+local ev = cjson.decode(ARGV[3])
+ev['task'] = g[1]
+ev['identity'] = g[2]
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[2], '*', 'e', cjson.encode(ev))
+redis.call('XADD', KEYS[4], '*', 'k', 'jti', 'v', ARGV[1], 'n', g[3], 'x', g[3])
+return {g[1], g[2]}

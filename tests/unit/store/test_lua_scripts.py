@@ -1,0 +1,111 @@
+"""The Lua scripts of broker/store/lua/: shipped with the package, prefixes from keys.py,
+the shared prelude in front of each, and called by SHA with a reload after NOSCRIPT."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from importlib.resources import files
+from pathlib import Path
+
+import fakeredis
+import pytest
+
+from broker.store import keys, lua_scripts
+from broker.store.grants import RedisGrants
+
+ROOT = Path(__file__).resolve().parents[3]
+SCRIPTS = {
+    "save_grant": lua_scripts.SAVE_GRANT,
+    "preflight": lua_scripts.PREFLIGHT,
+    "ensure_epoch": lua_scripts.ENSURE_EPOCH,
+    "revoke_grant": lua_scripts.REVOKE_GRANT,
+    "complete_task": lua_scripts.COMPLETE_TASK,
+    "sweep": lua_scripts.SWEEP,
+    "revoke_all": lua_scripts.REVOKE_ALL,
+    "revoke_many": lua_scripts.REVOKE_MANY,
+    "fanout_batch": lua_scripts.FANOUT_BATCH,
+    "hit_many": lua_scripts.HIT_MANY,
+}
+
+
+def shipped() -> dict[str, str]:
+    """Every .lua file of the installed package, by name, as shipped."""
+    folder = files("broker.store") / "lua"
+    return {
+        f.name.removesuffix(".lua"): f.read_text(encoding="utf-8")
+        for f in folder.iterdir()
+        if f.name.endswith(".lua")
+    }
+
+
+def test_the_installed_package_finds_every_script() -> None:
+    assert set(shipped()) == {*SCRIPTS, "prelude"}
+
+
+def test_no_lua_text_spells_a_key_prefix() -> None:
+    for name, text in shipped().items():
+        assert keys.PREFIX not in text, name
+
+
+def test_every_script_runs_with_the_prelude_and_its_prefixes_filled_in() -> None:
+    prelude = lua_scripts.render(lua_scripts.read("prelude"))
+    for name, text in SCRIPTS.items():
+        assert text.startswith(prelude), name
+        assert "{{" not in text and "}}" not in text, name
+    assert f"local GRANT = '{keys.GRANT_PREFIX}'" in prelude
+    assert f"local TASK = '{keys.TASK_INDEX_PREFIX}'" in prelude
+    assert f"local IDENT = '{keys.IDENTITY_INDEX_PREFIX}'" in prelude
+
+
+def test_every_script_names_its_keys_and_arguments() -> None:
+    for name, text in shipped().items():
+        if name != "prelude":
+            assert "KEYS" in text and "ARGV" in text, name
+            assert "Redis does not roll a script back" in text, name  # and why that is safe
+
+
+def test_only_the_prelude_deletes_a_grant() -> None:
+    """Dropping a grant and its index entries is written once, in the prelude."""
+    for name, text in shipped().items():
+        if name != "prelude":
+            assert "'DEL'" not in text, name
+            assert "local function" not in text, name
+    assert len(re.findall(r"local function drop_grant\b", shipped()["prelude"])) == 1
+
+
+def test_an_unknown_or_unfilled_placeholder_is_refused() -> None:
+    with pytest.raises(ValueError, match="unknown placeholder"):
+        lua_scripts.render("redis.call('GET', '{{OWNER}}' .. x)")
+    with pytest.raises(ValueError, match="unfilled"):
+        lua_scripts.render("redis.call('GET', '{{ GRANT }}' .. x)")
+
+
+def test_a_script_is_loaded_again_after_redis_forgot_it(clock) -> None:
+    r = fakeredis.FakeStrictRedis(server=fakeredis.FakeServer(), decode_responses=True)
+    grants = RedisGrants(r, audit_maxlen=100)
+    epoch = grants.ensure_epoch()
+    r.script_flush()  # as after a restart: EVALSHA answers NOSCRIPT
+    assert grants.ensure_epoch() == epoch
+
+
+def test_the_package_data_ships_the_scripts(tmp_path: Path) -> None:
+    """What `pip install .` copies: build_py with the project's own configuration."""
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, tmp_path / name)
+    shutil.copytree(
+        ROOT / "broker", tmp_path / "broker", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    out = tmp_path / "out"
+    setup = "from setuptools import setup; setup()"
+    subprocess.run(
+        [sys.executable, "-c", setup, "-q", "build_py", "--build-lib", str(out)],
+        cwd=tmp_path,
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    built = {p.stem for p in (out / "broker" / "store" / "lua").glob("*.lua")}
+    assert built == {*SCRIPTS, "prelude"}
