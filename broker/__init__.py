@@ -1,5 +1,4 @@
-"""Errand: just-in-time, task-scoped credentials for non-human identities."""
+"""Errand: just-in-time, task-scoped credentials for non-human identities.
 
-from broker.app import create_app
-
-__all__ = ["create_app"]
+The package imports nothing itself, so `import broker.domain.models` loads no web framework:
+the application factory is `broker.app.create_app`."""

@@ -1,13 +1,18 @@
-"""`python -m workers`: an RQ worker (with the scheduler) plus the periodic sweep trigger."""
+"""`python -m workers`: an RQ worker (with the scheduler) plus the periodic sweep trigger.
+
+`errand worker` replaces its own process with this one (broker/cli/processes.py): broker/
+never imports workers/."""
 
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 
 from rq import Worker
 
+from broker.errors import BrokerError
 from broker.jobs import QUEUE_NAME
 from broker.settings import load_settings
 from broker.store import keys
@@ -19,11 +24,11 @@ log = logging.getLogger("errand.worker")
 def _sweep_trigger(interval: float, stop: threading.Event) -> None:
     """Enqueue the sweep every interval; a Redis lock keeps it to one per interval fleet-wide."""
     svc = services()
-    redis = svc.extras["redis"]
+    redis = svc.redis
     while not stop.wait(interval):
         try:
             if redis.set(keys.SWEEP_LOCK, "1", nx=True, px=max(int(interval * 1000) - 50, 100)):
-                svc.jobs.schedule_sweep()  # type: ignore[attr-defined]
+                svc.jobs.schedule_sweep()
         except Exception as err:  # Redis down: try again next interval
             log.warning("could not enqueue sweep: %s", type(err).__name__)
 
@@ -36,7 +41,7 @@ def main() -> None:
     threading.Thread(
         target=_sweep_trigger, args=(settings.sweep_interval_seconds, stop), daemon=True
     ).start()
-    worker = Worker([QUEUE_NAME], connection=svc.extras["rq_redis"])
+    worker = Worker([QUEUE_NAME], connection=svc.rq_redis)
     try:
         while True:
             try:
@@ -50,4 +55,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except BrokerError as err:  # bad settings or configuration: one line, as `errand` says it
+        sys.exit(f"errand: {err.description}")

@@ -38,7 +38,7 @@ from broker.identity.jwks_fetch import (
     JwksFetcher,
     read_jwks_file,
 )
-from broker.tokens.algorithms import ASYMMETRIC_ALGORITHMS, CURVE_ALGORITHMS
+from errand_jose import ASYMMETRIC_ALGORITHMS, CURVE_ALGORITHMS, PRIVATE_JWK_MEMBERS
 
 __all__ = ["MAX_JWKS_BYTES", "HttpJwksFetcher", "JwksCache", "JwksFetcher", "parse_jwks"]
 
@@ -129,7 +129,7 @@ def parse_jwks(doc: dict[str, Any], issuer: TrustedIssuer) -> dict[str, Verifica
                 alg = rsa_algs[0] if len(rsa_algs) == 1 else "RS256"
         if alg not in ASYMMETRIC_ALGORITHMS or alg not in issuer.algorithms:
             continue
-        public = {k: v for k, v in jwk.items() if k not in ("d", "p", "q", "dp", "dq", "qi")}
+        public = {k: v for k, v in jwk.items() if k not in PRIVATE_JWK_MEMBERS}
         try:
             key = jwt.PyJWK(public, algorithm=alg).key
         except (jwt.PyJWTError, ValueError, TypeError, KeyError):

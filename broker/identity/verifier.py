@@ -21,10 +21,9 @@ from typing import Any
 from broker.domain.models import Config, TrustedIssuer, VerifiedSubject
 from broker.identity.errors import BadSignature, ClaimInvalid, MalformedToken, UnknownIssuer
 from broker.identity.issuer_options import options_of
-from broker.identity.jose import JoseError, read_compact_jws, verify_signature
 from broker.identity.jwks import JwksCache
 from broker.identity.profiles import parse_spiffe_id, profile_for
-from broker.tokens.algorithms import ASYMMETRIC_ALGORITHMS
+from errand_jose import ASYMMETRIC_ALGORITHMS, JoseError, read_compact_jws, verify_signature
 
 MAX_KID_CHARS = 256
 MAX_JTI_CHARS = 256

@@ -7,6 +7,8 @@ a file name."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -63,9 +65,6 @@ def _alg_for(key: PrivateKey) -> str:
 
 def thumbprint(jwk: dict[str, Any]) -> str:
     """RFC 7638 JWK thumbprint (SHA-256, base64url) of a public JWK."""
-    import base64
-    import hashlib
-
     required = {
         "EC": ("crv", "kty", "x", "y"),
         "RSA": ("e", "kty", "n"),

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from broker.identity.jose import JoseError, read_compact_jws, verify_signature
 from broker.tokens.keyring import KeyRing
 from broker.tokens.mint import ACCESS_TOKEN_TYP
+from errand_jose import JoseError, read_compact_jws, verify_signature
 
 MAX_ACCESS_TOKEN_BYTES = 16384  # mint.py refuses to mint anything larger
 

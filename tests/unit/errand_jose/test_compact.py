@@ -1,12 +1,12 @@
-"""broker/identity/jose.py: size and shape before any decoding; strict JSON objects only."""
+"""errand_jose/compact.py: size and shape before any decoding; strict JSON objects only."""
 
 from __future__ import annotations
 
 import pytest
 
-from broker.identity import jose
-from broker.identity.jose import MAX_HEADER_BYTES, JoseError, read_compact_jws, strict_json_object
-from tests.unit.helpers import b64url, segment
+from errand_jose import compact as jose
+from errand_jose.compact import MAX_HEADER_BYTES, JoseError, read_compact_jws, strict_json_object
+from tests.support.jws import b64url, segment
 
 HEADER = {"alg": "ES256", "typ": "JWT"}
 PAYLOAD = {"iss": "https://issuer.example", "sub": "x"}
@@ -25,7 +25,7 @@ def test_well_formed_token_is_read() -> None:
 
 def test_size_limit_applies_before_any_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[str] = []
-    monkeypatch.setattr(jose, "_b64decode", lambda s: calls.append(s) or b"{}")
+    monkeypatch.setattr(jose, "b64url_decode", lambda s: calls.append(s) or b"{}")
     monkeypatch.setattr(jose, "strict_json_object", lambda raw: calls.append("json") or {})
     token = jws(payload={"pad": "x" * 10_000})
     with pytest.raises(JoseError, match="too large"):
@@ -45,7 +45,7 @@ def test_token_exactly_at_the_limit_is_accepted() -> None:
 
 def test_oversized_header_is_refused_before_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[str] = []
-    monkeypatch.setattr(jose, "_b64decode", lambda s: calls.append(s) or b"{}")
+    monkeypatch.setattr(jose, "b64url_decode", lambda s: calls.append(s) or b"{}")
     header = {"alg": "ES256", "pad": "h" * (MAX_HEADER_BYTES + 10)}
     with pytest.raises(JoseError, match="header too large"):
         read_compact_jws(jws(header=header), max_bytes=65536)

@@ -1,24 +1,18 @@
-"""`errand review` and `errand identity suspend|unsuspend|offboard|reload`.
-
-Like the other operator commands they talk to the admin API over HTTP with the admin
-credential. broker/cli.py calls register(sub, admin) from build_parser()."""
+"""`errand review` and `errand identity suspend|unsuspend|offboard|reload`: the identity
+inventory, through the admin API like the other operator commands."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-from collections.abc import Callable
 from typing import Any
+
+from broker.cli.admin import add_admin_arguments, admin_request, operator_headers
 
 
 def _request(args: argparse.Namespace, method: str, path: str, **kw: Any) -> Any:
-    from broker.cli import _admin_request
-
-    name = getattr(args, "operator", None) or os.environ.get("USER", "")
-    headers = {"X-Errand-Operator": name} if name else {}
-    return _admin_request(args, method, path, extra_headers=headers, **kw)
+    return admin_request(args, method, path, extra_headers=operator_headers(args), **kw)
 
 
 def _table(rows: list[list[str]], header: list[str]) -> str:
@@ -137,10 +131,10 @@ def cmd_reload(args: argparse.Namespace) -> int:
     return 0 if body.get("ok") else 1
 
 
-def register(sub: Any, admin: Callable[[argparse.ArgumentParser], None]) -> None:
+def register(sub: Any) -> None:
     """Add `review` and `identity ...` to errand's subcommands."""
     s = sub.add_parser("review", help="access review of the identity inventory")
-    admin(s)
+    add_admin_arguments(s)
     s.add_argument("--dormant-days", type=int, default=90, help="flag identities idle this long")
     s.add_argument(
         "--expiring-days", type=int, default=30, help="flag expiry within this many days"
@@ -156,7 +150,7 @@ def register(sub: Any, admin: Callable[[argparse.ArgumentParser], None]) -> None
         ("offboard", "suspend for good and remove from the inventory (cannot be undone)"),
     ):
         c = isub.add_parser(name, help=text)
-        admin(c)
+        add_admin_arguments(c)
         c.add_argument("identity")
         c.add_argument("--reason", default="")
         c.add_argument("--operator", help="who is asking (recorded); defaults to $USER")
@@ -164,24 +158,5 @@ def register(sub: Any, admin: Callable[[argparse.ArgumentParser], None]) -> None
             c.add_argument("--yes", action="store_true", help="confirm: offboarding is permanent")
         c.set_defaults(fn=cmd_identity)
     c = isub.add_parser("reload", help="re-read the configuration file now (one web process)")
-    admin(c)
+    add_admin_arguments(c)
     c.set_defaults(fn=cmd_reload)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m broker.inventory_cli review …`: the same commands without broker/cli.py."""
-    parser = argparse.ArgumentParser(prog="errand")
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    def admin(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--url", default=os.environ.get("ERRAND_URL", "http://127.0.0.1:8080"))
-        sp.add_argument("--admin-token-file", default=None)
-        sp.add_argument("--json", action="store_true")
-
-    register(sub, admin)
-    args = parser.parse_args(argv)
-    return int(args.fn(args))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -16,12 +16,13 @@ import time
 from pathlib import Path
 
 import redis
+import requests
 
-from broker.devissuer import DevIssuer, load_or_create_key
-from broker.embedded_redis import RedisProcess
+from broker.dev.embedded_redis import RedisProcess
+from broker.dev.issuer import DevIssuer, load_or_create_key
 from broker.tokens.keyring import generate_key
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _secret_file(path: Path, nbytes: int = 32) -> Path:
@@ -34,8 +35,6 @@ def _secret_file(path: Path, nbytes: int = 32) -> Path:
 
 
 def _wait_http(url: str, timeout: float = 20.0) -> bool:
-    import requests
-
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
