@@ -3,7 +3,12 @@
 #   docker run ... errand errand worker    -> the RQ worker
 # Configuration, Redis URL, signing keys and the admin credential come from the environment
 # and mounted secrets at run time (see config/broker.env.example); nothing secret is baked in.
-FROM python:3.11-slim
+#
+# The base image is pinned to an exact tag (the Python the constraints were tested with), and
+# every Python package to an exact version from constraints.txt. Bump both on purpose.
+# Pin a digest too (python:3.11.7-slim-bookworm@sha256:...) where the registry is reachable
+# when this file is edited: the digest also fixes the Debian packages under the tag.
+FROM python:3.11.7-slim-bookworm
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -11,14 +16,16 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
 WORKDIR /app
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md constraints.txt ./
 COPY broker ./broker
+COPY errand_jose ./errand_jose
+COPY errand_rs ./errand_rs
 COPY workers ./workers
 COPY errand_client ./errand_client
 COPY config ./config
 # Installed in place (-e): `errand serve` loads config/gunicorn.conf.py from the source tree
 # next to the `broker` package, so the package must not be copied into site-packages.
-RUN pip install -e . \
+RUN pip install -c constraints.txt -e . \
  && useradd --create-home --uid 10001 --user-group errand
 
 # Listen on all interfaces inside the container; terminate TLS in front of it.

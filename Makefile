@@ -4,14 +4,22 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run test lint bench venv clean
+.PHONY: run test test-fast lint typecheck bench venv clean
 
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+# Exact versions from constraints.txt (what the images ship); pyproject.toml keeps ranges.
+$(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
 	touch $@
+
+## Re-pin constraints.txt to what .venv has (after upgrading a dependency there and testing).
+.PHONY: constraints
+constraints: venv
+	{ sed -n '/^#/!q;p' constraints.txt; \
+	  $(BIN)/pip freeze --exclude-editable --disable-pip-version-check; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
 
 ## Start Redis (embedded unless REDIS_URL is set), the broker on 127.0.0.1:8080 and an RQ worker.
 run: venv
@@ -21,9 +29,19 @@ run: venv
 test: venv
 	bash scripts/test.sh
 
+## The fast loop while editing: unit and property tests not marked slow (no processes, no
+## real Redis), under 30 s. `make test` stays the full suite and what CI runs.
+test-fast: venv
+	$(BIN)/python -m pytest tests/unit tests/property -m "not slow" -q -p no:schemathesis
+
+## Lint and formatting (ruff), then the type checks.
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+
+## mypy over the product code (strict on domain/, identity/, policy/ and tokens/: see pyproject).
+typecheck: venv
+	$(BIN)/mypy broker workers errand_rs errand_client
 
 bench: venv
 	bash scripts/bench.sh

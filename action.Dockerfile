@@ -2,14 +2,17 @@
 # GitHub builds a local Dockerfile with the directory that holds it as the build context;
 # this file sits at the repository root so the image copies errand_client/ itself (no
 # vendored copy to drift). The action needs `requests` and nothing else.
-FROM python:3.12-slim
+# Base image and packages are pinned exactly (constraints.txt, shared with the broker image):
+# bump them on purpose, never by rebuilding.
+FROM python:3.12.8-slim-bookworm
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
-RUN pip install "requests>=2.31,<3"
+COPY constraints.txt /opt/errand/constraints.txt
+RUN pip install -c /opt/errand/constraints.txt requests
 
 COPY errand_client/ /opt/errand/errand_client/
 COPY action/main.py action/post.py /opt/errand/action/

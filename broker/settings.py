@@ -1,4 +1,4 @@
-"""Process settings from the environment: the only module that reads os.environ.
+"""Process settings from the environment: every ERRAND_* setting the web and worker processes use.
 
 Everything about *what* Errand trusts (issuers, identities, clients) lives in the YAML file
 named by ERRAND_CONFIG (see broker/config.py); this module holds only where things are."""
@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
 
 from broker.errors import BrokerError
@@ -34,12 +35,63 @@ class Settings:
     kek_file: Path | None = None
     key_rotation_days: float = 30.0  # ERRAND_KEY_ROTATION_DAYS: scheduled rotation (0: off)
     key_publish_lead_seconds: int = 120  # ERRAND_KEY_PUBLISH_LEAD_SECONDS: JWKS before signing
+    # ERRAND_TRUSTED_PROXIES: comma-separated networks of the proxies in front. Only a peer in
+    # them may say, in one forwarding header, who the client is. Empty: the TCP peer counts.
+    trusted_proxies: tuple[IPv4Network | IPv6Network, ...] = ()
+    # ERRAND_TRUSTED_PROXY_HOPS: or exactly this many proxies in front, whatever their
+    # addresses (only when nothing else can reach the broker). 0: off.
+    trusted_proxy_hops: int = 0
+    # ERRAND_TRUSTED_PROXY_HEADER: the one header those proxies write: x-forwarded-for or
+    # forwarded (RFC 7239). The other is the caller's own and never read.
+    trusted_proxy_header: str = "x-forwarded-for"
     # Values for ${NAME} / ${NAME:-default} references in the YAML configuration.
     config_vars: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def is_development(self) -> bool:
         return self.environment == "development"
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """What config/gunicorn.conf.py and the worker class need: read in the gunicorn master
+    at start-up, without the broker's own settings."""
+
+    bind: str = "127.0.0.1:8080"  # ERRAND_BIND
+    web_workers: int = 3  # ERRAND_WEB_WORKERS: processes
+    web_threads: int = 4  # ERRAND_WEB_THREADS: request threads per process
+    # ERRAND_REQUEST_READ_TIMEOUT_SECONDS: a request (headers and body) must arrive whole
+    # within this, from the connection's accept, or the connection is closed. Waiting costs
+    # no thread: slow clients cannot hold the workers.
+    request_read_timeout_seconds: float = 10.0
+    # ERRAND_KEEPALIVE_SECONDS: an idle kept-alive connection is closed after this (0: none)
+    keepalive_seconds: int = 5
+    access_log: bool = True  # ERRAND_ACCESS_LOG: "1" on, anything else off
+
+
+def load_server_settings(environ: Mapping[str, str] | None = None) -> ServerSettings:
+    env = os.environ if environ is None else environ
+    try:
+        server = ServerSettings(
+            bind=env.get("ERRAND_BIND", "127.0.0.1:8080"),
+            web_workers=int(env.get("ERRAND_WEB_WORKERS", "3")),
+            web_threads=int(env.get("ERRAND_WEB_THREADS", "4")),
+            request_read_timeout_seconds=float(
+                env.get("ERRAND_REQUEST_READ_TIMEOUT_SECONDS", "10")
+            ),
+            keepalive_seconds=int(env.get("ERRAND_KEEPALIVE_SECONDS", "5")),
+            access_log=env.get("ERRAND_ACCESS_LOG", "1") == "1",
+        )
+    except ValueError as err:
+        raise SettingsError(f"bad numeric environment setting: {err}") from err
+    if server.web_workers < 1 or not 1 <= server.web_threads <= 64:
+        raise SettingsError("ERRAND_WEB_WORKERS must be >= 1 and ERRAND_WEB_THREADS 1 to 64")
+    # A read timeout of 0 or NaN would close every connection, or none.
+    if not 0 < server.request_read_timeout_seconds <= 300:
+        raise SettingsError("ERRAND_REQUEST_READ_TIMEOUT_SECONDS must be in (0, 300]")
+    if not 0 <= server.keepalive_seconds <= 300:
+        raise SettingsError("ERRAND_KEEPALIVE_SECONDS must be in [0, 300]")
+    return server
 
 
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
@@ -65,6 +117,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     if missing:
         raise SettingsError("missing environment settings: " + ", ".join(missing))
     admin = env.get("ERRAND_ADMIN_TOKEN_FILE")
+    proxies, hops, header = _proxy_trust(env)
+    server = load_server_settings(env)
     try:
         return Settings(
             config_path=Path(config_path),
@@ -75,12 +129,66 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             key_publish_lead_seconds=int(env.get("ERRAND_KEY_PUBLISH_LEAD_SECONDS", "120")),
             admin_token_file=Path(admin) if admin else None,
             environment=environment,
-            bind=env.get("ERRAND_BIND", "127.0.0.1:8080"),
-            web_workers=int(env.get("ERRAND_WEB_WORKERS", "3")),
+            bind=server.bind,
+            web_workers=server.web_workers,
             redis_timeout_seconds=float(env.get("ERRAND_REDIS_TIMEOUT_SECONDS", "0.5")),
             sweep_interval_seconds=float(env.get("ERRAND_SWEEP_INTERVAL_SECONDS", "5")),
             reconcile_after_seconds=float(env.get("ERRAND_RECONCILE_AFTER_SECONDS", "30")),
+            trusted_proxies=proxies,
+            trusted_proxy_hops=hops,
+            trusted_proxy_header=header,
             config_vars=dict(env),
         )
     except ValueError as err:
         raise SettingsError(f"bad numeric environment setting: {err}") from err
+
+
+MAX_PROXY_HOPS = 10
+PROXY_HEADERS = ("x-forwarded-for", "forwarded")
+
+
+def _proxy_trust(
+    env: Mapping[str, str],
+) -> tuple[tuple[IPv4Network | IPv6Network, ...], int, str]:
+    """ERRAND_TRUSTED_PROXIES / _HOPS / _HEADER, refusing what would make the client address
+    the caller's choice or leave the operator believing a setting is in force."""
+    raw = env.get("ERRAND_TRUSTED_PROXIES", "").strip()
+    networks: list[IPv4Network | IPv6Network] = []
+    if raw:
+        for item in raw.split(","):
+            try:
+                # strict: "10.0.0.1/8" has host bits set; refuse rather than guess what was meant
+                net = ip_network(item.strip(), strict=True)
+            except ValueError as err:
+                raise SettingsError(
+                    f"ERRAND_TRUSTED_PROXIES: {item.strip()!r} is not a network ({err})"
+                ) from err
+            if net.prefixlen == 0:
+                raise SettingsError(
+                    f"ERRAND_TRUSTED_PROXIES: {net} trusts every address, so any caller "
+                    "could choose the address it is counted as"
+                )
+            networks.append(net)
+    try:
+        hops = int(env.get("ERRAND_TRUSTED_PROXY_HOPS", "0").strip() or "0")
+    except ValueError as err:
+        raise SettingsError(f"ERRAND_TRUSTED_PROXY_HOPS: not a number ({err})") from err
+    if not 0 <= hops <= MAX_PROXY_HOPS:
+        raise SettingsError(f"ERRAND_TRUSTED_PROXY_HOPS must be between 0 and {MAX_PROXY_HOPS}")
+    if networks and hops:
+        raise SettingsError(
+            "set ERRAND_TRUSTED_PROXIES or ERRAND_TRUSTED_PROXY_HOPS, not both: "
+            "they answer the same question differently"
+        )
+    header = env.get("ERRAND_TRUSTED_PROXY_HEADER", "").strip().lower()
+    if header and not (networks or hops):
+        raise SettingsError(
+            "ERRAND_TRUSTED_PROXY_HEADER is set but no proxy is trusted "
+            "(ERRAND_TRUSTED_PROXIES or ERRAND_TRUSTED_PROXY_HOPS): it would be ignored"
+        )
+    header = header or PROXY_HEADERS[0]
+    if header not in PROXY_HEADERS:
+        raise SettingsError(
+            f"ERRAND_TRUSTED_PROXY_HEADER must be one of {', '.join(PROXY_HEADERS)}, not {header!r}"
+        )
+    return tuple(networks), hops, header

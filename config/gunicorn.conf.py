@@ -16,15 +16,30 @@ def child_exit(server, worker):  # gunicorn's hook signature
     multiprocess.mark_process_dead(worker.pid)
 
 
-bind = os.environ.get("ERRAND_BIND", "127.0.0.1:8080")
-# 3 sync workers measured best on 2 cores (docs/benchmarks.md).
-workers = int(os.environ.get("ERRAND_WEB_WORKERS", "3"))
-worker_class = "sync"
+# The environment is read (and contradictions refused) by broker/settings.py, here in the
+# master, before any worker starts. Imported only now: importing broker imports
+# prometheus_client, which must see PROMETHEUS_MULTIPROC_DIR (above) when it loads.
+from broker.settings import load_server_settings  # noqa: E402
+
+errand = load_server_settings()
+
+bind = errand.bind
+workers = errand.web_workers
+# gthread, with each request read by the worker's event loop under a deadline before a thread
+# serves it (broker/gunicorn_worker.py): slow clients cost a socket, never a worker or a
+# thread, and a request not whole within ERRAND_REQUEST_READ_TIMEOUT_SECONDS is closed.
+# Stock `sync` and `gthread` block a worker (or thread) per trickling client (docs/benchmarks.md).
+worker_class = "broker.gunicorn_worker.ReadTimeoutWorker"
+threads = errand.web_threads
+# With threads, `timeout` only bounds the worker's event loop (its heartbeat), not a request.
 timeout = 30
 graceful_timeout = 10
-keepalive = 5
+# Idle kept-alive connections are closed after this: make a proxy's upstream keep-alive
+# (nginx keepalive_timeout in an upstream block, for example) shorter.
+keepalive = errand.keepalive_seconds
+worker_connections = 1000  # open connections per worker, idle and reading included
 backlog = 2048
-accesslog = "-" if os.environ.get("ERRAND_ACCESS_LOG", "1") == "1" else None
+accesslog = "-" if errand.access_log else None
 access_log_format = '%(h)s "%(m)s %(U)s" %(s)s %(B)s %(M)sms'
 errorlog = "-"
 loglevel = "info"

@@ -18,6 +18,9 @@ p50/p90/p99/max latency and the error count (HTTP status >= 400, socket errors, 
     .venv/bin/python scripts/bench_http.py                     # workers 2,3,4; 32 clients; 20 s
     .venv/bin/python scripts/bench_http.py --workers 3 --json  # one JSON summary line at the end
     .venv/bin/python scripts/bench_http.py --workers 3 --profile   # py-spy on the workers
+    .venv/bin/python scripts/bench_http.py --workers 3 --variants 'sync=-k sync;conf='
+        # gunicorn set-ups side by side in one run: each LABEL=ARGS (extra gunicorn options;
+        # empty: config/gunicorn.conf.py as it is) runs in turn for each worker count
 
 Every load loop is bounded by a request count (the token pool) and by time (--duration)."""
 
@@ -50,9 +53,9 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from broker.devissuer import DevIssuer, github_claims, load_or_create_key, mint_with  # noqa: E402
+from broker.dev.embedded_redis import RedisProcess, free_port  # noqa: E402
+from broker.dev.issuer import DevIssuer, github_claims, load_or_create_key, mint_with  # noqa: E402
 from broker.domain.models import GRANT_TYPE_TOKEN_EXCHANGE, TOKEN_TYPE_JWT  # noqa: E402
-from broker.embedded_redis import RedisProcess, free_port  # noqa: E402
 from broker.tokens.keyring import generate_key  # noqa: E402
 
 LUA = ROOT / "scripts" / "wrk" / "bodies.lua"
@@ -735,7 +738,7 @@ PROFILE_FOCUS = [
     ("load (marshmallow schema)", "load", "broker/http/forms.py"),
     ("exchange_token", "exchange_token", "broker/domain/exchange.py"),
     ("  SubjectTokenVerifier.verify", "SubjectTokenVerifier.verify", "broker/identity/verifier.py"),
-    ("    read_compact_jws (strict JSON)", "read_compact_jws", "broker/identity/jose.py"),
+    ("    read_compact_jws (strict JSON)", "read_compact_jws", "errand_jose/compact.py"),
     ("    JwksCache.key_for", "JwksCache.key_for", "broker/identity/jwks.py"),
     ("  RedisGrantStore.preflight", "RedisGrantStore.preflight", "broker/store/redis.py"),
     ("  IdentityMatcher.match", "IdentityMatcher.match", "broker/policy/matcher.py"),
@@ -786,6 +789,19 @@ def _split_key(key: str) -> tuple[str, str]:
     return name, rest.rstrip(")")
 
 
+# Where a worker starts serving one request: the sync worker's handle(), or a pool thread's
+# handle() under gthread and Errand's worker class (broker/gunicorn_worker.py).
+REQUEST_ROOTS = [
+    ("handle", "gunicorn/workers/sync.py"),
+    ("handle", "gunicorn/workers/gthread.py"),
+    ("handle", "broker/gunicorn_worker.py"),
+]
+
+
+def _is_request_root(key: str) -> bool:
+    return any(_matches(key, name, path) for name, path in REQUEST_ROOTS)
+
+
 def _matches(key: str, name: str, path: str) -> bool:
     fname, fpath = _split_key(key)
     if name == "*":
@@ -795,7 +811,7 @@ def _matches(key: str, name: str, path: str) -> bool:
 
 def analyse_profile(raw_file: Path, top: int = 25) -> dict[str, Any]:
     """Shares of request time from py-spy's collapsed stacks (--idle: includes time blocked
-    on Redis sockets). 'Request time' is every sample under gunicorn's SyncWorker.handle()."""
+    on Redis sockets). 'Request time' is every sample under a worker's handle() (REQUEST_ROOTS)."""
     total = 0
     in_request = 0
     inclusive = collections.Counter[str]()
@@ -806,13 +822,12 @@ def analyse_profile(raw_file: Path, top: int = 25) -> dict[str, Any]:
             continue
         count = int(count_s)
         frames = [_frame_key(f) for f in stack.split(";") if not f.startswith("process ")]
-        if not any(_matches(f, "init_process", "gunicorn/workers/base.py") for f in frames):
+        root = next((i for i, f in enumerate(frames) if _is_request_root(f)), None)
+        if root is None and not any(
+            _matches(f, "init_process", "gunicorn/workers/base.py") for f in frames
+        ):
             continue  # the arbiter (master) process, not a worker
         total += count
-        root = next(
-            (i for i, f in enumerate(frames) if _matches(f, "handle", "gunicorn/workers/sync.py")),
-            None,
-        )
         if root is None:
             continue
         req_frames = frames[root:]
@@ -839,7 +854,7 @@ def analyse_profile(raw_file: Path, top: int = 25) -> dict[str, Any]:
                 if not count_s.isdigit():
                     continue
                 frames = [_frame_key(f) for f in stack.split(";")]
-                if any(_matches(f, "handle", "gunicorn/workers/sync.py") for f in frames) and any(
+                if any(_is_request_root(f) for f in frames) and any(
                     _matches(f, name, path) for f in frames
                 ):
                     n += int(count_s)
@@ -1011,10 +1026,11 @@ def run_phase(
 
 
 def bench_workers(
-    stack: Stack, args: argparse.Namespace, workers: int, log: Any
+    stack: Stack, args: argparse.Namespace, workers: int, log: Any, server: str = "conf"
 ) -> list[dict[str, Any]]:
     stack.start_gunicorn(workers)
-    log(f"\n== {workers} web workers (gunicorn sync) on 127.0.0.1:{stack.port}")
+    how = " ".join(stack.gunicorn_args) or "config/gunicorn.conf.py"
+    log(f"\n== {workers} web workers, server {server!r} ({how}) on 127.0.0.1:{stack.port}")
     # Warm-up and the introspection pool: real exchanges over HTTP (also loads the JWKS).
     t0 = time.monotonic()
     access_tokens = stack.issue_access_tokens(args.introspect_pool)
@@ -1059,6 +1075,8 @@ def bench_workers(
         out.append(intro)
         log("   " + format_row(intro))
     stack.stop_gunicorn()
+    for r in out:
+        r["server"] = server
     # With --repeat, the run that shared the machine least ("other" CPU) is the one reported.
     for phase in ("exchange", "introspect"):
         runs = [r for r in out if r["phase"] == phase]
@@ -1086,10 +1104,10 @@ def component_costs(stack: Stack, n: int, rounds: int = 5) -> list[dict[str, Any
     from broker.domain.introspection import introspect
     from broker.domain.models import ExchangeRequest
     from broker.http.forms import TokenExchangeForm, TokenForm, load
-    from broker.identity.jose import read_compact_jws
     from broker.services import build_services
     from broker.settings import load_settings
     from broker.tokens.mint import mint_access_token
+    from errand_jose import read_compact_jws
 
     saved = dict(os.environ)
     os.environ.update(stack.env(1))
@@ -1169,7 +1187,7 @@ def component_costs(stack: Stack, n: int, rounds: int = 5) -> list[dict[str, Any
             now=int(time.time()),
         )
 
-    redis_client = svc.extras["redis"]
+    redis_client = svc.redis
     pieces: list[tuple[str, str, Any]] = [
         (
             "exchange",
@@ -1291,7 +1309,7 @@ def print_components(rows: list[dict[str, Any]]) -> None:
 # Reporting
 # ----------------------------------------------------------------------------------------
 HEADER = (
-    f"{'workers':>7} {'phase':<10} {'req/s':>8} {'p50 ms':>7} {'p90 ms':>7} {'p99 ms':>7} "
+    f"{'server':<8} {'workers':>7} {'phase':<10} {'req/s':>8} {'p50 ms':>7} {'p90 ms':>7} {'p99 ms':>7} "
     f"{'max ms':>7} {'errors':>6}  {'cpu: broker':>11} {'redis':>5} {'loadgen':>7} {'other':>5} "
     f"{'ms/req':>6} {'ceiling':>7}  target"
 )
@@ -1321,7 +1339,7 @@ def verdict(r: dict[str, Any]) -> str:
 
 def format_row(r: dict[str, Any]) -> str:
     return (
-        f"{r['workers']:>7} {r['phase']:<10} {r['rps']:>8.0f} {r['p50_ms']:>7.1f} {r['p90_ms']:>7.1f} "
+        f"{r.get('server', 'conf'):<8} {r['workers']:>7} {r['phase']:<10} {r['rps']:>8.0f} {r['p50_ms']:>7.1f} {r['p90_ms']:>7.1f} "
         f"{r['p99_ms']:>7.1f} {r['max_ms']:>7.1f} {r['errors']:>6}  {r['broker_cpu_cores']:>11.2f} "
         f"{r['redis_cpu_cores']:>5.2f} {r['loadgen_cpu_cores']:>7.2f} {r['other_cpu_cores']:>5.2f} "
         f"{r['broker_cpu_ms_per_req']:>6.2f} {r['ceiling_rps']:>7}  {verdict(r)}"
@@ -1385,6 +1403,13 @@ def main(argv: list[str] | None = None) -> int:
         "(they override config/gunicorn.conf.py)",
     )
     p.add_argument(
+        "--variants",
+        default="",
+        help="compare gunicorn set-ups side by side in one run: 'LABEL=ARGS;LABEL=ARGS', e.g. "
+        "'sync=-k sync;conf=' (ARGS are added after --gunicorn-args; empty: the config file "
+        "as it is); every worker count runs each variant in turn",
+    )
+    p.add_argument(
         "--profile",
         nargs="?",
         const="wall",
@@ -1424,8 +1449,16 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     worker_counts = [int(w) for w in args.workers.split(",") if w.strip()]
-    if args.repeat < 1 or args.repeat * args.duration * 2 * len(worker_counts) > 600:
-        p.error("--repeat x --duration x 2 phases x worker counts must stay under 600 s")
+    variants: list[tuple[str, list[str]]] = []
+    for item in filter(None, (v.strip() for v in args.variants.split(";"))):
+        label, eq, extra = item.partition("=")
+        if not eq or not label.strip():
+            p.error(f"--variants: {item!r} is not LABEL=ARGS")
+        variants.append((label.strip(), shlex.split(extra)))
+    variants = variants or [("conf", [])]
+    runs = args.repeat * 2 * len(worker_counts) * len(variants)
+    if args.repeat < 1 or runs * args.duration > 900:
+        p.error("--repeat x --duration x 2 phases x worker counts x variants must stay under 900 s")
     if args.concurrency < 1 or args.duration <= 0 or args.duration > 120:
         p.error("--concurrency must be >= 1 and --duration in (0, 120] seconds")
     wrk_path = shutil.which("wrk")
@@ -1479,11 +1512,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     results: list[dict[str, Any]] = []
     try:
-        with Stack(
-            workdir, audit_to=args.audit_log, gunicorn_args=shlex.split(args.gunicorn_args)
-        ) as stack:
+        base_args = shlex.split(args.gunicorn_args)
+        with Stack(workdir, audit_to=args.audit_log, gunicorn_args=base_args) as stack:
             for w in worker_counts:
-                results.extend(bench_workers(stack, args, w, print))
+                for label, extra in variants:
+                    stack.gunicorn_args = base_args + extra
+                    results.extend(bench_workers(stack, args, w, print, server=label))
     finally:
         if not args.keep and not args.profile and args.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)
@@ -1518,11 +1552,21 @@ def main(argv: list[str] | None = None) -> int:
         for phase in TARGETS
     }
     print("\nbest per phase vs the issue's targets (2 cores, 32 clients, p99 < 50 ms):")
-    for phase, r in best.items():
-        if r:
-            print(
-                f"   {phase:<10} {r['rps']:.0f}/s p99 {r['p99_ms']:.1f} ms with {r['workers']} workers: {verdict(r)}"
+    for label, _ in variants:
+        for phase in TARGETS:
+            r = max(
+                (
+                    r
+                    for r in results
+                    if r["phase"] == phase and r.get("cleanest") and r["server"] == label
+                ),
+                key=lambda r: r["rps"],
+                default=None,
             )
+            if r:
+                print(
+                    f"   {label:<8} {phase:<10} {r['rps']:.0f}/s p99 {r['p99_ms']:.1f} ms with {r['workers']} workers: {verdict(r)}"
+                )
     if args.json:
         summary = {
             "bench": "http",
@@ -1533,6 +1577,7 @@ def main(argv: list[str] | None = None) -> int:
             "duration_s": args.duration,
             "profiled": args.profile,
             "gunicorn_args": args.gunicorn_args,
+            "variants": args.variants,
             "results": [
                 {
                     k: (round(v, 2) if isinstance(v, float) else v)
