@@ -1,4 +1,4 @@
-"""create_app(): build Services into app.extensions and register the blueprints."""
+"""create_app(): build the process's Runtime into app.extensions and register the blueprints."""
 
 from __future__ import annotations
 
@@ -9,13 +9,23 @@ import time
 from flask import Flask, Response, g, request
 
 from broker.audit import configure_audit_logging
-from broker.domain.ports import Services
-from broker.http import admin, health, introspect, inventory, revocations, token, wellknown
+from broker.http import (
+    admin,
+    health,
+    introspect,
+    inventory,
+    revocation_feed,
+    revoke,
+    tasks,
+    token,
+    wellknown,
+)
 from broker.http.context import request_id
 from broker.http.responses import register_error_handlers
 from broker.metrics import HTTP_REQUESTS, HTTP_SECONDS
+from broker.runtime import Runtime
+from broker.services import build_services, check_redis_policy
 from broker.settings import Settings, load_settings
-from broker.store.auth_failures import RedisAuthFailures
 
 MAX_BODY_BYTES = 64 * 1024
 
@@ -29,9 +39,9 @@ def read_admin_token_hash(settings: Settings) -> bytes | None:
     return hashlib.sha256(secret.encode()).digest()
 
 
-def create_app(settings: Settings | None = None, services: Services | None = None) -> Flask:
-    from broker.services import build_services, check_redis_policy
-
+def create_app(settings: Settings | None = None, services: Runtime | None = None) -> Flask:
+    """`services`: a Runtime already built (tests, scripts); by default one is built from
+    `settings` and Redis's eviction policy is checked."""
     settings = settings or load_settings()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     configure_audit_logging()
@@ -43,9 +53,6 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app.config["MAX_FORM_MEMORY_SIZE"] = MAX_BODY_BYTES
     app.config["MAX_FORM_PARTS"] = 100
     app.config["ERRAND_ADMIN_TOKEN_SHA256"] = read_admin_token_hash(settings)
-    if "redis" in services.extras:
-        # Failed-authentication counters for the web side (domain/limits.py reads them).
-        services.extras.setdefault("auth_failures", RedisAuthFailures(services.extras["redis"]))
     app.extensions["errand"] = services
 
     @app.before_request
@@ -67,6 +74,16 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         return response
 
     register_error_handlers(app)
-    for module in (token, introspect, wellknown, health, admin, revocations, inventory):
+    for module in (
+        token,
+        introspect,
+        revoke,
+        tasks,
+        wellknown,
+        health,
+        admin,
+        revocation_feed,
+        inventory,
+    ):
         app.register_blueprint(module.bp)
     return app

@@ -1,61 +1,20 @@
 """Audit events: one JSON log line per decision, and an entry in a bounded Redis stream.
 
-Events never hold a token, an assertion or a key: only the SHA-256 of a token.
-
-Every event is shaped before it is written (`bounded_event`), because anyone who can reach
-the token endpoint chooses some of its text:
-
-- text nobody vouched for stays out: a denial with no matched identity drops `purpose`, and
-  a `debug` that quotes the unverified token (its `iss`, trust domain, `kid`, `alg`, `typ`)
-  becomes a SHA-256 prefix, a length and a short printable-ASCII form;
-- the whole event fits `EVENT_BUDGET_BYTES`, measured as the stream stores it (JSON escapes
-  one non-ASCII character to as much as 12 bytes). An event over it has each string cut to
-  `FIELD_BUDGET_BYTES`, lists and objects to `MAX_ITEMS` entries, then strings outside the
-  core fields cut shorter until it fits; if it still does not, only the core fields are
-  kept.
-
-Anything cut carries `CUT` at the end of the string and `"truncated": true` on the event."""
+Events never hold a token, an assertion or a key: only the SHA-256 of a token. Every event is
+shaped before it is written (`bounded_event`, broker/domain/audit_shape.py): no unverified
+text, at most 2 KiB."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import sys
 from collections.abc import Mapping
-from json.encoder import encode_basestring_ascii
 from typing import Any, Protocol
 
+from broker.domain.audit_shape import bounded_event, serialised
 from broker.metrics import count_audit_event
 
 audit_log = logging.getLogger("errand.audit")
-
-EVENT_BUDGET_BYTES = 2048  # one event as the stream stores it (compact, ASCII-escaped JSON)
-FIELD_BUDGET_BYTES = 256  # one string value, same measure
-MAX_ITEMS = 16  # entries kept of any list or object inside an event
-UNVERIFIED_TEXT_CHARS = 64  # printable ASCII kept of text quoted from an unverified token
-CUT = "...[cut]"
-# Denials whose `debug` quotes the unverified token (identity/verifier.py, identity/jwks.py).
-UNVERIFIED_DEBUG_REASONS = frozenset({"unknown_issuer", "unknown_key", "malformed_token"})
-# Kept even when nothing else fits: what decided, about what, for whom, from where.
-CORE_FIELDS = (
-    "ts",
-    "event",
-    "outcome",
-    "error",
-    "reason",
-    "request_id",
-    "client_address",
-    "token_sha256",
-    "issuer",
-    "identity",
-    "task",
-    "jti",
-    "actor",
-    "kind",
-)
-# Cut last: the core and our own short description of the decision.
-KEPT_LONGEST = frozenset({*CORE_FIELDS, "description"})
 
 
 class _Appender(Protocol):
@@ -73,88 +32,6 @@ def configure_audit_logging() -> None:
     audit_log.propagate = False
 
 
-def _serialised(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), default=str)
-
-
-def _escaped(text: str) -> str:
-    """`text` as the stream's JSON writes it (quoted, non-ASCII escaped): the C encoder."""
-    return str(encode_basestring_ascii(text))
-
-
-def _ascii_safe(text: str) -> str:
-    """Printable ASCII without quote or backslash, so JSON writes it byte for byte."""
-    return "".join(c if " " <= c <= "~" and c not in '"\\' else "?" for c in text)
-
-
-def _cut(text: str, budget: int) -> str:
-    """`text` if its JSON form fits `budget` bytes, else its longest prefix that does + CUT."""
-    if len(_escaped(text)) - 2 <= budget:
-        return text
-    room, used = budget - len(CUT), 0
-    for n, char in enumerate(text):
-        used += len(_escaped(char)) - 2
-        if used > room:
-            return text[:n] + CUT
-    return text
-
-
-def _clip(value: Any, budget: int) -> Any:
-    if isinstance(value, str):
-        return _cut(value, budget)
-    if isinstance(value, Mapping):
-        items = list(value.items())
-        out = {str(k)[:64]: _clip(v, budget) for k, v in items[:MAX_ITEMS]}
-        if len(items) > MAX_ITEMS:
-            out[CUT] = len(items) - MAX_ITEMS
-        return out
-    if isinstance(value, list | tuple | set | frozenset):
-        seq = list(value)
-        kept = [_clip(v, budget) for v in seq[:MAX_ITEMS]]
-        return [*kept, f"{CUT} {len(seq) - MAX_ITEMS} more"] if len(seq) > MAX_ITEMS else kept
-    return value
-
-
-def _without_unverified_text(event: Mapping[str, Any]) -> dict[str, Any]:
-    out = dict(event)
-    if out.get("outcome") != "denied" or out.get("identity"):
-        return out
-    # No identity matched: the caller is unauthenticated (anyone can mint a valid CI token),
-    # so its free text is not ours to keep.
-    out.pop("purpose", None)
-    debug = out.get("debug")
-    if isinstance(debug, str) and out.get("reason") in UNVERIFIED_DEBUG_REASONS:
-        out["debug"] = _ascii_safe(debug[:UNVERIFIED_TEXT_CHARS]) + (
-            CUT if len(debug) > UNVERIFIED_TEXT_CHARS else ""
-        )
-        out["debug_sha256"] = hashlib.sha256(debug.encode("utf-8", "replace")).hexdigest()[:16]
-        out["debug_length"] = len(debug)
-    return out
-
-
-def bounded_event(event: Mapping[str, Any]) -> dict[str, Any]:
-    """The event as it may be written: no unverified text, within EVENT_BUDGET_BYTES."""
-    shaped = _without_unverified_text(event)
-    if len(_serialised(shaped)) <= EVENT_BUDGET_BYTES:
-        return shaped  # the usual case: nothing to cut
-    for budget in (FIELD_BUDGET_BYTES, 128, 64, 32):
-        # Every field is kept (MAX_ITEMS applies to values inside it); fields outside the
-        # core are cut shorter before any core field is.
-        clipped = {
-            k: _clip(v, FIELD_BUDGET_BYTES if k in KEPT_LONGEST else budget)
-            for k, v in shaped.items()
-        }
-        clipped["truncated"] = True
-        if len(_serialised(clipped)) <= EVENT_BUDGET_BYTES:
-            return clipped
-    for budget in (FIELD_BUDGET_BYTES, 128, 64):
-        core = {k: _clip(shaped[k], budget) for k in CORE_FIELDS if k in shaped}
-        core["truncated"] = True
-        if len(_serialised(core)) <= EVENT_BUDGET_BYTES:
-            break
-    return core
-
-
 class AuditLog:
     def __init__(self, appender: _Appender | None) -> None:
         self._appender = appender
@@ -163,7 +40,7 @@ class AuditLog:
         """Log the event and append it to the stream; `stored=True` logs only (the stream
         already holds it, or it must not be written there)."""
         event = bounded_event(event)
-        audit_log.info(_serialised(event))
+        audit_log.info(serialised(event))
         count_audit_event(event)
         if stored or self._appender is None:
             return

@@ -43,18 +43,19 @@ from broker.domain.models import (
     Config,
     Identity,
     IdentityTypeRules,
+    IssuerOptions,
     LimitOptions,
     MatchRule,
     TrustedIssuer,
 )
 from broker.errors import BrokerError
 from broker.identity.egress import is_loopback_host
-from broker.identity.issuer_options import ConfiguredIssuer, IssuerOptions
 from broker.identity.jwks import parse_jwks
 from broker.identity.profiles import PROFILES as PROFILE_TABLE
 from broker.identity.profiles import rule_problems
 from broker.policy.patterns import values_overlap
-from broker.tokens.algorithms import ASYMMETRIC_ALGORITHMS
+from errand_jose import ASYMMETRIC_ALGORITHMS
+from errand_jose import PRIVATE_JWK_MEMBERS as _PRIVATE_JWK_MEMBERS
 
 
 class ConfigError(BrokerError):
@@ -211,7 +212,7 @@ class IssuerSchema(_Strict):
     jwks_stale_seconds = fields.Integer(load_default=86400, validate=_positive, strict=True)
     max_token_lifetime_seconds = fields.Integer(load_default=86400, validate=_positive, strict=True)
     fetch_timeout_seconds = fields.Float(load_default=3.0, validate=validate.Range(min=0.1, max=10))
-    # broker/identity/issuer_options.py
+    # IssuerOptions (broker/domain/models.py)
     jwks_hosts = fields.List(fields.String(validate=_JWKS_HOST), load_default=list)
     allow_private_network = _flag(False)
     allow_multiple_audiences = _flag(False)
@@ -253,7 +254,7 @@ class IssuerSchema(_Strict):
             allow_multiple_audiences=data.pop("allow_multiple_audiences"),
             expected_azp=data.pop("expected_azp"),
         )
-        return ConfiguredIssuer(**data, options=options)
+        return TrustedIssuer(**data, options=options)
 
 
 class ClaimValue(fields.Field[str]):
@@ -309,9 +310,6 @@ class AllowSchema(_Strict):
         extra = set(data.get("default_scopes", [])) - set(data.get("scopes", []))
         if extra:
             raise ValidationError("must be a subset of scopes", "default_scopes")
-
-
-_PRIVATE_JWK_MEMBERS = ("d", "p", "q", "dp", "dq", "qi", "k", "oth")
 
 
 class KeysSchema(_Strict):
@@ -471,7 +469,7 @@ def _agent_issuer(
     """The synthetic issuer for an identity's own keys: iss = sub = identity id, aud = our
     token endpoint, at most 5 minutes between iat and exp, every jti used once."""
     jwks = keys.get("jwks")
-    return ConfiguredIssuer(
+    return TrustedIssuer(
         id=AGENT_ISSUER_PREFIX + identity_id,
         issuer=identity_id,
         audience=broker.issuer.rstrip("/") + "/token",

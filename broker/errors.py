@@ -13,8 +13,6 @@ class BrokerError(Exception):
     status_code = 500
     description = "The server could not complete the request."
     reason = "server_error"  # stable machine-readable reason code for audit and metrics
-    audited = False  # set once an audit event recorded this error
-    address_counted = False  # set once the client address was counted for rate limiting
 
     def __init__(
         self,

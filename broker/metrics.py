@@ -50,6 +50,8 @@ def count_audit_event(event: dict[str, object]) -> None:
     name = str(event.get("event", "unknown"))
     reason = str(event.get("reason") or "") if name in _REASON_EVENTS else ""
     AUDIT_EVENTS.labels(name, str(event.get("outcome") or ""), reason[:64]).inc()
+    if name == "identity.flagged":  # the domain flags through audit; it imports no metrics
+        IDENTITY_FLAGGED.inc()
 
 
 def render() -> tuple[bytes, str]:

@@ -33,9 +33,9 @@ from typing import Any
 
 from broker.config import ConfigError, load_config
 from broker.domain.models import Config, TrustedIssuer
-from broker.domain.ports import Services
 from broker.identity.verifier import SubjectTokenVerifier
 from broker.policy.matcher import IdentityMatcher
+from broker.runtime import Runtime
 
 log = logging.getLogger("errand.reload")
 
@@ -68,7 +68,7 @@ def issuers_to_forget(old: Config, new: Config) -> list[str]:
 
 class ConfigReloader:
     def __init__(
-        self, svc: Services, path: Path, variables: Mapping[str, str] | None = None
+        self, svc: Runtime, path: Path, variables: Mapping[str, str] | None = None
     ) -> None:
         self._svc = svc
         self._path = path
@@ -86,7 +86,7 @@ class ConfigReloader:
             "loaded_at": time.time(),
             "identities": len(svc.config.identities),
             "error": None,
-            "warnings": list(getattr(svc.config, "warnings", ())),
+            "warnings": list(svc.config.warnings),
         }
 
     def request_reload(self) -> None:
@@ -94,7 +94,7 @@ class ConfigReloader:
         self._force = True
 
     def maybe_reload(self) -> None:
-        interval = float(getattr(self._svc.config.broker, "config_reload_seconds", 5.0))
+        interval = float(self._svc.config.broker.config_reload_seconds)
         now = time.monotonic()
         if not self._force and (interval <= 0 or now < self._next_check):
             return
@@ -169,16 +169,14 @@ class ConfigReloader:
         self._audit("loaded", identities=len(new.identities), generation=self.generation)
 
     def _apply(self, old: Config, new: Config) -> None:
-        jwks = self._svc.extras.get("jwks")
-        if jwks is not None:
-            for issuer_id in issuers_to_forget(old, new):
-                jwks.forget(issuer_id)
-            verifier: Any = SubjectTokenVerifier(new, jwks)
-        else:  # a verifier we did not build (tests): keep it
-            verifier = self._svc.verifier
+        jwks = self._svc.jwks
+        for issuer_id in issuers_to_forget(old, new):
+            jwks.forget(issuer_id)
+        verifier = SubjectTokenVerifier(new, jwks)
         matcher = IdentityMatcher(new)
         # One swap, between requests: the exchange reads the three together at its start.
-        self._svc.__dict__.update(verifier=verifier, matcher=matcher, config=new)
+        # A single update of the instance dict, so no thread sees one of them changed alone.
+        vars(self._svc).update(verifier=verifier, matcher=matcher, config=new)
 
     def _audit(self, outcome: str, **fields: Any) -> None:
         try:
@@ -195,18 +193,16 @@ class ConfigReloader:
             log.warning("could not audit the configuration reload")
 
 
-def install_reloader(svc: Services) -> ConfigReloader | None:
+def install_reloader(svc: Runtime) -> ConfigReloader | None:
     """Attach a reloader when the running configuration came from a file; SIGHUP forces a
     check when we run in the main thread (a gunicorn worker does)."""
-    existing = svc.extras.get("reloader")
-    if isinstance(existing, ConfigReloader):
-        return existing
-    settings = svc.extras.get("settings")
-    path = getattr(settings, "config_path", None)
-    if not isinstance(path, Path) or not path.is_file():
+    if isinstance(svc.reloader, ConfigReloader):
+        return svc.reloader
+    path = svc.settings.config_path
+    if not path.is_file():
         return None
-    reloader = ConfigReloader(svc, path, getattr(settings, "config_vars", None))
-    svc.extras["reloader"] = reloader
+    reloader = ConfigReloader(svc, path, svc.settings.config_vars)
+    svc.reloader = reloader
     if threading.current_thread() is threading.main_thread() and hasattr(signal, "SIGHUP"):
         signal.signal(signal.SIGHUP, lambda *_: reloader.request_reload())
     return reloader

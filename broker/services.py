@@ -4,22 +4,29 @@ from __future__ import annotations
 
 import logging
 
+import redis
+
 from broker.audit import AuditLog
 from broker.clock import Clock, SystemClock
 from broker.config import load_config
 from broker.domain.models import Config
-from broker.domain.ports import Services, StoreUnavailable
+from broker.domain.ports import RotatingKeys, SigningKeys, StoreUnavailable
 from broker.identity.jwks import HttpJwksFetcher, JwksCache, JwksFetcher
 from broker.identity.verifier import SubjectTokenVerifier
 from broker.jobs import RqScheduler
 from broker.policy.matcher import IdentityMatcher
+from broker.runtime import Runtime
 from broker.settings import Settings
+from broker.store.auth_failures import RedisAuthFailures
+from broker.store.connection import connect
 from broker.store.jwks_mirror import JwksMirror
 from broker.store.limits import RedisLimits
-from broker.store.redis import RedisGrantStore, connect
+from broker.store.redis import RedisGrantStore
 from broker.store.revocations import RedisRevocationStore
+from broker.store.signing_keys import RedisKeyRecords
+from broker.tokens.keyrecord import load_kek
 from broker.tokens.keyring import KeyRing
-from broker.tokens.keystore import RedisKeyRecords, RedisKeyRing, load_kek
+from broker.tokens.keystore import RedisKeyRing
 
 log = logging.getLogger(__name__)
 
@@ -30,36 +37,46 @@ def build_services(
     config: Config | None = None,
     clock: Clock | None = None,
     fetcher: JwksFetcher | None = None,
-    redis_client: object | None = None,
-    rq_client: object | None = None,
-) -> Services:
+    redis_client: redis.Redis | None = None,
+    rq_client: redis.Redis | None = None,
+) -> Runtime:
+    """The process's Services, with the handles only the process uses (broker/runtime.py)."""
     config = config or load_config(settings.config_path, settings.config_vars)
     clock = clock or SystemClock()
     r = redis_client or connect(settings.redis_url, timeout=settings.redis_timeout_seconds)
-    keyring = build_keyring(settings, config, r, clock)
     r_rq = rq_client or connect(settings.redis_url, timeout=5.0, decode=False)
-    store = RedisGrantStore(r, audit_maxlen=config.broker.audit_stream_maxlen)  # type: ignore[arg-type]
-    jwks = JwksCache(fetcher or HttpJwksFetcher(), JwksMirror(r), clock)  # type: ignore[arg-type]
+    keyring = build_keyring(settings, config, r, clock)
+    store = RedisGrantStore(r, audit_maxlen=config.broker.audit_stream_maxlen)
+    jwks = JwksCache(fetcher or HttpJwksFetcher(), JwksMirror(r), clock)
     try:
         store.ensure_epoch()
     except StoreUnavailable:
         log.warning("Redis unreachable at start-up; the epoch is created on first use")
-    return Services(
+    return Runtime(
         config=config,
         keyring=keyring,
+        rotating_keys=keyring if isinstance(keyring, RedisKeyRing) else None,
         verifier=SubjectTokenVerifier(config, jwks),
         matcher=IdentityMatcher(config),
         store=store,
+        inventory=store,
+        revocations=RedisRevocationStore(r, audit_maxlen=config.broker.audit_stream_maxlen),
+        limiter=RedisLimits(r),
+        auth_failures=RedisAuthFailures(r),
         audit=AuditLog(store),
-        jobs=RqScheduler(r_rq),  # type: ignore[arg-type]
+        jobs=RqScheduler(r_rq),
         clock=clock,
-        extras={"redis": r, "rq_redis": r_rq, "jwks": jwks, "settings": settings},
-        revocations=RedisRevocationStore(r, audit_maxlen=config.broker.audit_stream_maxlen),  # type: ignore[arg-type]
-        limits=RedisLimits(r),  # type: ignore[arg-type]
+        settings=settings,
+        redis=r,
+        rq_redis=r_rq,
+        jwks=jwks,
+        health=store,
     )
 
 
-def build_keyring(settings: Settings, config: Config, r: object, clock: Clock) -> object:
+def build_keyring(
+    settings: Settings, config: Config, r: redis.Redis, clock: Clock
+) -> SigningKeys | RotatingKeys:
     """Files (static, from a mounted secret) or Redis (sealed with a KEK, rotating)."""
     if settings.kek_file is not None:
         return RedisKeyRing(
@@ -74,10 +91,10 @@ def build_keyring(settings: Settings, config: Config, r: object, clock: Clock) -
     return KeyRing.from_dir(settings.signing_key_dir)
 
 
-def check_redis_policy(svc: Services, settings: Settings) -> None:
+def check_redis_policy(runtime: Runtime, settings: Settings) -> None:
     """Refuse to run on a Redis that may evict keys: an evicted revocation record would let a
     revoked token back in. In development, warn loudly instead."""
-    policy = svc.store.eviction_policy()  # type: ignore[attr-defined]
+    policy = runtime.health.eviction_policy()
     if policy == "noeviction":
         return
     message = (

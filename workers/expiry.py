@@ -1,9 +1,9 @@
 """sweep_expired(): the clean-up safety net.
 
 Grant keys expire by Redis TTL whatever the workers do; this job removes expired entries
-from the task, identity, owner and expiry indexes (and records an expiry audit event), so
-Redis memory tracks live grants only. It also re-enqueues task clean-ups that a dead worker
-left behind."""
+from the task, identity and expiry indexes (and records an expiry audit event), so Redis
+memory tracks live grants only. It also re-enqueues task and revoke-all clean-ups that a dead
+worker left behind, trims the revocation feed and starts a scheduled key rotation."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ MAX_BATCHES = 200
 def sweep_expired() -> int:
     svc = services()
     now = svc.clock.now()
-    grace = svc.extras["settings"].reconcile_after_seconds
+    grace = svc.settings.reconcile_after_seconds
     total = 0
     for _ in range(MAX_BATCHES):
         removed = svc.store.sweep_expired(now=int(now), batch=BATCH)
@@ -34,7 +34,7 @@ def sweep_expired() -> int:
     for epoch in svc.revocations.pending_fanouts(now - grace):
         progress = svc.revocations.fanout_progress(epoch)
         if now - float(progress.get("updated_at", 0)) > grace:
-            svc.jobs.schedule_fanout(epoch)  # type: ignore[attr-defined]
+            svc.jobs.schedule_fanout(epoch)
     # Feed entries older than any token they could cover are dropped.
     broker = svc.config.broker
     svc.revocations.trim_feed(

@@ -14,16 +14,11 @@ log = logging.getLogger(__name__)
 
 def rotate_if_due() -> dict[str, object] | None:
     svc = services()
-    keyring = svc.keyring
-    settings = svc.extras["settings"]
-    if not hasattr(keyring, "due_for_rotation") or not keyring.due_for_rotation(
-        settings.key_rotation_days
-    ):
-        return None
+    keyring = svc.rotating_keys
+    if keyring is None or not keyring.due_for_rotation(svc.settings.key_rotation_days):
+        return None  # keys from files rotate by replacing the files
     # One rotation fleet-wide: the lock outlives the publish lead.
-    if not svc.extras["redis"].set(
-        "errand:lock:rotate", "1", nx=True, ex=keyring.publish_lead_seconds + 60
-    ):
+    if not svc.redis.set("errand:lock:rotate", "1", nx=True, ex=keyring.publish_lead_seconds + 60):
         return None
     result: dict[str, object] = keyring.rotate(emergency=False)
     svc.audit.record(

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 
-from broker.domain.incident import fanout
+from broker.domain.bulk_revocation import fanout
 from workers.context import services
 
 log = logging.getLogger(__name__)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from broker.domain.revocation import cleanup_task as _cleanup
+from broker.domain.task_completion import cleanup_task as _cleanup
 from workers.context import services
 
 log = logging.getLogger(__name__)

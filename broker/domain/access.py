@@ -8,6 +8,7 @@ from typing import Any
 
 from broker.domain.ports import Services
 from broker.tokens.verify import NotOurToken, verify_access_token
+from errand_jose import read_compact_jws
 
 # Verified claims per token, per process: a signature cannot change, so re-verifying the
 # same token on every introspection is wasted ECDSA work. The grant is still read from Redis
@@ -42,7 +43,7 @@ def read_our_token(
     try:
         claims = verify_access_token(
             token,
-            svc.keyring,
+            svc.keyring,  # type: ignore[arg-type]  # tokens/ names KeyRing; any SigningKeys do
             svc.config.broker.issuer,
             now=now,
             leeway=0,  # our own clock: no skew allowance for our own tokens
@@ -60,7 +61,5 @@ def read_our_token(
 
 
 def _kid_of(token: str) -> str:
-    from broker.identity.jose import read_compact_jws
-
     kid = read_compact_jws(token, max_bytes=8192).header.get("kid")
     return kid if isinstance(kid, str) else ""

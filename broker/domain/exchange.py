@@ -3,41 +3,47 @@
 One path serves both ways a workload JWT arrives: the RFC 8693 `subject_token` and the
 RFC 7523 jwt-bearer `assertion`. Only the error code for a bad subject differs:
 `invalid_request` for token exchange (RFC 8693 §2.2.2), `invalid_grant` for jwt-bearer
-(RFC 7523 §3.1)."""
+(RFC 7523 §3.1).
+
+    verify -> match -> preflight -> decide -> mint -> write
+
+Each step returns what the next one needs or raises. Every refusal is answered through one
+table (domain/exchange_refusals.py) and recorded once with the request's ExchangeAudit,
+which the steps complete as they go (domain/audit_event.py)."""
 
 from __future__ import annotations
 
 import secrets
-from typing import Any
+from dataclasses import dataclass
 
-from broker.domain.inventory import state_name
-from broker.domain.limits import (
-    check_before_signature,
-    check_identity_rate,
-    identity_window,
-    note_denial,
-)
-from broker.domain.limits import options as limit_options
+from broker.domain.audit_event import ExchangeAudit
+from broker.domain.audit_shape import bounded_event
+from broker.domain.exchange_refusals import Refused, error_for, record_refusal
+from broker.domain.identity_state import state_name
+from broker.domain.limits import check_before_signature, check_identity_rate, identity_window
 from broker.domain.models import (
     AGENT_PROFILE,
-    GRANT_TYPE_JWT_BEARER,
+    Config,
+    ExchangeRequest,
     Grant,
+    Identity,
     IssuedToken,
+    MatchRule,
+    TrustedIssuer,
     VerifiedSubject,
 )
-from broker.domain.models import ExchangeRequest as ExchangeRequest
-from broker.domain.ports import Services, StoreUnavailable, WriteRefused
-from broker.errors import (
-    BrokerError,
-    InvalidGrant,
-    InvalidRequest,
-    InvalidTarget,
-    TemporarilyUnavailable,
-    TooManyRequests,
+from broker.domain.ports import (
+    IdentityMatcher,
+    PreflightState,
+    Services,
+    SigningKeys,
+    SubjectVerifier,
+    WriteRefused,
 )
-from broker.identity.errors import KeysUnavailable, VerificationError
-from broker.identity.verifier import token_sha256
+from broker.errors import BrokerError, InvalidTarget
+from broker.identity.errors import VerificationError
 from broker.policy.engine import (
+    Decision,
     check_identity_usable,
     check_type_requirements,
     evaluate,
@@ -46,256 +52,225 @@ from broker.policy.engine import (
 from broker.policy.matcher import Miss
 from broker.tokens.mint import TokenTooLarge, mint_access_token
 
+# What a step may raise to refuse; anything else is a server error.
+_REFUSALS = (BrokerError, Refused, WriteRefused, VerificationError)
+
 
 def new_id(prefix: str = "") -> str:
     return prefix + secrets.token_urlsafe(16)
 
 
-def bad_subject(req: ExchangeRequest, message: str, **kw: Any) -> BrokerError:
-    """The workload JWT itself is unacceptable: invalid, replayed, unmatched or blocked."""
-    if req.grant_type == GRANT_TYPE_JWT_BEARER:
-        # RFC 7523 §3.1: a JWT that is not valid, or not acceptable, is invalid_grant.
-        return InvalidGrant(f"assertion: {message}", **kw)
-    # RFC 8693 §2.2.2: an invalid or unacceptable subject_token is invalid_request.
-    return InvalidRequest(f"subject_token: {message}", **kw)
+@dataclass
+class _Arrival:
+    """What the exchange learns once the token names a configured issuer, before any key
+    fetch or signature work."""
+
+    epoch: int | None = None  # the revoke-all epoch this exchange answers to
+    address_counted: bool = False  # the client address was counted against its limit here
 
 
-def _denial_from_verification(req: ExchangeRequest, err: VerificationError) -> BrokerError:
-    if isinstance(err, KeysUnavailable):
-        return TemporarilyUnavailable(err.message, debug=err.debug, reason=err.reason)
-    return bad_subject(req, err.message, debug=err.debug, reason=err.reason)
+@dataclass(frozen=True)
+class _Caller:
+    """Who is asking, once verified and matched."""
+
+    subject: VerifiedSubject
+    identity: Identity
+    task_id: str
+
+    @property
+    def replay_jti(self) -> str | None:
+        """The jti to spend: single-use issuers' tokens are good for one exchange."""
+        return self.subject.jti if self.subject.issuer.replay == "single-use" else None
 
 
-def _blocked(req: ExchangeRequest, identity_id: str, state: str) -> BrokerError:
-    return bad_subject(
-        req,
-        f"the matched identity is {state}",
-        reason=f"identity_{state}",
-        details={"identity": identity_id},
-    )
-
-
-def _task_foreign() -> BrokerError:
-    # A task belongs to the identity that opened it: another identity naming it could
-    # otherwise complete (end) that identity's tokens. Not retryable: the name is taken.
-    return InvalidRequest("task_id: the task belongs to another identity", reason="task_foreign")
-
-
-def _epoch_moved(reason: str = "epoch_changed") -> BrokerError:
-    # A revoke-all ran while the exchange was in flight: nothing in flight at the cut comes
-    # out live. The caller retries; its subject token was not spent.
-    return TemporarilyUnavailable(
-        "credentials were revoked while the exchange ran; retry", reason=reason
-    )
-
-
-def _on_issuer(svc: Services, req: ExchangeRequest, issuer: Any, arrival: dict[str, Any]) -> None:
-    """Runs once the token names a configured issuer, before any key fetch or signature
-    work: rate limits, then the revoke-all epoch this exchange answers to."""
-    arrival["address_counted"] = True
-    check_before_signature(
-        svc,
-        req.client_address,
-        # an agent's issuer is per identity: a forger must not drain its budget
-        None if issuer.profile == AGENT_PROFILE else issuer.id,
-    )
-    # Taken before verification can wait on anything (an issuer's keys): the grant write
-    # refuses if a revoke-all moved the epoch since (SECURITY.md: revoke-all is a cut).
-    try:
-        arrival["epoch"] = svc.store.current_epoch()
-    except StoreUnavailable as err:
-        raise TemporarilyUnavailable(debug=str(err)) from err
-
-
-def exchange_token(req: ExchangeRequest, svc: Services) -> IssuedToken:
+def exchange_token(
+    req: ExchangeRequest, svc: Services, audit: ExchangeAudit | None = None
+) -> IssuedToken:
     """Swap a verified workload identity for a short-lived, task-scoped token (RFC 8693 §2.1).
 
     The grant, its indexes, the replay entry and the audit record are written in one atomic
-    step before the token is returned. A denial never says which rule value was expected;
-    the audit event records the rule and the values compared."""
+    step before the token is returned. `audit` is the request's event, opened by the HTTP
+    edge; without one (a direct call) the exchange opens its own."""
+    audit = ExchangeAudit.of(req) if audit is None else audit
     now = svc.clock.now()
     # One snapshot of the inventory for the whole request: a reload swaps these between
     # requests (broker/reload.py), never under a request that has started.
     verifier, matcher, config = svc.verifier, svc.matcher, svc.config
-    event: dict[str, Any] = {
-        "event": "token.exchange",
-        "grant_type": req.grant_type,
-        "request_id": req.request_id,
-        "client_address": req.client_address,
-        "token_sha256": token_sha256(req.subject_token),
-        "issuer": None,
-        "identity": None,
-        "task": req.task_id,
-    }
-    if req.purpose:
-        event["purpose"] = req.purpose
-    arrival: dict[str, Any] = {"address_counted": False}
+    audit.begin(req)
+    arrival = _Arrival()
     try:
-        try:
-            subject: VerifiedSubject = verifier.verify(
-                req.subject_token,
-                now=now,
-                # Rate-limited by the claimed issuer before any signature work, never by a
-                # claimed identity (which a forger could exhaust for its victim).
-                on_issuer=lambda issuer: _on_issuer(svc, req, issuer, arrival),
-            )
-        except VerificationError as err:
-            raise _denial_from_verification(req, err) from err
-        if "epoch" not in arrival:
-            # A verifier that never reported the issuer: no epoch from before verification,
-            # so no grant (one read now could be stamped after a revoke-all).
-            raise BrokerError(debug="the verifier did not call on_issuer")
-        epoch: int = arrival["epoch"]
-        event["issuer"] = subject.issuer.id
-        event["token_sha256"] = subject.token_sha256
-        event["subject"] = str(subject.claims.get("sub", ""))[:256]
-        event.update(subject.context)  # workload binding: pod and node, CI run, SPIFFE ID
-
+        subject, epoch = verify(req, svc, verifier, arrival, now)
+        audit.verified(subject)
         task_id = req.task_id or new_id("task_")
-        event["task"] = task_id
-        replay_jti = subject.jti if subject.issuer.replay == "single-use" else None
+        audit.task(task_id)
+        identity, rule = match(matcher, subject)
+        audit.matched(identity, rule)
+        caller = _Caller(subject, identity, task_id)
+        state = preflight(svc, caller)
+        decision = decide(req, config, caller, state, epoch, now)
+        grant, token = mint(req, caller, decision, epoch, now, svc.keyring, config)
+        audit.issued(grant, now)
+        write(svc, config, caller, grant, audit)
+    except _REFUSALS as err:
+        refusal = record_refusal(
+            svc,
+            audit,
+            error_for(req, err, audit.identity),
+            address_counted=arrival.address_counted,
+            now=now,
+        )
+        if refusal is err:
+            raise
+        raise refusal from err
+    return IssuedToken(access_token=token, grant=grant, expires_in=decision.ttl_seconds)
 
-        found = matcher.match(subject.issuer.id, subject.match_attributes)
-        if isinstance(found, Miss):
-            names = ", ".join(f"'{c}'" for c in found.claims)
-            raise bad_subject(
-                req,
-                f"no identity matches this token (claims that did not match: {names})"
-                if found.claims
-                else "no identity is configured for this issuer",
-                reason="no_matching_identity",
-                details={"nearest_rule": found.rule_id, "compared": dict(found.compared)},
-            )
-        identity, rule = found.identity, found.rule
-        event.update(
-            identity=identity.id, rule=rule.id, owner=identity.owner, identity_type=identity.type
-        )
-        # One round trip for everything the decision reads from Redis. Replay is read here and
-        # claimed only in the atomic grant write: a request refused later must not burn the
-        # caller's jti (SECURITY.md: no token, no state). The identity is verified now, so it
-        # is safe to count against its rate limit.
-        try:
-            state = svc.store.preflight(
-                issuer_id=subject.issuer.id,
-                jti=replay_jti,
-                task_id=task_id,
-                identity_id=identity.id,
-                rate_window_seconds=identity_window(svc),
-            )
-        except StoreUnavailable as err:
-            raise TemporarilyUnavailable(debug=str(err)) from err
-        if state.replayed:
-            raise bad_subject(req, "the token has already been used", reason="replayed")
-        check_identity_rate(svc, state.identity_requests, state.identity_window_reset)
-        if state.task_owner is not None and state.task_owner != identity.id:
-            raise _task_foreign()
-        if state.task_completed:
-            raise InvalidRequest("task_id: the task is already complete", reason="task_completed")
-        if issuer_kind_mismatch(identity, subject.issuer):
-            raise bad_subject(
-                req,
-                "this kind of token cannot act for the matched identity",
-                reason="identity_type_mismatch",
-                details={
-                    "identity": identity.id,
-                    "type": identity.type,
-                    "issuer": subject.issuer.id,
-                },
-            )
-        check_identity_usable(identity, now)
-        if state.identity_state is not None:
-            raise _blocked(req, identity.id, state_name(state.identity_state))
-        rules = config.type_rules(identity.type)
-        check_type_requirements(identity, req, rules)
-        decision = evaluate(identity, req, config.broker, rules)
-        if state.epoch != epoch:
-            raise _epoch_moved()
 
-        iat = int(now)
-        grant = Grant(
-            jti=new_id(),
-            identity_id=identity.id,
-            identity_type=identity.type,
-            owner=identity.owner,
-            task_id=task_id,
-            audiences=decision.audiences,
-            scopes=decision.scopes,
-            iat=iat,
-            exp=iat + decision.ttl_seconds,
-            client_id=identity.id,
-            issuer_id=subject.issuer.id,
-            epoch=epoch,  # as the request arrived: the write refuses if it has moved since
-            purpose=req.purpose or "",
+def verify(
+    req: ExchangeRequest,
+    svc: Services,
+    verifier: SubjectVerifier,
+    arrival: _Arrival,
+    now: float,
+) -> tuple[VerifiedSubject, int]:
+    """The subject token's signature and claims (identity/verifier.py), and the revoke-all
+    epoch read once its issuer was known. Raises VerificationError."""
+
+    def on_issuer(issuer: TrustedIssuer) -> None:
+        # Rate-limited by the claimed issuer before any signature work, never by a claimed
+        # identity (which a forger could exhaust for its victim); an agent's issuer is per
+        # identity, so a forger must not drain its budget either.
+        arrival.address_counted = True
+        check_before_signature(
+            svc, req.client_address, None if issuer.profile == AGENT_PROFILE else issuer.id
         )
-        try:
-            token = mint_access_token(grant, svc.keyring, config.broker.issuer)
-        except TokenTooLarge as err:
-            raise InvalidTarget(
-                "the requested audiences and scopes do not fit in one token; ask for fewer",
-                reason="token_too_large",
-                debug=str(err),
-            ) from err
-        event.update(
-            outcome="issued",
-            jti=grant.jti,
-            audience=list(grant.audiences),
-            scope=" ".join(grant.scopes),
-            exp=grant.exp,
-            ts=now,
+        # Read before verification can wait on anything (an issuer's keys): the grant write
+        # refuses if a revoke-all moved the epoch since (revoke-all is a cut).
+        arrival.epoch = svc.store.current_epoch()
+
+    subject = verifier.verify(req.subject_token, now=now, on_issuer=on_issuer)
+    if arrival.epoch is None:
+        # A verifier that never reported the issuer: no epoch from before verification,
+        # so no grant (one read now could be stamped after a revoke-all).
+        raise BrokerError(debug="the verifier did not call on_issuer")
+    return subject, arrival.epoch
+
+
+def match(matcher: IdentityMatcher, subject: VerifiedSubject) -> tuple[Identity, MatchRule]:
+    """The one identity whose rule matches the verified claims (policy/matcher.py)."""
+    found = matcher.match(subject.issuer.id, subject.match_attributes)
+    if isinstance(found, Miss):
+        raise Refused(
+            "no_matching_identity",
+            claims=found.claims,
+            rule_id=found.rule_id,
+            compared=found.compared,
         )
-        replay = (
-            (subject.issuer.id, replay_jti, subject.exp + config.broker.clock_skew_seconds)
-            if replay_jti
-            else None
+    return found.identity, found.rule
+
+
+def preflight(svc: Services, caller: _Caller) -> PreflightState:
+    """One round trip for everything the decision reads from Redis. Replay is read here and
+    claimed only in the atomic grant write: a request refused later must not burn the
+    caller's jti (no token, no state). The identity is verified now, so it is safe to count
+    against its rate limit."""
+    state = svc.store.preflight(
+        issuer_id=caller.subject.issuer.id,
+        jti=caller.replay_jti,
+        task_id=caller.task_id,
+        identity_id=caller.identity.id,
+        rate_window_seconds=identity_window(svc),
+    )
+    if state.replayed:
+        raise Refused("replayed")
+    check_identity_rate(svc, state.identity_requests, state.identity_window_reset)
+    if state.task_owner is not None and state.task_owner != caller.identity.id:
+        raise Refused("task_foreign")
+    if state.task_completed:
+        raise Refused("task_completed")
+    return state
+
+
+def decide(
+    req: ExchangeRequest,
+    config: Config,
+    caller: _Caller,
+    state: PreflightState,
+    epoch: int,
+    now: float,
+) -> Decision:
+    """Whether this identity may have this token, and with which audiences, scopes and
+    lifetime (policy/engine.py); then that no revoke-all cut happened since arrival."""
+    identity, issuer = caller.identity, caller.subject.issuer
+    if issuer_kind_mismatch(identity, issuer):
+        raise Refused(
+            "identity_type_mismatch", identity=identity.id, type=identity.type, issuer=issuer.id
         )
-        try:
-            svc.store.save_grant(
-                grant,
-                replay=replay,
-                audit=event,
-                now=iat,
-                quota=limit_options(svc).max_live_grants_per_identity,
-            )
-        except StoreUnavailable as err:
-            raise TemporarilyUnavailable(debug=str(err)) from err
-        except WriteRefused as refused:
-            if refused.reason == "replayed":
-                raise bad_subject(
-                    req, "the token has already been used", reason="replayed"
-                ) from refused
-            if refused.reason == "task_completed":
-                raise InvalidRequest(
-                    "task_id: the task is already complete", reason="task_completed"
-                ) from refused
-            if refused.reason == "identity_blocked":
-                # Suspended between our read and our write: the write saw it atomically.
-                raise _blocked(req, identity.id, "suspended") from refused
-            if refused.reason == "quota_exceeded":
-                raise TooManyRequests(
-                    "this identity holds too many live tokens; complete tasks or retry later",
-                    retry_after=30,
-                    reason="quota_exceeded",
-                ) from refused
-            if refused.reason == "task_foreign":
-                raise _task_foreign() from refused  # another identity opened it first
-            # epoch_changed: a revoke-all ran while we worked; the caller retries.
-            raise _epoch_moved(refused.reason) from refused
-        svc.audit.record(event, stored=True)
-        return IssuedToken(access_token=token, grant=grant, expires_in=decision.ttl_seconds)
-    except BrokerError as err:
-        event.update(
-            ts=now,
-            outcome="denied",
-            error=err.error,
-            reason=err.reason,
-            description=err.description,
-        )
-        if err.debug:
-            event["debug"] = err.debug[:500]
-        if err.details:
-            event["details"] = err.details
-        svc.audit.record(event)
-        err.audited = True
-        err.address_counted = arrival["address_counted"]
-        note_denial(svc, event.get("identity"), err.reason, event)
-        raise
+    check_identity_usable(identity, now)
+    if state.identity_state is not None:
+        raise Refused(f"identity_{state_name(state.identity_state)}")
+    rules = config.type_rules(identity.type)
+    check_type_requirements(identity, req, rules)
+    decision = evaluate(identity, req, config.broker, rules)
+    if state.epoch != epoch:
+        raise Refused("epoch_changed")
+    return decision
+
+
+def mint(
+    req: ExchangeRequest,
+    caller: _Caller,
+    decision: Decision,
+    epoch: int,
+    now: float,
+    keyring: SigningKeys,
+    config: Config,
+) -> tuple[Grant, str]:
+    """The grant (a random jti, the epoch as the request arrived: the write refuses if it
+    has moved since) and its signed access token (tokens/mint.py, RFC 9068)."""
+    identity, iat = caller.identity, int(now)
+    grant = Grant(
+        jti=new_id(),
+        identity_id=identity.id,
+        identity_type=identity.type,
+        owner=identity.owner,
+        task_id=caller.task_id,
+        audiences=decision.audiences,
+        scopes=decision.scopes,
+        iat=iat,
+        exp=iat + decision.ttl_seconds,
+        client_id=identity.id,
+        issuer_id=caller.subject.issuer.id,
+        epoch=epoch,
+        purpose=req.purpose or "",
+    )
+    try:
+        # tokens/ names KeyRing; any SigningKeys do
+        return grant, mint_access_token(grant, keyring, config.broker.issuer)  # type: ignore[arg-type]
+    except TokenTooLarge as err:
+        raise InvalidTarget(
+            "the requested audiences and scopes do not fit in one token; ask for fewer",
+            reason="token_too_large",
+            debug=str(err),
+        ) from err
+
+
+def write(
+    svc: Services, config: Config, caller: _Caller, grant: Grant, audit: ExchangeAudit
+) -> None:
+    """The atomic grant write (store/lua/save_grant.lua): the grant, its indexes, the replay
+    entry and the issued event together, or nothing (WriteRefused says why). The script
+    appended the event to the stream, so only the log line is left to write."""
+    subject = caller.subject
+    replay = (
+        (subject.issuer.id, caller.replay_jti, subject.exp + config.broker.clock_skew_seconds)
+        if caller.replay_jti
+        else None
+    )
+    svc.store.save_grant(
+        grant,
+        replay=replay,
+        audit=bounded_event(audit.event),
+        now=grant.iat,
+        quota=config.broker.limits.max_live_grants_per_identity,
+    )
+    audit.record(svc.audit, stored=True)

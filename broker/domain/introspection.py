@@ -16,17 +16,13 @@ from typing import Any
 from broker.domain.access import read_our_token
 from broker.domain.limits import count_occurrence
 from broker.domain.models import GrantState
-from broker.domain.ports import Services, StoreUnavailable
-from broker.errors import TemporarilyUnavailable
+from broker.domain.ports import Services
 
 INACTIVE: dict[str, Any] = {"active": False}
 
 
 def grant_state(claims: dict[str, Any], svc: Services) -> GrantState:
-    try:
-        return svc.store.grant_state(claims["jti"], claims["task_id"])
-    except StoreUnavailable as err:
-        raise TemporarilyUnavailable(debug=str(err)) from err
+    return svc.store.grant_state(claims["jti"], claims["task_id"])
 
 
 def is_live(state: GrantState, claims: dict[str, Any], now: float) -> bool:

@@ -36,6 +36,25 @@ def is_safe_id(value: str) -> bool:
 
 
 @dataclass(frozen=True)
+class IssuerOptions:
+    """Per-issuer options of the subject-token checks and of the key fetch; each default is
+    the strict choice."""
+
+    # Hosts (`host` or `host:port`, lower case) a discovered https `jwks_uri` may name besides
+    # the issuer's own origin. Empty: the issuer's origin only.
+    jwks_hosts: tuple[str, ...] = ()
+    # Let key fetches reach private addresses (RFC 1918, unique-local, CGNAT) and loopback.
+    # Link-local (cloud metadata), multicast and unspecified addresses stay refused.
+    allow_private_network: bool = False
+    # strict_aud off: the token may name other audiences besides ours (some platforms mint
+    # one token for several relying parties). Default: we must be the only audience, or the
+    # token could be replayed at a peer.
+    allow_multiple_audiences: bool = False
+    # The one client, besides our own audience, an `azp` claim may name.
+    expected_azp: str | None = None
+
+
+@dataclass(frozen=True)
 class TrustedIssuer:
     """A workload-identity issuer whose tokens Errand accepts as subject tokens."""
 
@@ -59,11 +78,22 @@ class TrustedIssuer:
     jwks_file: str | None = None  # a JWKS / SPIFFE bundle on disk (re-read like a fetch)
     jwks_json: str | None = field(default=None, repr=False)  # inline JWKS (agent keys)
     identity_id: str | None = None  # agent: the identity these keys belong to
+    options: IssuerOptions = IssuerOptions()
 
     @property
     def key_source(self) -> tuple[object, ...]:
-        """What decides which keys are trusted; a reload that changes it drops cached keys."""
-        return (self.issuer, self.jwks_uri, self.jwks_file, self.jwks_json, self.algorithms)
+        """What decides which keys are trusted; a reload that changes it drops cached keys.
+        Where keys may be fetched from is part of it: narrowing that on a reload must drop
+        keys fetched under the old rules."""
+        return (
+            self.issuer,
+            self.jwks_uri,
+            self.jwks_file,
+            self.jwks_json,
+            self.algorithms,
+            self.options.jwks_hosts,
+            self.options.allow_private_network,
+        )
 
 
 @dataclass(frozen=True)

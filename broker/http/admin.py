@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import hashlib
 import re
 from dataclasses import asdict
 
 from flask import Blueprint, Response, current_app, request
 
-from broker.domain.incident import check_reason, revoke_all, revoke_by
+from broker.domain.bulk_revocation import check_reason, revoke_all, revoke_by
 from broker.domain.models import is_safe_id
-from broker.domain.ports import StoreUnavailable
-from broker.domain.revocation import revoke_grant
+from broker.domain.token_revocation import revoke_grant
 from broker.errors import InvalidRequest, TemporarilyUnavailable
-from broker.http.client_auth import check_admin
+from broker.http.client_auth import check_admin, operator_label
 from broker.http.context import request_id, services
 from broker.http.responses import json_response
 
@@ -49,33 +47,19 @@ def list_grants() -> Response:
         identity_ids = [identity]
     elif owner:  # an owner's grants are its identities' grants
         identity_ids = [i.id for i in svc.config.identities if i.owner == owner]
-    try:
-        grants = svc.store.list_grants(
-            now=int(svc.clock.now()),
-            task_id=_safe_arg("task"),
-            identity_ids=identity_ids,
-            limit=_limit(),
-        )
-    except StoreUnavailable as err:
-        raise TemporarilyUnavailable(debug=str(err)) from err
+    grants = svc.store.list_grants(
+        now=int(svc.clock.now()),
+        task_id=_safe_arg("task"),
+        identity_ids=identity_ids,
+        limit=_limit(),
+    )
     return json_response({"grants": [asdict(g) for g in grants]})
 
 
 @bp.get("/audit")
 def audit() -> Response:
-    svc = services()
-    try:
-        events = svc.store.audit_events(task_id=_safe_arg("task"), limit=_limit())
-    except StoreUnavailable as err:
-        raise TemporarilyUnavailable(debug=str(err)) from err
+    events = services().store.audit_events(task_id=_safe_arg("task"), limit=_limit())
     return json_response({"events": events})
-
-
-def _operator() -> str:
-    """Who asked: a stable, non-secret label for the admin credential, plus X-Errand-Operator."""
-    digest = hashlib.sha256(request.headers.get("Authorization", "").encode()).hexdigest()[:12]
-    name = request.headers.get("X-Errand-Operator", "")
-    return f"admin:{digest}" + (f":{name}" if is_safe_id(name) else "")
 
 
 def _body() -> dict[str, str]:
@@ -94,7 +78,7 @@ def revoke(jti: str) -> Response:
     if not JTI.fullmatch(jti):
         raise InvalidRequest("jti: not a valid grant id", reason="bad_parameter")
     ended = revoke_grant(
-        jti, services(), reason="operator", actor=_operator(), request_id=request_id()
+        jti, services(), reason="operator", actor=operator_label(request), request_id=request_id()
     )
     return json_response({"revoked": int(ended)})
 
@@ -107,7 +91,11 @@ def revoke_bulk() -> Response:
     if not is_safe_id(value):
         raise InvalidRequest("value: not a valid identifier", reason="bad_parameter")
     result = revoke_by(
-        services(), kind=kind, value=value, reason=body.get("reason", ""), actor=_operator()
+        services(),
+        kind=kind,
+        value=value,
+        reason=body.get("reason", ""),
+        actor=operator_label(request),
     )
     return json_response(
         {
@@ -121,8 +109,8 @@ def revoke_bulk() -> Response:
 
 
 def _rotate(emergency: bool) -> dict[str, object]:
-    keyring = services().keyring
-    if not hasattr(keyring, "rotate"):
+    keyring = services().rotating_keys
+    if keyring is None:
         raise InvalidRequest(
             "key rotation needs keys in Redis (set ERRAND_KEY_ENCRYPTION_KEY_FILE); "
             "with ERRAND_SIGNING_KEY_DIR, replace the key files instead",
@@ -133,7 +121,12 @@ def _rotate(emergency: bool) -> dict[str, object]:
     except Exception as err:  # Redis down while rotating
         raise TemporarilyUnavailable(debug=type(err).__name__) from err
     services().audit.record(
-        {"ts": services().clock.now(), "event": "keys.rotated", "actor": _operator(), **result}
+        {
+            "ts": services().clock.now(),
+            "event": "keys.rotated",
+            "actor": operator_label(request),
+            **result,
+        }
     )
     return result
 
@@ -146,7 +139,7 @@ def revoke_everything() -> Response:
     reason = check_reason(body.get("reason", ""))  # before anything changes
     rotate = str(body.get("rotate_key", "")).lower() in ("1", "true", "yes")
     rotation = _rotate(emergency=True) if rotate else None
-    result = revoke_all(services(), reason=reason, actor=_operator())
+    result = revoke_all(services(), reason=reason, actor=operator_label(request))
     return json_response(
         {
             "epoch": result.epoch,
@@ -160,9 +153,10 @@ def revoke_everything() -> Response:
 
 @bp.get("/keys")
 def key_status() -> Response:
-    keyring = services().keyring
-    if hasattr(keyring, "status"):
-        return json_response({"source": "redis", "keys": keyring.status()})
+    svc = services()
+    if svc.rotating_keys is not None:
+        return json_response({"source": "redis", "keys": svc.rotating_keys.status()})
+    keyring = svc.keyring
     return json_response(
         {
             "source": "files",
@@ -181,19 +175,11 @@ def rotate_keys() -> Response:
 
 @bp.get("/revoke-all/<int:epoch>")
 def fanout_status(epoch: int) -> Response:
-    svc = services()
-    try:
-        progress = svc.revocations.fanout_progress(epoch)
-    except StoreUnavailable as err:
-        raise TemporarilyUnavailable(debug=str(err)) from err
+    progress = services().revocations.fanout_progress(epoch)
     return json_response({"epoch": epoch, "progress": progress})
 
 
 @bp.get("/evidence")
 def evidence() -> Response:
-    svc = services()
-    try:
-        records = svc.revocations.list_evidence(_limit())
-    except StoreUnavailable as err:
-        raise TemporarilyUnavailable(debug=str(err)) from err
+    records = services().revocations.list_evidence(_limit())
     return json_response({"records": records})

@@ -17,7 +17,7 @@ from urllib.parse import unquote
 from flask import Request
 
 from broker.domain.limits import check_auth_throttle, note_auth_failure
-from broker.domain.models import Client, Config
+from broker.domain.models import Client, Config, is_safe_id
 from broker.errors import InvalidClient, InvalidToken, TooManyRequests
 from broker.http.context import client_address, request_id, services
 from broker.metrics import AUTH_FAILURES
@@ -109,6 +109,14 @@ def bearer_token(request: Request) -> str:
     if scheme.lower() != "bearer" or not value.strip():
         raise InvalidToken("a bearer token is required", reason="no_bearer_token")
     return value.strip()
+
+
+def operator_label(request: Request) -> str:
+    """Who asked, for audit: a stable, non-secret label for the admin credential, plus the
+    X-Errand-Operator name when it is a safe identifier."""
+    digest = hashlib.sha256(request.headers.get("Authorization", "").encode()).hexdigest()[:12]
+    name = request.headers.get("X-Errand-Operator", "")
+    return f"admin:{digest}" + (f":{name}" if is_safe_id(name) else "")
 
 
 def check_admin(request: Request, admin_token_sha256: bytes | None) -> None:

@@ -85,13 +85,12 @@ def load(schema: Schema, data: dict[str, Any]) -> dict[str, Any]:
     try:
         result: dict[str, Any] = schema.load(known)
     except ValidationError as err:
-        messages = err.normalized_messages()
-        name = next(iter(messages)) if isinstance(messages, dict) and messages else "request"
-        detail = messages.get(name) if isinstance(messages, dict) else None
+        # Schema.load reports per field: {name: [message, ...]} (nested: a dict).
+        messages = err.messages if isinstance(err.messages, dict) else {}
+        name = next(iter(messages), "request")
+        detail = messages.get(name)
         if isinstance(detail, list) and detail and isinstance(detail[0], str):
             text = detail[0]
-        elif isinstance(detail, dict):
-            text = "invalid value"
         else:
             text = "invalid value"
         raise InvalidRequest(f"{name}: {text}", reason="bad_parameter") from err

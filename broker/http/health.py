@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, Response
 
 from broker.domain.ports import StoreUnavailable
-from broker.http.context import services
+from broker.http.process import runtime
 from broker.http.responses import json_response
 from broker.metrics import render
 
@@ -26,9 +26,11 @@ def metrics() -> Response:
 
 @bp.get("/readyz")
 def readyz() -> Response:
-    svc = services()
+    process = runtime()
     try:
-        svc.store.ping()  # type: ignore[attr-defined]
-    except StoreUnavailable:
+        process.health.ping()
+    except StoreUnavailable:  # answered here: readiness reports "down", it is not an error
         return json_response({"status": "unavailable", "redis": "down"}, 503, {"Retry-After": "2"})
-    return json_response({"status": "ready", "redis": "up", "signing_kid": svc.keyring.active.kid})
+    return json_response(
+        {"status": "ready", "redis": "up", "signing_kid": process.keyring.active.kid}
+    )

@@ -13,7 +13,6 @@ The blueprint also runs the configuration reload check before every request (bro
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import re
 from typing import Any
@@ -21,20 +20,16 @@ from typing import Any
 from flask import Blueprint, Response, current_app, request
 from flask.blueprints import BlueprintSetupState
 
-from broker.domain.inventory import (
-    access_review,
-    inventory_store,
-    offboard_identity,
-    suspend_identity,
-    unsuspend_identity,
-)
+from broker.domain.access_review import access_review
+from broker.domain.inventory import offboard_identity, suspend_identity, unsuspend_identity
 from broker.domain.models import is_safe_id
-from broker.domain.ports import StoreUnavailable
-from broker.errors import InvalidRequest, NotFound, TemporarilyUnavailable
-from broker.http.client_auth import check_admin
+from broker.errors import InvalidRequest, NotFound
+from broker.http.client_auth import check_admin, operator_label
 from broker.http.context import request_id, services
+from broker.http.process import runtime
 from broker.http.responses import json_response
-from broker.reload import ConfigReloader, install_reloader
+from broker.reload import install_reloader
+from broker.runtime import Reloader
 
 bp = Blueprint("identities", __name__, url_prefix="/admin/identities")
 log = logging.getLogger("errand.inventory")
@@ -44,30 +39,23 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 @bp.record_once
 def _setup(state: BlueprintSetupState) -> None:
-    svc = state.app.extensions.get("errand")
-    if svc is not None:
-        for warning in getattr(svc.config, "warnings", ()):
+    process = state.app.extensions.get("errand")
+    if process is not None:
+        for warning in process.config.warnings:
             log.warning("configuration: %s", warning)
-        install_reloader(svc)
+        install_reloader(process)
 
 
 @bp.before_app_request
 def _check_configuration() -> None:
-    reloader = services().extras.get("reloader")
-    if isinstance(reloader, ConfigReloader):
+    reloader = runtime().reloader
+    if reloader is not None:
         reloader.maybe_reload()
 
 
 @bp.before_request
 def _require_admin() -> None:
     check_admin(request, current_app.config.get("ERRAND_ADMIN_TOKEN_SHA256"))
-
-
-def _operator() -> str:
-    """A stable, non-secret label for the admin credential, plus X-Errand-Operator."""
-    digest = hashlib.sha256(request.headers.get("Authorization", "").encode()).hexdigest()[:12]
-    name = request.headers.get("X-Errand-Operator", "")
-    return f"admin:{digest}" + (f":{name}" if is_safe_id(name) else "")
 
 
 def _reason() -> str:
@@ -100,10 +88,7 @@ def _int_arg(name: str, default: int, high: int) -> int:
 @bp.get("")
 def list_identities() -> Response:
     svc = services()
-    try:
-        states = inventory_store(svc).identity_states()
-    except StoreUnavailable as err:
-        raise TemporarilyUnavailable(debug=str(err)) from err
+    states = svc.inventory.identity_states()
     rows = []
     for identity in svc.config.identities:
         state = (states.get(identity.id) or {}).get("state", "active")
@@ -144,16 +129,16 @@ def change_state(identity_id: str, action: str) -> Response:
     result = _ACTIONS[action](
         services(),
         _identity_id(identity_id),
-        actor=_operator(),
+        actor=operator_label(request),
         reason=_reason(),
         request_id=request_id(),
     )
     return json_response(result)
 
 
-def _reloader() -> ConfigReloader:
-    reloader = services().extras.get("reloader")
-    if not isinstance(reloader, ConfigReloader):
+def _reloader() -> Reloader:
+    reloader = runtime().reloader
+    if reloader is None:
         raise NotFound(
             "this process did not load its configuration from a file", reason="no_reloader"
         )

@@ -8,7 +8,8 @@ from typing import Any
 from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from broker.domain.limits import address_over_limit
+from broker.domain.audit_event import ExchangeAudit
+from broker.domain.exchange_refusals import record_refusal
 from broker.errors import BrokerError, InvalidRequest
 from broker.http.context import client_address, request_id, services
 
@@ -40,26 +41,19 @@ def _oversized_token_request() -> Response | None:
     is audited; once the address is over its limit the answer is that 429, audited as a log
     line only, so a flood of large bodies cannot churn the bounded audit stream."""
     svc = services()
-    over = address_over_limit(svc, client_address())
-    refusal = over or InvalidRequest("The request body is too large.", reason="body_too_large")
-    svc.audit.record(
-        {
-            "ts": svc.clock.now(),
-            "event": "token.request",
-            "outcome": "denied",
-            "error": refusal.error,
-            "reason": refusal.reason,
-            "description": refusal.description,
-            "request_id": request_id(),
-            "client_address": client_address(),
-            "token_sha256": None,
-        },
-        stored=over is not None,
+    audit = ExchangeAudit(
+        request_id=request_id(), client_address=client_address(), subject_token=None
     )
-    return error_response(over) if over is not None else None
+    too_large = InvalidRequest("The request body is too large.", reason="body_too_large")
+    refusal = record_refusal(svc, audit, too_large, address_counted=False, now=svc.clock.now())
+    return error_response(refusal) if refusal is not too_large else None
 
 
 def register_error_handlers(app: Flask) -> None:
+    """RFC 6749 §5.2 bodies for every error. StoreUnavailable (Redis down, read-only, out of
+    memory) is a TemporarilyUnavailable, so `_broker_error` answers it too: 503 with
+    Retry-After, the Redis detail logged, never shown. No view translates it."""
+
     @app.errorhandler(BrokerError)
     def _broker_error(err: BrokerError) -> Response:
         if err.status_code >= 500:

@@ -6,7 +6,7 @@ from flask import Blueprint, Response, jsonify
 
 from broker.domain.models import GRANT_TYPE_JWT_BEARER, GRANT_TYPE_TOKEN_EXCHANGE
 from broker.http.context import services
-from broker.tokens.algorithms import ASYMMETRIC_ALGORITHMS
+from errand_jose import ASYMMETRIC_ALGORITHMS
 
 bp = Blueprint("wellknown", __name__)
 

@@ -25,7 +25,6 @@ from urllib.parse import SplitResult, urlsplit
 
 from broker.domain.models import TrustedIssuer
 from broker.identity.errors import KeysUnavailable
-from broker.identity.issuer_options import options_of
 
 Resolver = Callable[[str, int], list[str]]
 IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -86,7 +85,7 @@ def check_discovered_jwks_uri(uri: str, issuer: TrustedIssuer) -> None:
     if parts.scheme != "https":
         raise _refused(uri, "plain http jwks_uri on another origin")
     _, host, port = origin
-    allowed = options_of(issuer).jwks_hosts
+    allowed = issuer.options.jwks_hosts
     if (host in allowed and port == 443) or f"{host}:{port}" in allowed:
         return
     raise _refused(uri, f"jwks_uri host {host}:{port} is neither the issuer's nor in jwks_hosts")
@@ -146,7 +145,7 @@ def check_destination(url: str, issuer: TrustedIssuer, resolve: Resolver) -> Non
     if not addresses:
         raise KeysUnavailable("the issuer's keys are unavailable", debug=f"cannot resolve {host}")
     loopback_ok = _configured_loopback(issuer)
-    private_ok = options_of(issuer).allow_private_network
+    private_ok = issuer.options.allow_private_network
     for addr in addresses:
         why = address_refusal(addr, loopback_ok=loopback_ok, private_ok=private_ok)
         if why is not None:

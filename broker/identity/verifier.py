@@ -20,7 +20,6 @@ from typing import Any
 
 from broker.domain.models import Config, TrustedIssuer, VerifiedSubject
 from broker.identity.errors import BadSignature, ClaimInvalid, MalformedToken, UnknownIssuer
-from broker.identity.issuer_options import options_of
 from broker.identity.jwks import JwksCache
 from broker.identity.profiles import parse_spiffe_id, profile_for
 from errand_jose import ASYMMETRIC_ALGORITHMS, JoseError, read_compact_jws, verify_signature
@@ -97,7 +96,7 @@ def verify_audience(claims: Mapping[str, Any], issuer: TrustedIssuer) -> None:
             reason="wrong_audience",
             debug=debug,
         )
-    options = options_of(issuer)
+    options = issuer.options
     if len(audiences) != 1 and not options.allow_multiple_audiences:
         # strict_aud: we must be the only audience, or the token could be replayed at a peer
         raise ClaimInvalid(

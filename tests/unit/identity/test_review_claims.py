@@ -20,16 +20,18 @@ import pytest
 
 from broker.domain.models import GRANT_TYPE_JWT_BEARER
 from broker.identity.errors import ClaimInvalid
-from tests.conftest import UNIT_ISSUER
-from tests.fixtures.builders import (
+from tests.support.builders import (
     AUDIENCE,
     DEPLOY_AUD,
-    exchange_form,
+    UNIT_ISSUER,
     fake_services,
     gha_token,
+    make_app,
     make_config,
 )
-from tests.unit.helpers import assert_oauth_error, grant_state_keys, make_app, stream_events
+from tests.support.forms import deploy_form
+from tests.support.http import assert_oauth_error
+from tests.support.redis import grant_state_keys, stream_events
 
 GRANTS = ("token-exchange", "jwt-bearer")
 ERROR = {"token-exchange": "invalid_request", "jwt-bearer": "invalid_grant"}
@@ -39,7 +41,7 @@ EXPECTED_CLIENT = "ci-client-7"
 
 def form_for(grant: str, token: str, **extra: Any) -> dict[str, Any]:
     if grant == "token-exchange":
-        return exchange_form(token, **extra)
+        return deploy_form(token, **extra)
     form = {
         "grant_type": GRANT_TYPE_JWT_BEARER,
         "assertion": token,
@@ -135,20 +137,7 @@ def test_review_delegation_refusal_comes_from_the_verifier(broker: Broker) -> No
     ],
     ids=["actor-token", "empty-actor-token", "actor-token-type-alone"],
 )
-@pytest.mark.parametrize(
-    "grant",
-    [
-        "token-exchange",
-        pytest.param(
-            "jwt-bearer",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="broker/http/forms.py load() drops unknown parameters, so the "
-                "jwt-bearer grant ignores actor_token; broker/http/token.py must refuse it",
-            ),
-        ),
-    ],
-)
+@pytest.mark.parametrize("grant", GRANTS)
 def test_review_actor_token_parameter_is_refused(
     broker: Broker, grant: str, extra: dict[str, Any]
 ) -> None:

@@ -1,4 +1,5 @@
-"""Revocation of one token (RFC 7009) and completion of a task."""
+"""Completing a task: a live token of the task's owner ends every token of the task at once;
+a job then removes the task's grants."""
 
 from __future__ import annotations
 
@@ -6,65 +7,13 @@ import logging
 from typing import Any
 
 from broker.domain.access import read_our_token
+from broker.domain.denials import note_denial
 from broker.domain.introspection import grant_state, is_live
-from broker.domain.limits import note_denial
-from broker.domain.ports import Services, StoreUnavailable, WriteRefused
-from broker.errors import AccessDenied, InvalidToken, TemporarilyUnavailable
+from broker.domain.ports import Services, WriteRefused
+from broker.domain.token_revocation import revoke_grant
+from broker.errors import AccessDenied, InvalidToken
 
 log = logging.getLogger(__name__)
-
-
-def _event(svc: Services, name: str, **fields: Any) -> dict[str, Any]:
-    return {"ts": svc.clock.now(), "event": name, **fields}
-
-
-def revoke_token(token: str, svc: Services, *, actor: str, request_id: str = "") -> bool:
-    """End the grant behind one of our tokens. Unknown or foreign tokens are not an error
-    (RFC 7009 §2.2): the answer is the same, so revocation cannot probe for tokens."""
-    claims = read_our_token(token, svc, allow_expired=True)
-    if claims is None:
-        return False
-    return revoke_grant(
-        claims["jti"],
-        svc,
-        reason="revoked",
-        actor=actor,
-        request_id=request_id,
-        task_id=claims["task_id"],
-        identity=claims["sub"],
-    )
-
-
-def revoke_grant(
-    jti: str,
-    svc: Services,
-    *,
-    reason: str,
-    actor: str,
-    request_id: str = "",
-    task_id: str | None = None,
-    identity: str | None = None,
-) -> bool:
-    event = _event(
-        svc,
-        "grant.revoked",
-        outcome="revoked",
-        jti=jti,
-        reason=reason,
-        actor=actor,
-        request_id=request_id,
-        task=task_id,
-        identity=identity,
-    )
-    try:
-        removed = svc.store.revoke_grant(jti, audit=event)
-    except StoreUnavailable as err:
-        raise TemporarilyUnavailable(debug=str(err)) from err
-    if removed is None:
-        return False
-    event["task"], event["identity"] = removed  # as the grant itself recorded them
-    svc.audit.record(event, stored=True)
-    return True
 
 
 def complete_task(
@@ -88,16 +37,16 @@ def complete_task(
     if not is_live(state, claims, svc.clock.now()):
         raise InvalidToken("the access token is no longer active")
     now = svc.clock.now()
-    event = _event(
-        svc,
-        "task.completed",
-        outcome="completed",
-        task=task_id,
-        identity=claims["sub"],
-        jti=claims["jti"],
-        request_id=request_id,
-        client_address=client_address,
-    )
+    event: dict[str, Any] = {
+        "ts": now,
+        "event": "task.completed",
+        "outcome": "completed",
+        "task": task_id,
+        "identity": claims["sub"],
+        "jti": claims["jti"],
+        "request_id": request_id,
+        "client_address": client_address,
+    }
     try:
         newly = svc.store.complete_task(
             task_id,
@@ -107,14 +56,12 @@ def complete_task(
             now=int(now),
             skew_seconds=svc.config.broker.clock_skew_seconds,
         )
-    except StoreUnavailable as err:
-        raise TemporarilyUnavailable(debug=str(err)) from err
     except WriteRefused as refused:
         # A token of another identity in the owner's task: audited, and counted against
         # that identity as reaching beyond what it was given.
         event.update(outcome="denied", reason=refused.reason)
         svc.audit.record(event)
-        note_denial(svc, claims["sub"], refused.reason, event)
+        note_denial(svc, claims["sub"], refused.reason, request_id)
         raise AccessDenied(
             "the task belongs to another identity", reason=refused.reason
         ) from refused

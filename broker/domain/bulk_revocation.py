@@ -1,4 +1,6 @@
-"""Incident response: revoke-all and bulk revocation by task, identity, owner, type or issuer.
+"""Ending many grants at once, for incident response: revoke-all (the epoch cut), revocation
+by task, identity, owner, identity type or issuer, and the fan-out job that removes what a
+revoke-all cut.
 
 Each bulk revocation takes a reason, is audited with who asked, answers with how many
 grants it ended, and leaves a signed revocation record an auditor can verify later."""
@@ -11,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from broker.domain.ports import Services, StoreUnavailable
-from broker.errors import InvalidRequest, TemporarilyUnavailable
+from broker.errors import InvalidRequest
 from broker.tokens.evidence import sign_record
 
 log = logging.getLogger(__name__)
@@ -33,7 +35,7 @@ def _record(svc: Services, **fields: Any) -> tuple[str, str]:
     record_id = "rev_" + secrets.token_urlsafe(12)
     jws = sign_record(
         {"jti": record_id, "iat": int(svc.clock.now()), **fields},
-        svc.keyring,
+        svc.keyring,  # type: ignore[arg-type]  # tokens/ names KeyRing; any SigningKeys do
         svc.config.broker.issuer,
     )
     svc.revocations.append_evidence(record_id, jws)
@@ -61,10 +63,7 @@ def revoke_all(svc: Services, *, reason: str, actor: str) -> RevocationResult:
         "reason": reason,
         "actor": actor,
     }
-    try:
-        epoch, live = svc.revocations.revoke_all(now=now, audit=event)
-    except StoreUnavailable as err:
-        raise TemporarilyUnavailable(debug=str(err)) from err
+    epoch, live = svc.revocations.revoke_all(now=now, audit=event)
     svc.audit.record({**event, "epoch": epoch, "live_grants": live}, stored=True)
     # The cut has happened: from here on nothing may turn the answer into an error.
     record_id, jws = "", ""
@@ -82,7 +81,7 @@ def revoke_all(svc: Services, *, reason: str, actor: str) -> RevocationResult:
     except StoreUnavailable as err:
         log.error("revoke-all: the cut holds but its record could not be stored: %s", err)
     try:
-        svc.jobs.schedule_fanout(epoch)  # type: ignore[attr-defined]
+        svc.jobs.schedule_fanout(epoch)
     except Exception as err:  # the sweeper re-enqueues pending fan-outs; the cut already holds
         log.warning("could not enqueue the revoke-all clean-up: %s", type(err).__name__)
     return RevocationResult("all", "*", live, jws, record_id, epoch)
@@ -104,51 +103,48 @@ def revoke_by(svc: Services, *, kind: str, value: str, reason: str, actor: str) 
     now = int(svc.clock.now())
     store = svc.revocations
     revoked = 0
-    try:
-        if kind == "issuer":
-            # No issuer index (it would cost every grant memory): scan the live grants.
-            offset = 0
+    if kind == "issuer":
+        # No issuer index (it would cost every grant memory): scan the live grants.
+        offset = 0
+        while True:
+            page = store.live_grant_page(offset, BATCH)
+            if not page:
+                break
+            ended = store.revoke_many(page, publish_each=True, issuer_id=value)
+            revoked += ended
+            offset += len(page) - ended
+    else:
+        # One feed entry per revoked grant: exact, and independent of node clocks (an iat
+        # cut-off would miss tokens from a node whose clock runs ahead, or hit new ones).
+        for index in (store.index_key(k, v) for k, v in _indexes_for(svc, kind, value)):
             while True:
-                page = store.live_grant_page(offset, BATCH)
-                if not page:
+                jtis = store.index_members(index, BATCH)
+                if not jtis:
                     break
-                ended = store.revoke_many(page, publish_each=True, issuer_id=value)
-                revoked += ended
-                offset += len(page) - ended
-        else:
-            # One feed entry per revoked grant: exact, and independent of node clocks (an iat
-            # cut-off would miss tokens from a node whose clock runs ahead, or hit new ones).
-            for index in (store.index_key(k, v) for k, v in _indexes_for(svc, kind, value)):
-                while True:
-                    jtis = store.index_members(index, BATCH)
-                    if not jtis:
-                        break
-                    # Every jti read leaves the index (revoked or already expired): the loop ends.
-                    revoked += store.revoke_many(jtis, publish_each=True, index=index)
-        event = {
-            "ts": svc.clock.now(),
-            "event": "revoke.bulk",
-            "outcome": "revoked",
-            "kind": kind,
-            "value": value,
-            "reason": reason,
-            "actor": actor,
-            "revoked": revoked,
-        }
-        if kind == "task":
-            event["task"] = value
-        svc.audit.record(event)
-        record_id, jws = _record(
-            svc,
-            action="revoke",
-            selector={kind: value},
-            reason=reason,
-            actor=actor,
-            revoked=revoked,
-            at=now,
-        )
-    except StoreUnavailable as err:
-        raise TemporarilyUnavailable(debug=str(err)) from err
+                # Every jti read leaves the index (revoked or already expired): the loop ends.
+                revoked += store.revoke_many(jtis, publish_each=True, index=index)
+    event = {
+        "ts": svc.clock.now(),
+        "event": "revoke.bulk",
+        "outcome": "revoked",
+        "kind": kind,
+        "value": value,
+        "reason": reason,
+        "actor": actor,
+        "revoked": revoked,
+    }
+    if kind == "task":
+        event["task"] = value
+    svc.audit.record(event)
+    record_id, jws = _record(
+        svc,
+        action="revoke",
+        selector={kind: value},
+        reason=reason,
+        actor=actor,
+        revoked=revoked,
+        at=now,
+    )
     return RevocationResult(kind, value, revoked, jws, record_id)
 
 

@@ -1,0 +1,53 @@
+"""Runtime: one process's Services plus what only the process uses.
+
+The domain takes `Services` (broker/domain/ports.py) and never sees what is added here: the
+Redis clients (the worker's RQ connection, its locks), the JWKS cache a configuration reload
+must prune, the settings the process started with, the store's health checks and the
+configuration reloader. broker/services.py builds it; the web app keeps it in
+`app.extensions["errand"]` and each worker process builds one (workers/context.py).
+
+A Runtime *is* the Services it carries, so whatever takes Services (the domain, tests,
+scripts) takes a Runtime as it is."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from redis import Redis
+
+from broker.domain.ports import Services
+from broker.identity.jwks import JwksCache
+from broker.settings import Settings
+
+
+class StoreHealth(Protocol):
+    """What /readyz and the start-up check ask of Redis (broker/store/redis.py)."""
+
+    def ping(self) -> bool: ...
+
+    def eviction_policy(self) -> str | None: ...
+
+
+class Reloader(Protocol):
+    """The configuration reloader of a web process (broker/reload.py)."""
+
+    @property
+    def status(self) -> Mapping[str, Any]: ...
+
+    def maybe_reload(self) -> None: ...
+
+    def reload_now(self) -> dict[str, Any]: ...
+
+    def request_reload(self) -> None: ...
+
+
+@dataclass(eq=False)
+class Runtime(Services):
+    settings: Settings
+    redis: Redis  # decoded responses: locks and checks outside the stores
+    rq_redis: Redis  # bytes, as RQ needs
+    jwks: JwksCache  # issuers' keys, shared by every verifier this process builds
+    health: StoreHealth
+    reloader: Reloader | None = None  # web processes whose configuration came from a file
