@@ -33,9 +33,9 @@ from dataclasses import dataclass
 from typing import Any, TypeGuard
 from urllib.parse import quote
 
+from errand_jose import JoseError, strict_json_object
 from errand_rs._http import HttpError, ProcessSession, bounded_get, check_broker_url
 from errand_rs.errors import FeedUnavailable, InvalidToken, TokenRevoked
-from errand_rs.jose import JoseError, strict_json_object
 from errand_rs.verifier import MAX_LEEWAY_SECONDS, VerifiedToken
 
 log = logging.getLogger("errand_rs.feed")
@@ -132,7 +132,8 @@ def basic_auth(client_id: str, client_secret: str) -> str:
 class RevocationFeed:
     """Polls the broker's revocation feed and answers `check(token)`.
 
-    The polling thread starts with `start()`, or on the first `check()` in each process (so a
+    The polling thread starts with `start()` (ErrandAuth and ErrandMiddleware call it when
+    they are set up), and again in each process on its first `check()` or `status()` (so a
     feed built before gunicorn forks its workers still runs in every worker). With
     `background=False` nothing starts a thread: the caller drives `sync_once()`."""
 
@@ -239,16 +240,22 @@ class RevocationFeed:
         return self._synced.wait(timeout)
 
     # -- the check --------------------------------------------------------------------------
-    def check(self, token: VerifiedToken) -> None:
-        """Raise TokenRevoked, or FeedUnavailable when the feed is past its grace period."""
+    def ensure_started(self) -> bool:
+        """Start polling in this process if it should be and is not (a fresh feed, or a
+        forked worker: threads do not survive fork). True if it started the thread now."""
         if (
             self.background
             and (os.getpid() != self._pid or self._thread is None or not self._thread.is_alive())
             and not self._stop.is_set()
         ):
             self.start()
-            if self._last_success is None:
-                self._synced.wait(self.startup_wait_seconds)
+            return True
+        return False
+
+    def check(self, token: VerifiedToken) -> None:
+        """Raise TokenRevoked, or FeedUnavailable when the feed is past its grace period."""
+        if self.ensure_started() and self._last_success is None:
+            self._synced.wait(self.startup_wait_seconds)
         with self._lock:
             last = self._last_success
             if last is None or self._monotonic() - last > self.feed_grace_seconds:
@@ -291,7 +298,9 @@ class RevocationFeed:
             return len(self._jti) + sum(len(v) for v in self._cutoffs.values())
 
     def status(self) -> dict[str, Any]:
-        """For a readiness endpoint: no secrets, no entry values."""
+        """For a readiness endpoint: no secrets, no entry values. Starts polling in this
+        process if it has not started (a readiness probe may come before any request)."""
+        self.ensure_started()
         age = self.seconds_since_sync()
         return {
             "healthy": self.healthy,

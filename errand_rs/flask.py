@@ -42,7 +42,11 @@ class ErrandAuth:
             self.init_app(app)
 
     def init_app(self, app: Flask) -> None:
+        """Register with the app and start the feed's polling now, so a readiness check
+        (`feed.status()`) can turn healthy before the first protected request."""
         app.extensions["errand_rs"] = self
+        if self.feed is not None:
+            self.feed.ensure_started()
 
     def require(self, scopes: Iterable[str] | str | Callable[..., Any] | None = ()) -> Any:
         """Decorator; usable as `@auth.require` or `@auth.require(scopes=[...])`."""

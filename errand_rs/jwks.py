@@ -24,6 +24,7 @@ from typing import Any
 
 import jwt
 
+from errand_jose import PRIVATE_JWK_MEMBERS as _PRIVATE_MEMBERS
 from errand_rs._http import HttpError, ProcessSession, bounded_get
 from errand_rs.errors import InvalidToken, KeysUnavailable
 
@@ -33,7 +34,6 @@ MAX_JWKS_BYTES = 256 * 1024
 MAX_KEYS = 100
 MAX_KID_LENGTH = 256
 _CURVE_ALGORITHMS = {"P-256": "ES256", "P-384": "ES384", "Ed25519": "EdDSA"}
-_PRIVATE_MEMBERS = ("d", "p", "q", "dp", "dq", "qi", "oth", "k")
 _MAX_AGE = re.compile(r"(?:^|,)\s*max-age\s*=\s*(\d{1,9})\s*(?:,|$)", re.IGNORECASE)
 # A failed first fetch is retried this often, whatever the cooldown: a cold verifier has no
 # keys at all, so waiting a whole cooldown would reject every request in the meantime.

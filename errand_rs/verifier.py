@@ -20,9 +20,9 @@ from typing import TYPE_CHECKING, Any, TypeGuard
 
 import jwt
 
+from errand_jose import JoseError, read_compact_jws
 from errand_rs._http import check_broker_url
 from errand_rs.errors import InsufficientScope, InvalidToken
-from errand_rs.jose import JoseError, read_compact_jws
 from errand_rs.jwks import JwksCache
 
 if TYPE_CHECKING:
@@ -101,7 +101,9 @@ class ErrandVerifier:
     """Verify Errand access tokens offline against the broker's JWKS.
 
     `verify()` raises `InvalidToken` (401) or `InsufficientScope` (403); see errand_rs.errors.
-    Thread-safe; one instance per process and issuer is enough."""
+    Thread-safe; one instance per process and issuer is enough. `clock` (wall time, for the
+    token's dates) and `monotonic` (the JWKS cache's expiry and refresh cooldown) default to
+    the real clocks; tests pass their own instead of waiting."""
 
     def __init__(
         self,
@@ -116,6 +118,7 @@ class ErrandVerifier:
         algorithms: Iterable[str] = ALLOWED_ALGORITHMS,
         max_token_lifetime_seconds: int = 86400,
         clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         check_broker_url(issuer, "issuer (the broker's URL, exactly as in `iss`)")
         if jwks_uri is not None:
@@ -145,6 +148,7 @@ class ErrandVerifier:
             cache_seconds=jwks_cache_seconds,
             refresh_cooldown_seconds=jwks_refresh_cooldown_seconds,
             timeout_seconds=http_timeout_seconds,
+            monotonic=monotonic,
         )
 
     def __repr__(self) -> str:

@@ -39,6 +39,8 @@ class ErrandMiddleware:
         # Exact PATH_INFO matches only: a prefix rule is one `..` or `%2F` away from a bypass.
         self.exempt_paths = frozenset(exempt_paths)
         self.realm = realm
+        if feed is not None:  # polling from now: readiness need not wait for a request
+            feed.ensure_started()
 
     def __call__(
         self, environ: dict[str, Any], start_response: Callable[..., Any]

@@ -9,36 +9,89 @@ One module per command group, each adding its subcommands with `register(sub)`:
     keys.py           keys generate|kek-generate|status|rotate, hash-secret
     dev.py            dev-token
     inventory.py      review, identity suspend|unsuspend|offboard|reload
+    completion.py     completion bash|zsh
     errand_client.ci  exchange, complete (the CI client, also shipped on its own)
 
 Operator commands talk to the admin API over HTTP with the admin credential (admin.py), so
-they work from any machine that can reach the broker."""
+they work from any machine that can reach the broker. People read UTC times in ISO 8601
+(output.py); `--json` keeps the broker's own values.
+
+A user's mistake is one line, `errand: <message>`, and exit status 1, never a traceback:
+main() turns the known error types (BrokerError, a file that cannot be read, a closed pipe,
+Ctrl-C) into that line."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from importlib.metadata import PackageNotFoundError, version
 
-from broker.cli import configuration, dev, evidence, grants, inventory, keys, processes
+from broker.cli import (
+    completion,
+    configuration,
+    dev,
+    evidence,
+    grants,
+    inventory,
+    keys,
+    processes,
+)
 from broker.errors import BrokerError
 from errand_client.ci import register as register_ci_commands
 
 __all__ = ["build_parser", "main"]
 
 
+def package_version() -> str:
+    try:
+        return version("errand")
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        return "unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="errand", description="Errand credential broker")
-    sub = p.add_subparsers(dest="command", required=True)
+    p.add_argument(
+        "--version",
+        action="version",
+        version=f"errand {package_version()}",
+        help="print the installed version and exit",
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for group in (processes, grants, evidence, configuration, keys, dev, inventory):
         group.register(sub)
     register_ci_commands(sub)
+    completion.register(sub, p)
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def _stdout_gone() -> int:
+    """The reader of our stdout went away (`errand grants | head -1`): stop quietly. Python
+    would flush stdout again at exit and print an error, so point it at /dev/null first."""
     try:
-        return int(args.fn(args))
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # no real descriptor behind sys.stdout (tests)
+        pass
+    return 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        status = int(args.fn(args))
+        sys.stdout.flush()  # a closed pipe shows here, inside the handler, not at exit
+        return status
+    except BrokenPipeError:
+        return _stdout_gone()
+    except KeyboardInterrupt:
+        print("errand: interrupted", file=sys.stderr)
+        return 130
     except BrokerError as err:
         print(f"errand: {err.description}", file=sys.stderr)
+        return 1
+    except OSError as err:  # a file or directory named on the command line or in a setting
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"errand: {where}{err.strerror or err}", file=sys.stderr)
         return 1

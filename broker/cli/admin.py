@@ -20,14 +20,27 @@ DEFAULT_URL = "http://127.0.0.1:8080"
 
 
 def add_url_argument(sp: argparse.ArgumentParser) -> None:
-    sp.add_argument("--url", default=os.environ.get("ERRAND_URL", DEFAULT_URL))
+    sp.add_argument(
+        "--url",
+        default=os.environ.get("ERRAND_URL", DEFAULT_URL),
+        help=f"the broker's base URL: https, or http to a loopback address "
+        f"(default: $ERRAND_URL, else {DEFAULT_URL})",
+    )
 
 
 def add_admin_arguments(sp: argparse.ArgumentParser) -> None:
     """--url, --admin-token-file and --json: what every admin API command takes."""
     add_url_argument(sp)
-    sp.add_argument("--admin-token-file", default=None)
-    sp.add_argument("--json", action="store_true")
+    sp.add_argument(
+        "--admin-token-file",
+        default=None,
+        metavar="PATH",
+        help="file holding the admin credential "
+        "(default: $ERRAND_ADMIN_TOKEN_FILE, else .errand/admin-token)",
+    )
+    sp.add_argument(
+        "--json", action="store_true", help="print the broker's answer as JSON (Unix times)"
+    )
 
 
 def broker_url(args: argparse.Namespace) -> str:

