@@ -36,7 +36,7 @@ from broker.dev.embedded_redis import RedisProcess  # noqa: E402
 from broker.dev.issuer import DevIssuer, load_or_create_key  # noqa: E402
 from broker.tokens.keyrecord import new_kek  # noqa: E402
 from errand_rs import ErrandVerifier, InvalidToken, RevocationFeed, TokenRevoked  # noqa: E402
-from tests.e2e.stack import (  # noqa: E402
+from tests.support.stack import (  # noqa: E402
     CLIENT_ID,
     DEPLOY_AUD,
     LOCAL,

@@ -61,8 +61,9 @@ import requests  # noqa: E402
 from broker.dev.embedded_redis import RedisProcess  # noqa: E402
 from broker.dev.issuer import DevIssuer, github_claims, load_or_create_key  # noqa: E402
 from broker.store import keys  # noqa: E402
-from tests.e2e.stack import AUDIENCE, CLIENT_ID, exchange_form  # noqa: E402
-from tests.security.support import TunedStack  # noqa: E402
+from tests.support.forms import deploy_form as exchange_form  # noqa: E402
+from tests.support.stack import AUDIENCE, CLIENT_ID  # noqa: E402
+from tests.support.stack import TunedStack  # noqa: E402
 
 MAX_OPS_PER_THREAD = 200_000  # a count bound on every loop, besides the clock
 TOMBSTONE_SECONDS = 60  # broker.task_tombstone_seconds in the soak's configuration

@@ -4,21 +4,57 @@ a private redis-server started on a free port for the session."""
 from __future__ import annotations
 
 import contextlib
+import os
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import redis
+from hypothesis import HealthCheck, settings
 
 from broker.clock import FixedClock
-from broker.devissuer import DevIssuer, load_or_create_key
-from broker.embedded_redis import RedisProcess
+from broker.dev.embedded_redis import RedisProcess
+from broker.dev.issuer import DevIssuer, load_or_create_key
 from broker.tokens.keyring import SigningKey
-from tests.fixtures.builders import StaticFetcher, fake_services, make_config, make_key_dir
+from tests.support.builders import (
+    UNIT_ISSUER,
+    StaticFetcher,
+    fake_services,
+    make_app,
+    make_config,
+    make_key_dir,
+)
+from tests.support.clocks import FakeClock
+from tests.support.redis import RedisDbs
 
-# An issuer URL for unit tests, where JWKS come from StaticFetcher rather than HTTP.
-UNIT_ISSUER = "https://token.actions.githubusercontent.example"
+# The one hypothesis profile. CI (which sets CI=true) replays the same examples on every run;
+# elsewhere each run draws new ones. Example counts are per test (@settings(max_examples=…)).
+# No example database: a failure prints its reproduction, and nothing is left in the tree.
+settings.register_profile(
+    "errand",
+    deadline=None,
+    database=None,
+    derandomize=bool(os.environ.get("CI")),
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.load_profile("errand")
+
+# Tests that start processes or talk to a real Redis: `make test` runs them, `make test-fast`
+# leaves them out (pytest -m "not slow").
+SLOW_FOLDERS = ("e2e", "integration")
+SLOW_MARKERS = ("e2e", "integration")
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects anything
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    tests_dir = Path(__file__).parent
+    for item in items:
+        in_slow_folder = item.path.is_relative_to(tests_dir) and (
+            item.path.relative_to(tests_dir).parts[0] in SLOW_FOLDERS
+        )
+        if in_slow_folder or any(item.get_closest_marker(m) for m in SLOW_MARKERS):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")
@@ -27,8 +63,9 @@ def issuer_key(tmp_path_factory: pytest.TempPathFactory) -> SigningKey:
 
 
 @pytest.fixture
-def clock() -> FixedClock:
-    return FixedClock(1_800_000_000.0)
+def clock() -> FakeClock:
+    """Wall time for Services, fakeredis (tests/unit/conftest.py) and any injected sleep."""
+    return FakeClock(1_800_000_000.0)
 
 
 @pytest.fixture
@@ -53,19 +90,7 @@ def svc(config, key_dir: Path, clock: FixedClock, fetcher: StaticFetcher):  # ty
 
 @pytest.fixture
 def app(svc, tmp_path: Path):  # type: ignore[no-untyped-def]
-    from broker.app import create_app
-    from broker.settings import Settings
-    from tests.fixtures.builders import ADMIN_TOKEN
-
-    admin = tmp_path / "admin-token"
-    admin.write_text(ADMIN_TOKEN)
-    settings = Settings(
-        config_path=Path("unused.yaml"),
-        redis_url="redis://fake",
-        signing_key_dir=Path("unused"),
-        admin_token_file=admin,
-    )
-    return create_app(settings, services=svc)
+    return make_app(svc, tmp_path)
 
 
 @pytest.fixture
@@ -89,6 +114,12 @@ def redis_url(redis_server: RedisProcess) -> Iterator[str]:
     yield redis_server.url
     with contextlib.suppress(redis.RedisError):
         client.flushdb()
+
+
+@pytest.fixture(scope="session")
+def redis_dbs(redis_server: RedisProcess) -> RedisDbs:
+    """Databases 1-15 of the session's redis-server, each for one named owner."""
+    return RedisDbs("127.0.0.1", redis_server.port)
 
 
 @pytest.fixture(scope="session")

@@ -1,9 +1,8 @@
 """End-to-end fixtures: one gunicorn + worker stack for the session, on its own database of
-the session's private redis-server (db 1: the integration suite flushes db 0 per test)."""
+the session's private redis-server (tests/support/redis.py hands the numbers out)."""
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -11,20 +10,14 @@ import pytest
 import redis
 import requests
 
-from tests.e2e.stack import Stack
-
-E2E_DB = 1
+from tests.support.redis import RedisDbs
+from tests.support.stack import Stack
 
 
 @pytest.fixture(scope="session")
-def e2e_redis_url(redis_server: Any) -> Iterator[str]:
-    url = f"redis://127.0.0.1:{redis_server.port}/{E2E_DB}"
-    client = redis.Redis.from_url(url)
-    client.flushdb()
-    yield url
-    with contextlib.suppress(redis.RedisError):
-        client.flushdb()
-    client.close()
+def e2e_redis_url(redis_dbs: RedisDbs) -> Iterator[str]:
+    yield redis_dbs.url("e2e-stack")
+    redis_dbs.flush("e2e-stack")
 
 
 @pytest.fixture(scope="session")

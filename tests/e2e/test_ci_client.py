@@ -1,6 +1,6 @@
 """Story: a CI job against a REAL broker. `errand exchange` fetches a GitHub-Actions-shaped
 OIDC token from a simulated runner token service on 127.0.0.1 (tokens minted by
-broker.devissuer, which the e2e stack's configuration trusts), exports the Errand token, and
+broker.dev.issuer, which the e2e stack's configuration trusts), exports the Errand token, and
 `errand complete` ends the task: introspection then says inactive. Also the Action's main
 and post steps, and the Python library's task() with renewal, against the same broker."""
 
@@ -19,10 +19,10 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from broker.devissuer import github_claims
+from broker.dev.issuer import github_claims
 from errand_client import ErrandClient, TokenRequestError
 from errand_client.runner import read_github_file
-from tests.e2e.stack import AUDIENCE, DEPLOY_AUD, ERRAND, ROOT, introspect
+from tests.support.stack import AUDIENCE, DEPLOY_AUD, ERRAND, ROOT, introspect
 
 pytestmark = pytest.mark.e2e
 

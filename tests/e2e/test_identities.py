@@ -22,10 +22,10 @@ import redis
 import requests
 import yaml
 
-from broker.devissuer import DevIssuer, github_claims, load_or_create_key
+from broker.dev.issuer import DevIssuer, github_claims, load_or_create_key
 from broker.tokens.keyring import SigningKey
-from tests.e2e.stack import CLIENT_ID, ROOT, Stack
-from tests.unit.identity3.world import (
+from tests.support.forms import bearer_form, exchange_form
+from tests.support.platforms import (
     assertion,
     gitlab_claims,
     jwks_of,
@@ -33,24 +33,24 @@ from tests.unit.identity3.world import (
     spiffe_bundle,
     svid,
 )
+from tests.support.redis import RedisDbs
+from tests.support.stack import CLIENT_ID, ROOT, Stack
 
 pytestmark = pytest.mark.e2e
 
-IDENTITIES_DB = 7  # e2e dbs: 1 shared stack, 2 incident, 3 dev-run / resource server
 AUD = "errand-e2e-identities"
 DEPLOY = "https://deploy.acme.example"
 BILLING = "https://billing.acme.example"
 TICKETS = "https://tickets.acme.example"
 TRUST_DOMAIN = "prod.acme.example"
-TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
-JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
-JWT_TYPE = "urn:ietf:params:oauth:token-type:jwt"
 
 HTTP = requests.Session()
 HTTP.trust_env = False  # 127.0.0.1 only
 
 
-class World:
+class PlatformStack:
+    """The stack trusting one issuer per platform, with a token minter for each."""
+
     def __init__(
         self,
         stack: Stack,
@@ -88,25 +88,10 @@ class World:
 
     # HTTP -----------------------------------------------------------------------------------
     def exchange(self, token: str, **extra: Any) -> requests.Response:
-        form = {
-            "grant_type": TOKEN_EXCHANGE,
-            "subject_token": token,
-            "subject_token_type": JWT_TYPE,
-            **extra,
-        }
-        return HTTP.post(
-            self.stack.url + "/token",
-            data={k: v for k, v in form.items() if v is not None},
-            timeout=10,
-        )
+        return HTTP.post(self.stack.url + "/token", data=exchange_form(token, **extra), timeout=10)
 
     def bearer(self, token: str, **extra: Any) -> requests.Response:
-        form = {"grant_type": JWT_BEARER, "assertion": token, **extra}
-        return HTTP.post(
-            self.stack.url + "/token",
-            data={k: v for k, v in form.items() if v is not None},
-            timeout=10,
-        )
+        return HTTP.post(self.stack.url + "/token", data=bearer_form(token, **extra), timeout=10)
 
     def introspect(self, token: str) -> dict[str, Any]:
         resp = HTTP.post(
@@ -315,10 +300,9 @@ def config_doc(
 
 @pytest.fixture(scope="module")
 def world(
-    tmp_path_factory: pytest.TempPathFactory, redis_server: Any, dev_issuer: DevIssuer
-) -> Iterator[World]:
-    url = f"redis://127.0.0.1:{redis_server.port}/{IDENTITIES_DB}"
-    redis.Redis.from_url(url).flushdb()
+    tmp_path_factory: pytest.TempPathFactory, redis_dbs: RedisDbs, dev_issuer: DevIssuer
+) -> Iterator[PlatformStack]:
+    url = redis_dbs.url("e2e-identities")
     workdir = tmp_path_factory.mktemp("identities")
     gitlab = DevIssuer(load_or_create_key(workdir / "gitlab.pem")).start()
     k8s = DevIssuer(load_or_create_key(workdir / "k8s.pem")).start()
@@ -331,7 +315,7 @@ def world(
     stack.config_file.write_text(yaml.safe_dump(doc, sort_keys=False))
     stack.start()
     try:
-        yield World(stack, dev_issuer, gitlab, k8s, spiffe_key, agent_key, doc)
+        yield PlatformStack(stack, dev_issuer, gitlab, k8s, spiffe_key, agent_key, doc)
     finally:
         stack.stop()
         gitlab.stop()
@@ -340,7 +324,7 @@ def world(
             redis.Redis.from_url(url).flushdb()
 
 
-def test_github_actions_both_sub_forms_and_denials(world: World) -> None:
+def test_github_actions_both_sub_forms_and_denials(world: PlatformStack) -> None:
     for immutable in (False, True):
         body = ok(
             world.exchange(world.gh(immutable_sub=immutable), audience=DEPLOY, scope="deploy:write")
@@ -369,11 +353,11 @@ def test_github_actions_both_sub_forms_and_denials(world: World) -> None:
     assert "already been used" in refused(world.exchange(token, audience=DEPLOY))
 
 
-def test_expired_identity_is_refused(world: World) -> None:
+def test_expired_identity_is_refused(world: PlatformStack) -> None:
     assert "expired" in refused(world.exchange(world.gh(ref="refs/heads/legacy"), audience=DEPLOY))
 
 
-def test_gitlab_ci(world: World) -> None:
+def test_gitlab_ci(world: PlatformStack) -> None:
     assert (
         world.introspect(ok(world.exchange(world.gl(), audience=DEPLOY))["access_token"])["sub"]
         == "gl-deploy"
@@ -383,7 +367,7 @@ def test_gitlab_ci(world: World) -> None:
     )
 
 
-def test_kubernetes_pod_binding_is_audited(world: World) -> None:
+def test_kubernetes_pod_binding_is_audited(world: PlatformStack) -> None:
     token = world.pod()
     body = ok(world.exchange(token, task_id="k8s-task-1"))
     ok(world.exchange(token, task_id="k8s-task-2"))  # the kubelet re-serves the same token
@@ -395,7 +379,7 @@ def test_kubernetes_pod_binding_is_audited(world: World) -> None:
     assert issued["workload"]["kubernetes"]["node"]["name"] == "node-a"
 
 
-def test_spiffe_svids(world: World) -> None:
+def test_spiffe_svids(world: PlatformStack) -> None:
     token = world.svid()
     ok(world.exchange(token))
     ok(world.exchange(token))  # no jti; SPIRE re-serves cached SVIDs
@@ -409,7 +393,7 @@ def test_spiffe_svids(world: World) -> None:
     refused(world.exchange(world.svid(spiffe_id=f"spiffe://{TRUST_DOMAIN}/ns/payments/sa/api")))
 
 
-def test_agent_with_its_own_key(world: World) -> None:
+def test_agent_with_its_own_key(world: PlatformStack) -> None:
     body = ok(world.exchange(world.agent(), task_id="digest-1", purpose="summarise P1 tickets"))
     info = world.introspect(body["access_token"])
     assert info["sub"] == "ticket-summariser" and info["task_id"] == "digest-1"
@@ -424,7 +408,7 @@ def test_agent_with_its_own_key(world: World) -> None:
     refused(world.exchange(world.agent(aud=world.stack.url), task_id="t", purpose="p"))
 
 
-def test_one_token_through_both_grants(world: World) -> None:
+def test_one_token_through_both_grants(world: PlatformStack) -> None:
     body = ok(world.bearer(world.gh(), audience=DEPLOY))
     assert world.introspect(body["access_token"])["active"]
     token = world.gh()
@@ -432,13 +416,13 @@ def test_one_token_through_both_grants(world: World) -> None:
     assert refused(world.bearer(token, audience=DEPLOY), "invalid_grant").startswith("assertion:")
 
 
-def review(world: World, *args: str) -> subprocess.CompletedProcess[str]:
-    """The access review through the CLI (`errand review` once broker/cli.py registers it)."""
+def review(world: PlatformStack, *args: str) -> subprocess.CompletedProcess[str]:
+    """The access review through the CLI (`errand review`)."""
     return subprocess.run(
         [
             sys.executable,
             "-m",
-            "broker.inventory_cli",
+            "broker.cli",
             *args,
             "--url",
             world.stack.url,
@@ -452,7 +436,7 @@ def review(world: World, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_suspend_review_and_offboard(world: World) -> None:
+def test_suspend_review_and_offboard(world: PlatformStack) -> None:
     live = ok(world.exchange(world.gl(), audience=DEPLOY))
     resp = world.admin(
         "POST", "/admin/identities/gl-deploy/suspend", json={"reason": "runner compromised"}
@@ -499,7 +483,7 @@ def _until(predicate: Any, timeout: float = 15.0) -> bool:
     return False
 
 
-def every_worker(world: World, predicate: Any, workers: int = 2) -> bool:
+def every_worker(world: PlatformStack, predicate: Any, workers: int = 2) -> bool:
     """Each gunicorn worker reloads on its own: wait until all of them report `predicate`."""
     seen: dict[int, bool] = {}
 
@@ -511,7 +495,7 @@ def every_worker(world: World, predicate: Any, workers: int = 2) -> bool:
     return _until(check, timeout=20.0)
 
 
-def test_reload_without_restart_and_a_bad_file_keeps_the_old(world: World) -> None:
+def test_reload_without_restart_and_a_bad_file_keeps_the_old(world: PlatformStack) -> None:
     doc = json.loads(json.dumps(world.doc))
     doc["identities"].append(
         {

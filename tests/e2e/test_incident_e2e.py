@@ -20,13 +20,13 @@ import pytest
 import redis
 import requests
 
-from broker.devissuer import github_claims
-from broker.tokens.keystore import new_kek
-from tests.e2e.stack import AUDIENCE, CLIENT_ID, DEPLOY_AUD, ERRAND, Stack
+from broker.dev.issuer import github_claims
+from broker.tokens.keyrecord import new_kek
+from tests.support.forms import deploy_form
+from tests.support.redis import RedisDbs
+from tests.support.stack import AUDIENCE, CLIENT_ID, DEPLOY_AUD, ERRAND, Stack
 
 pytestmark = pytest.mark.e2e
-INCIDENT_DB = 2
-TX = "urn:ietf:params:oauth:grant-type:token-exchange"
 
 
 class KekStack(Stack):
@@ -52,10 +52,9 @@ class KekStack(Stack):
 
 @pytest.fixture(scope="module")
 def kstack(
-    tmp_path_factory: pytest.TempPathFactory, redis_server: Any, dev_issuer: Any
+    tmp_path_factory: pytest.TempPathFactory, redis_dbs: RedisDbs, dev_issuer: Any
 ) -> Iterator[KekStack]:
-    url = f"redis://127.0.0.1:{redis_server.port}/{INCIDENT_DB}"
-    redis.Redis.from_url(url).flushdb()
+    url = redis_dbs.url("e2e-incident")
     running = KekStack(tmp_path_factory.mktemp("incident"), url, dev_issuer.issuer).start()
     try:
         yield running
@@ -79,13 +78,7 @@ def exchange(
     )
     return (session or requests).post(
         stack.url + "/token",
-        data={
-            "grant_type": TX,
-            "subject_token": token,
-            "subject_token_type": "urn:ietf:params:oauth:token-type:jwt",
-            "audience": DEPLOY_AUD,
-            "scope": "deploy:write",
-        },
+        data=deploy_form(token),
         timeout=10,
     )
 
@@ -130,7 +123,7 @@ def test_revoke_all_under_load(kstack: KekStack, dev_issuer: Any, db: redis.Redi
         t.start()
     time.sleep(1.0)
     t_cut = time.monotonic()
-    out = cli(kstack, "revoke-all", "--reason", "e2e incident", "--json")
+    out = cli(kstack, "revoke-all", "--yes", "--reason", "e2e incident", "--json")
     t_done = time.monotonic()
     body = json.loads(out.stdout)
     epoch = body["epoch"]
@@ -160,8 +153,8 @@ def test_revoke_all_under_load(kstack: KekStack, dev_issuer: Any, db: redis.Redi
     while time.time() < deadline and db.hget(f"errand:fanout:{epoch}", "done") != "1":
         time.sleep(0.1)
     assert db.hget(f"errand:fanout:{epoch}", "done") == "1"
-    status = json.loads(cli(kstack, "revoke-all-status", str(epoch)).stdout)
-    assert status["progress"]["done"] == "1"
+    status = json.loads(cli(kstack, "revoke-all-status", str(epoch), "--json").stdout)
+    assert int(status["progress"]["done"]) == 1
     for key in db.scan_iter("errand:grant:*"):
         assert int(db.hget(key, "p")) >= epoch
 
@@ -169,7 +162,7 @@ def test_revoke_all_under_load(kstack: KekStack, dev_issuer: Any, db: redis.Redi
 def _fill(db: redis.Redis, n: int) -> None:
     """Live grants written through the real grant-write script, pipelined, fast."""
     from broker.domain.models import Grant
-    from broker.store.redis import RedisGrantStore
+    from scripts._bulk import BulkGrantWriter as RedisGrantStore
 
     now = int(time.time())
     epoch = int(db.get("errand:epoch") or 0)
@@ -198,7 +191,7 @@ def test_worker_killed_during_fanout_is_recovered(
 ) -> None:
     _fill(db, 60_000)
     before = exchange(kstack, dev_issuer).json()["access_token"]
-    body = json.loads(cli(kstack, "revoke-all", "--reason", "kill test", "--json").stdout)
+    body = json.loads(cli(kstack, "revoke-all", "--yes", "--reason", "kill test", "--json").stdout)
     epoch = body["epoch"]
     assert not active(kstack, before)  # the cut holds before any clean-up
     key = f"errand:fanout:{epoch}"

@@ -30,11 +30,12 @@ import redis
 import requests
 from flask import Flask, g
 
-from broker.tokens.keystore import new_kek
+from broker.tokens.keyrecord import new_kek
 from errand_rs import ErrandVerifier, FeedUnavailable, InvalidToken, RevocationFeed, TokenRevoked
 from errand_rs.feed import parse_page
 from errand_rs.flask import ErrandAuth
-from tests.e2e.stack import (
+from tests.support.redis import RedisDbs
+from tests.support.stack import (
     CLIENT_ID,
     DEPLOY_AUD,
     ERRAND,
@@ -50,7 +51,6 @@ from tests.e2e.stack import (
 
 pytestmark = pytest.mark.e2e
 
-RS_DB = 3  # db 0: integration, 1: e2e stack, 2: incident e2e
 # What the docs promise while the feed is healthy: poll interval + request latency.
 POLL_INTERVAL_SECONDS = 0.5
 MAX_REVOCATION_DELAY_SECONDS = 1.0
@@ -115,10 +115,9 @@ class RsStack(Stack):
 
 @pytest.fixture(scope="module")
 def rs_stack(
-    tmp_path_factory: pytest.TempPathFactory, redis_server: Any, dev_issuer: Any
+    tmp_path_factory: pytest.TempPathFactory, redis_dbs: RedisDbs, dev_issuer: Any
 ) -> Iterator[RsStack]:
-    url = f"redis://127.0.0.1:{redis_server.port}/{RS_DB}"
-    redis.Redis.from_url(url).flushdb()
+    url = redis_dbs.url("e2e-resource-server")
     running = RsStack(tmp_path_factory.mktemp("rs-stack"), url, dev_issuer.issuer).start()
     try:
         yield running
@@ -425,7 +424,7 @@ def test_revoke_all_reaches_the_resource_server(
     body: dict[str, Any] = {}
 
     def revoke_all() -> None:
-        body.update(cli(rs_stack, "revoke-all", "--reason", "rs e2e incident", "--json"))
+        body.update(cli(rs_stack, "revoke-all", "--yes", "--reason", "rs e2e incident", "--json"))
 
     delay = until_rejected(rs, before[0], revoke_all)
     _report(

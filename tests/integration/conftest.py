@@ -14,23 +14,10 @@ import pytest
 import redis
 import yaml
 
-from broker.domain.exchange import exchange_token
-from broker.domain.models import TOKEN_TYPE_JWT, ExchangeRequest, IssuedToken
 from broker.domain.ports import Services
 from broker.services import build_services
 from broker.settings import Settings
-from broker.store import keys
-from tests.fixtures.builders import (
-    DENIAL_MAY_TOUCH,
-    DEPLOY_AUD,
-    config_dict,
-    gha_token,
-    make_config,
-    make_key_dir,
-)
-
-# Keys a denied exchange may touch: the audit stream and the JWKS mirror / refresh lock.
-ALLOWED_ON_DENIAL_PREFIXES = DENIAL_MAY_TOUCH
+from tests.support.builders import config_dict, gha_token, make_config, make_key_dir
 
 
 @pytest.fixture
@@ -76,60 +63,6 @@ def subject(issuer_key: Any, dev_issuer: Any) -> Callable[..., str]:
     return mint
 
 
-def request(token: str, **kw: Any) -> ExchangeRequest:
-    fields: dict[str, Any] = {
-        "subject_token": token,
-        "subject_token_type": TOKEN_TYPE_JWT,
-        "audiences": (DEPLOY_AUD,),
-        "scopes": ("deploy:write",),
-        "client_address": "127.0.0.1",
-        "request_id": "it-req",
-    }
-    fields.update(kw)
-    return ExchangeRequest(**fields)
-
-
-def exchange(svc: Services, token: str, **kw: Any) -> IssuedToken:
-    return exchange_token(request(token, **kw), svc)
-
-
-def snapshot(client: redis.Redis) -> dict[bytes, Any]:
-    """Every key except the ones a denial may touch, with its type, content and expiry.
-
-    Read as bytes: RQ's job hashes hold compressed, non-UTF-8 data."""
-    conn = client.connection_pool.connection_kwargs
-    r = redis.Redis(host=conn["host"], port=conn["port"], db=conn.get("db", 0))
-    skip = tuple(p.encode() for p in ALLOWED_ON_DENIAL_PREFIXES)
-    out: dict[bytes, Any] = {}
-    try:
-        for key in r.scan_iter(count=1000):
-            if key == keys.AUDIT_STREAM.encode() or key.startswith(skip):
-                continue
-            kind = r.type(key)
-            if kind == b"string":
-                value: Any = r.get(key)
-            elif kind == b"hash":
-                value = r.hgetall(key)
-            elif kind == b"zset":
-                value = r.zrange(key, 0, -1, withscores=True)
-            elif kind == b"set":
-                value = sorted(r.smembers(key))
-            elif kind == b"list":
-                value = r.lrange(key, 0, -1)
-            else:
-                value = kind
-            out[key] = (kind, value, r.pexpiretime(key))
-    finally:
-        r.close()
-    return out
-
-
-def audit_events(client: redis.Redis) -> list[dict[str, Any]]:
-    import json
-
-    return [json.loads(f["e"]) for _, f in client.xrange(keys.AUDIT_STREAM, "-", "+")]
-
-
 @pytest.fixture
 def worker_env(
     monkeypatch: pytest.MonkeyPatch,
@@ -151,14 +84,3 @@ def worker_env(
     workers.context.services.cache_clear()
     yield config_file
     workers.context.services.cache_clear()
-
-
-def run_jobs(svc: Services) -> None:
-    """Drain the errand queue with a SimpleWorker in burst mode (jobs run in this process)."""
-    from rq import Queue, SimpleWorker
-
-    from broker.jobs import QUEUE_NAME
-
-    conn = svc.extras["rq_redis"]
-    queue = Queue(QUEUE_NAME, connection=conn)
-    SimpleWorker([queue], connection=conn).work(burst=True)

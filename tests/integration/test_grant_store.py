@@ -18,7 +18,7 @@ import pytest
 from broker.domain.introspection import introspect
 from broker.domain.models import Grant
 from broker.domain.ports import WriteRefused
-from broker.domain.revocation import complete_task
+from broker.domain.task_completion import complete_task
 from broker.errors import (
     BrokerError,
     InvalidRequest,
@@ -27,10 +27,11 @@ from broker.errors import (
     TemporarilyUnavailable,
 )
 from broker.store import keys
-from broker.store.redis import expiry_member
+from broker.store.grant_record import expiry_member
 from broker.tokens.keyring import generate_key
-from tests.fixtures.builders import AUDIENCE, DENIAL_MAY_TOUCH
-from tests.integration.conftest import audit_events, exchange, snapshot
+from tests.support.builders import AUDIENCE, DENIAL_MAY_TOUCH
+from tests.support.domain import exchange
+from tests.support.redis import audit_events, snapshot
 
 pytestmark = pytest.mark.integration
 
@@ -128,7 +129,7 @@ def test_same_subject_token_raced_from_many_threads_issues_once(svc, raw, subjec
 
 # -- denials leave no state ----------------------------------------------------------------
 def _other_key_token(issuer_key, dev_issuer, tmp_path) -> str:
-    from broker.devissuer import github_claims, mint_with
+    from broker.dev.issuer import github_claims, mint_with
 
     other = generate_key(tmp_path / "other-issuer")
     claims = github_claims(issuer=dev_issuer.issuer, audience=AUDIENCE, now=time.time())

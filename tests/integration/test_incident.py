@@ -12,19 +12,19 @@ import pytest
 import redis
 
 from broker.clock import FixedClock
-from broker.devissuer import github_claims, mint_with
+from broker.dev.issuer import github_claims, mint_with
+from broker.domain.bulk_revocation import fanout, revoke_all, revoke_by
 from broker.domain.exchange import exchange_token
-from broker.domain.incident import fanout, revoke_all, revoke_by
 from broker.domain.introspection import introspect
 from broker.domain.models import TOKEN_TYPE_JWT, ExchangeRequest
 from broker.errors import BrokerError, InvalidRequest
 from broker.services import build_services
 from broker.settings import Settings
 from broker.tokens.evidence import EvidenceInvalid, verify_record
+from broker.tokens.keyrecord import new_kek
 from broker.tokens.keyring import KeyError_
-from broker.tokens.keystore import new_kek
 from broker.tokens.verify import verify_access_token
-from tests.fixtures.builders import AUDIENCE, DEPLOY_AUD, StaticFetcher, make_config
+from tests.support.builders import AUDIENCE, DEPLOY_AUD, StaticFetcher, make_config
 
 pytestmark = pytest.mark.integration
 ISSUER = "https://ci.example"
@@ -78,7 +78,7 @@ def test_revoke_all_is_immediate_and_later_exchanges_work(svc, issuer_key):
     assert _active(svc, after)
     totals = fanout(svc, result.epoch)
     assert totals["revoked"] == 30
-    r = svc.extras["redis"]
+    r = svc.redis
     assert r.keys("errand:grant:*") == [f"errand:grant:{after.grant.jti}"]
     assert r.zcard("errand:expiry") == 1
     assert _active(svc, after)
@@ -98,7 +98,7 @@ def test_exchange_in_flight_during_revoke_all_does_not_survive(svc, issuer_key, 
     with pytest.raises(BrokerError) as err:
         _exchange(svc, issuer_key)
     assert err.value.error == "temporarily_unavailable"
-    assert svc.extras["redis"].keys("errand:grant:*") == []
+    assert svc.redis.keys("errand:grant:*") == []
 
 
 @pytest.mark.parametrize("kind", ["task", "identity", "owner", "identity_type", "issuer"])
@@ -134,7 +134,8 @@ def test_bulk_revocation_needs_a_reason_and_a_known_kind(svc):
 
 
 def test_feed_carries_jti_task_identity_and_epoch(svc, issuer_key):
-    from broker.domain.revocation import complete_task, revoke_token
+    from broker.domain.task_completion import complete_task
+    from broker.domain.token_revocation import revoke_token
 
     a = _exchange(svc, issuer_key)
     b = _exchange(svc, issuer_key, task="task-feed")
@@ -193,10 +194,10 @@ def test_scheduled_rotation_publishes_before_signing_and_keeps_old_key(svc, issu
 
 def test_keys_are_shared_by_nodes_and_sealed_at_rest(svc, redis_url, tmp_path, issuer_key):
     svc.keyring.active  # noqa: B018 - the first node creates the first key on first use
-    raw = svc.extras["redis"].hgetall("errand:keys")
+    raw = svc.redis.hgetall("errand:keys")
     assert raw and all("PRIVATE KEY" not in v for v in raw.values())
     # A second node with the same KEK signs with the same key; one with another KEK fails.
-    settings = svc.extras["settings"]
+    settings = svc.settings
     other = build_services(
         settings, config=svc.config, fetcher=StaticFetcher({"keys": [issuer_key.public_jwk()]})
     )
@@ -211,7 +212,7 @@ def test_keys_are_shared_by_nodes_and_sealed_at_rest(svc, redis_url, tmp_path, i
     # Its records fail authentication: refused (never used), and no key of its own is made.
     with pytest.raises(KeyError_, match="refused"):
         build_services(wrong, config=svc.config).keyring.active  # noqa: B018
-    assert svc.extras["redis"].hgetall("errand:keys") == raw
+    assert svc.redis.hgetall("errand:keys") == raw
 
 
 def test_emergency_rotation_removes_old_key_at_once(svc, issuer_key):
@@ -266,7 +267,7 @@ def test_revoke_all_under_concurrent_exchanges(svc, issuer_key):
 
 
 def test_redis_down_during_revoke_all_is_an_error_not_a_silent_success(tmp_path, issuer_key):
-    from broker.embedded_redis import RedisProcess
+    from broker.dev.embedded_redis import RedisProcess
 
     server = RedisProcess(tmp_path / "r").start()
     kek = tmp_path / "kek"

@@ -12,11 +12,12 @@ from rq import Queue
 from rq.job import Job, JobStatus
 
 from broker.domain.introspection import introspect
-from broker.domain.revocation import complete_task
+from broker.domain.task_completion import complete_task
 from broker.jobs import QUEUE_NAME, task_job_id
 from broker.store import keys
-from broker.store.redis import expiry_member
-from tests.integration.conftest import audit_events, exchange, run_jobs
+from broker.store.grant_record import expiry_member
+from tests.support.domain import exchange, run_jobs
+from tests.support.redis import audit_events
 
 pytestmark = pytest.mark.integration
 
@@ -37,7 +38,7 @@ def test_completion_job_removes_every_grant_of_the_task_and_is_idempotent(
     complete_task(mine[1].access_token, svc, request_id="rq-1")
 
     # The clean-up job is queued under a fixed id, carrying only the task id.
-    job = Job.fetch(task_job_id("job-task"), connection=svc.extras["rq_redis"])
+    job = Job.fetch(task_job_id("job-task"), connection=svc.rq_redis)
     assert job.func_name == "workers.tasks.cleanup_task"
     assert job.args == ("job-task",)
     assert raw.zscore(keys.COMPLETING, "job-task") is not None
@@ -72,7 +73,7 @@ def test_completion_job_removes_every_grant_of_the_task_and_is_idempotent(
     assert complete_task(mine[0].access_token, svc) == {"task_id": "job-task", "completed": True}
     snapshot_before = {k: raw.type(k) for k in raw.keys("errand:*") if k != keys.AUDIT_STREAM}
     run_jobs(svc)
-    job = Job.fetch(task_job_id("job-task"), connection=svc.extras["rq_redis"])
+    job = Job.fetch(task_job_id("job-task"), connection=svc.rq_redis)
     assert job.get_status() == JobStatus.FINISHED
     assert job.return_value(refresh=True) == 3  # the first run's result: no second run
     assert {
@@ -83,7 +84,7 @@ def test_completion_job_removes_every_grant_of_the_task_and_is_idempotent(
     # A second clean-up run (a retry, the reconciler) finds nothing left and changes nothing.
     svc.jobs.schedule_task_cleanup("job-task")
     run_jobs(svc)
-    job = Job.fetch(task_job_id("job-task"), connection=svc.extras["rq_redis"])
+    job = Job.fetch(task_job_id("job-task"), connection=svc.rq_redis)
     assert job.get_status() == JobStatus.FINISHED
     assert job.return_value(refresh=True) == 0
     assert {
@@ -163,14 +164,14 @@ def test_sweep_reenqueues_a_completion_a_dead_worker_left(worker_env, svc, raw, 
         audit={"event": "task.completed", "task": "orphan-task"},
         now=int(time.time()) - 120,
     )
-    assert Queue(QUEUE_NAME, connection=svc.extras["rq_redis"]).count == 0
+    assert Queue(QUEUE_NAME, connection=svc.rq_redis).count == 0
 
     svc.jobs.schedule_sweep()  # type: ignore[attr-defined]
     run_jobs(svc)  # the sweep enqueues the clean-up; the burst worker runs it too
 
     assert all(raw.exists(keys.grant(t.grant.jti)) == 0 for t in issued)
     assert raw.zscore(keys.COMPLETING, "orphan-task") is None
-    job = Job.fetch(task_job_id("orphan-task"), connection=svc.extras["rq_redis"])
+    job = Job.fetch(task_job_id("orphan-task"), connection=svc.rq_redis)
     assert job.return_value() == 2
 
 
@@ -178,7 +179,7 @@ def test_repeated_completion_queues_one_cleanup(worker_env, svc, raw, subject):
     issued = exchange(svc, subject(), task_id="dup-task")
     for _ in range(20):
         complete_task(issued.access_token, svc)
-    queue = Queue(QUEUE_NAME, connection=svc.extras["rq_redis"])
+    queue = Queue(QUEUE_NAME, connection=svc.rq_redis)
     assert queue.count == 1
     # The scheduler itself keeps one pending clean-up per task (the reconciler calls it too).
     for _ in range(20):

@@ -11,14 +11,16 @@ from pathlib import Path
 import pytest
 import redis
 
+from broker.dev.embedded_redis import RedisProcess, free_port
 from broker.domain.introspection import introspect
-from broker.domain.revocation import complete_task, revoke_token
-from broker.embedded_redis import RedisProcess, free_port
+from broker.domain.task_completion import complete_task
+from broker.domain.token_revocation import revoke_token
 from broker.errors import TemporarilyUnavailable
 from broker.services import check_redis_policy
 from broker.settings import Settings
 from broker.store import keys
-from tests.integration.conftest import exchange, snapshot
+from tests.support.domain import exchange
+from tests.support.redis import snapshot
 
 pytestmark = pytest.mark.integration
 
@@ -55,7 +57,7 @@ def test_introspection_fails_closed_when_redis_is_killed_and_recovers(own_redis,
         complete_task(before.access_token, svc)
 
     own_redis.restart()  # same port, empty: nothing survived the crash (--save "")
-    assert own_redis.url == svc.extras["settings"].redis_url
+    assert own_redis.url == svc.settings.redis_url
 
     # Same Services object, no rebuild: the grant is gone, so the old token is inactive...
     assert introspect(before.access_token, svc) == {"active": False}

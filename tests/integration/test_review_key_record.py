@@ -13,8 +13,10 @@ import redis
 
 from broker.clock import FixedClock
 from broker.store import keys
-from broker.tokens.keystore import RedisKeyRecords, RedisKeyRing, new_kek
-from tests.unit.tokens.test_review_key_record_migration import legacy_record
+from broker.store.signing_keys import RedisKeyRecords
+from broker.tokens.keyrecord import new_kek
+from broker.tokens.keystore import RedisKeyRing
+from tests.support.keyrecords import legacy_record
 
 pytestmark = [pytest.mark.integration, pytest.mark.regression]
 

@@ -9,10 +9,11 @@ import threading
 import pytest
 
 from broker.domain.introspection import introspect
-from broker.domain.revocation import complete_task
+from broker.domain.task_completion import complete_task
 from broker.errors import BrokerError, InvalidRequest
 from broker.store import keys
-from tests.integration.conftest import exchange, snapshot
+from tests.support.domain import exchange
+from tests.support.redis import snapshot
 
 pytestmark = pytest.mark.integration
 

@@ -7,9 +7,14 @@ from typing import Any
 import pytest
 
 from broker.clock import FixedClock
-from tests.conftest import UNIT_ISSUER
-from tests.fixtures.builders import StaticFetcher, fake_services, make_config, make_key_dir
-from tests.unit.helpers import make_app
+from tests.support.builders import (
+    UNIT_ISSUER,
+    StaticFetcher,
+    fake_services,
+    make_app,
+    make_config,
+    make_key_dir,
+)
 
 
 @pytest.fixture(scope="module")

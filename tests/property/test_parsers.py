@@ -4,22 +4,17 @@ from __future__ import annotations
 
 import json
 
-from hypothesis import HealthCheck, given, settings
+import pytest
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from broker.domain.models import SCOPE_TOKEN
 from broker.errors import InvalidScope
 from broker.http.forms import parse_scope
-from broker.identity.jose import CompactJws, JoseError, read_compact_jws
-from tests.unit.helpers import b64url
+from errand_jose import CompactJws, JoseError, read_compact_jws
+from tests.support.jws import b64url
 
-SETTINGS = settings(
-    max_examples=200,
-    deadline=None,
-    derandomize=True,
-    database=None,
-    suppress_health_check=[HealthCheck.too_slow],
-)
+SETTINGS = settings(max_examples=200)
 
 B64_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 
@@ -48,6 +43,7 @@ token_like = st.one_of(
 )
 
 
+@pytest.mark.slow  # hundreds of generated examples: over a second
 @SETTINGS
 @given(token=token_like, max_bytes=st.integers(min_value=0, max_value=10_000))
 def test_read_compact_jws_raises_only_jose_error(token: str, max_bytes: int) -> None:
@@ -61,6 +57,7 @@ def test_read_compact_jws_raises_only_jose_error(token: str, max_bytes: int) -> 
     assert token.count(".") == 2
 
 
+@pytest.mark.slow  # hundreds of generated examples: over a second
 @SETTINGS
 @given(
     value=st.one_of(

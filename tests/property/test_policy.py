@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from hypothesis import HealthCheck, assume, given, settings
+import pytest
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from broker.domain.models import (
@@ -20,13 +21,7 @@ from broker.errors import BrokerError
 from broker.policy.engine import evaluate
 from broker.policy.matcher import IdentityMatcher, Match, Miss, claim_text
 
-SETTINGS = settings(
-    max_examples=200,
-    deadline=None,
-    derandomize=True,
-    database=None,
-    suppress_health_check=[HealthCheck.too_slow],
-)
+SETTINGS = settings(max_examples=200)
 BROKER = BrokerOptions(issuer="https://errand.test")
 
 claim_names = st.text(min_size=1, max_size=12)
@@ -62,6 +57,7 @@ def one_rule_config(claims: dict[str, str]) -> Config:
     return Config(broker=BROKER, issuers={}, identities=(identity,), clients={})
 
 
+@pytest.mark.slow  # hundreds of generated examples: over a second
 @SETTINGS
 @given(
     rule=st.dictionaries(claim_names, exact_values, min_size=1, max_size=5),

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ipaddress
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -83,6 +84,7 @@ def _addresses_in(text: str) -> set[str]:
     return found
 
 
+@pytest.mark.slow  # hundreds of generated examples: over a second
 @SETTINGS
 @given(peer=peers, header=headers, trust=trusts)
 def test_never_raises_and_returns_the_peer_or_a_header_address(
@@ -95,6 +97,7 @@ def test_never_raises_and_returns_the_peer_or_a_header_address(
     assert key == peer_key or key in _addresses_in(header or ""), (key, peer, header)
 
 
+@pytest.mark.slow  # hundreds of generated examples: over a second
 @SETTINGS
 @given(peer=untrusted_peers, header=headers, kind=st.sampled_from(["x-forwarded-for", "forwarded"]))
 def test_an_untrusted_peer_never_chooses_its_address(
@@ -104,6 +107,7 @@ def test_an_untrusted_peer_never_chooses_its_address(
     assert address_key(str(peer), header, trust) == limit_key(peer)
 
 
+@pytest.mark.slow  # hundreds of generated examples: over a second
 @SETTINGS
 @given(peer=addresses, header=headers)
 def test_off_means_the_peer(
@@ -112,6 +116,7 @@ def test_off_means_the_peer(
     assert address_key(str(peer), header, ProxyTrust()) == limit_key(peer)
 
 
+@pytest.mark.slow  # hundreds of generated examples: over a second
 @SETTINGS
 @given(
     peer=trusted_peers,
@@ -132,6 +137,7 @@ def test_behind_a_trusted_proxy_the_right_most_untrusted_address_wins(
         assert key == limit_key(untrusted[-1])
 
 
+@pytest.mark.slow  # hundreds of generated examples: over a second
 @SETTINGS
 @given(
     peer=addresses,

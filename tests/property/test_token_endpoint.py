@@ -4,20 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from broker.devissuer import github_claims
+from broker.dev.issuer import github_claims
 from broker.domain.models import GRANT_TYPE_TOKEN_EXCHANGE, TOKEN_TYPE_ID_TOKEN, TOKEN_TYPE_JWT
-from tests.conftest import UNIT_ISSUER
-from tests.fixtures.builders import AUDIENCE, DEPLOY_AUD, gha_token
-from tests.unit.helpers import es256_sign
+from tests.support.builders import AUDIENCE, DEPLOY_AUD, UNIT_ISSUER, gha_token
+from tests.support.jws import es256_sign
 
 SETTINGS = settings(
     max_examples=200,
-    deadline=None,
-    derandomize=True,
-    database=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
 
@@ -77,12 +74,14 @@ def check(resp: Any) -> None:
         assert body["token_type"] == "Bearer" and body["access_token"]
 
 
+@pytest.mark.slow  # hundreds of generated examples: over a second
 @SETTINGS
 @given(form=st.dictionaries(keys, form_values, max_size=8))
 def test_arbitrary_forms_never_5xx(prop_env: dict[str, Any], form: dict[str, Any]) -> None:
     check(prop_env["client"].post("/token", data=form))
 
 
+@pytest.mark.slow  # hundreds of generated examples: over a second
 @SETTINGS
 @given(
     overrides=st.dictionaries(keys, form_values, max_size=4),
@@ -115,6 +114,7 @@ def test_near_valid_forms_never_5xx(
     check(prop_env["client"].post("/token", data=form))
 
 
+@pytest.mark.slow  # hundreds of generated examples: over a second
 @SETTINGS
 @given(task_id=st.text(max_size=140))
 def test_any_task_id_never_5xx(prop_env: dict[str, Any], task_id: str) -> None:

@@ -24,12 +24,14 @@ import pytest
 import redis
 import requests
 
-from broker.devissuer import github_claims
+from broker.dev.issuer import github_claims
 from broker.store import keys
-from tests.security.conftest import World, observe
-from tests.security.support import FaultIssuer, TunedStack, es256, limits_supported, new_key
-
-pytestmark = pytest.mark.skipif(not limits_supported(), reason="waiting for abuse limits")
+from tests.support.forms import deploy_form
+from tests.support.hostile import ObservedBroker, observe
+from tests.support.jws import es256_sign, new_es256_key
+from tests.support.redis import RedisDbs
+from tests.support.servers import FaultIssuer
+from tests.support.stack import AUDIENCE, TunedStack
 
 WINDOW = 60
 BASE = {
@@ -41,7 +43,7 @@ BASE = {
 }
 
 
-def limited(make_world: Any, **limits: Any) -> World:
+def limited(make_world: Any, **limits: Any) -> ObservedBroker:
     return make_world(limits={**BASE, **limits})
 
 
@@ -52,12 +54,12 @@ def assert_429(resp: Any) -> dict[str, Any]:
     retry = int(resp.headers["Retry-After"])
     assert 1 <= retry <= WINDOW
     body = resp.get_json()
-    assert body["error"] in ("temporarily_unavailable", "slow_down"), body
+    assert body["error"] == "temporarily_unavailable", body  # TooManyRequests' OAuth code
     assert body["error_description"] and "access_token" not in body
     return dict(body)
 
 
-def post_from(w: World, address: str, form: dict[str, Any], **headers: str) -> Any:
+def post_from(w: ObservedBroker, address: str, form: dict[str, Any], **headers: str) -> Any:
     return w.client.post(
         "/token",
         data=form,
@@ -72,7 +74,7 @@ def test_per_address_limit_is_429_and_other_addresses_are_unaffected(make_world)
     w = limited(make_world, per_address=5)
 
     def forged() -> dict[str, Any]:
-        return w.form("token-exchange", es256(new_key(), w.header(), w.claims()))
+        return w.form("token-exchange", es256_sign(new_es256_key(), w.header(), w.claims()))
 
     for _ in range(5):
         assert post_from(w, "10.0.0.1", forged()).status_code == 400
@@ -120,7 +122,7 @@ def test_per_identity_limit_counts_verified_identities_only(make_world) -> None:
     w = limited(make_world, per_identity=3)
     # Forged tokens in the victim's name (bad signature) are refused and never counted.
     for _ in range(20):
-        forged = es256(new_key(), w.header(), w.claims())
+        forged = es256_sign(new_es256_key(), w.header(), w.claims())
         assert w.exchange(token=forged).status_code == 400
     assert not any(k.startswith(keys.PREFIX + "rl:identity:") for k in w.redis.scan_iter("*"))
     for n in range(3):
@@ -156,10 +158,10 @@ def test_a_rate_limited_request_does_not_burn_its_jti(make_world) -> None:
 def test_per_issuer_limit_applies_before_signature_work(make_world) -> None:
     w = limited(make_world, per_issuer=5)
     for _ in range(5):
-        forged = es256(new_key(), w.header(kid="k-" + secrets.token_hex(4)), w.claims())
+        forged = es256_sign(new_es256_key(), w.header(kid="k-" + secrets.token_hex(4)), w.claims())
         assert w.exchange(token=forged).status_code == 400
     fetches = w.fetcher.calls
-    forged = es256(new_key(), w.header(kid="k-" + secrets.token_hex(4)), w.claims())
+    forged = es256_sign(new_es256_key(), w.header(kid="k-" + secrets.token_hex(4)), w.claims())
     assert_429(w.exchange(token=forged))
     assert w.fetcher.calls == fetches, "a limited request still caused a JWKS fetch"
     # Tokens naming an issuer that is not configured never count against a configured one.
@@ -201,7 +203,7 @@ def test_repeatedly_denied_identity_is_flagged_and_suspended(make_world) -> None
     live = w.exchange().get_json()["access_token"]
     # Forged tokens in its name are not its denials.
     for _ in range(10):
-        w.exchange(token=es256(new_key(), w.header(), w.claims()), scope="deploy:admin")
+        w.exchange(token=es256_sign(new_es256_key(), w.header(), w.claims()), scope="deploy:admin")
     assert not [e for e in w.stream() if e.get("event") == "identity.flagged"]
     for scope in ("deploy:admin", "root", "deploy:admin"):
         assert w.exchange(scope=scope).status_code == 400
@@ -226,14 +228,13 @@ def test_repeatedly_denied_identity_is_flagged_and_suspended(make_world) -> None
 
 @pytest.fixture(scope="module")
 def limited_stack(
-    tmp_path_factory: pytest.TempPathFactory, redis_server: Any
+    tmp_path_factory: pytest.TempPathFactory, redis_dbs: RedisDbs
 ) -> Iterator[tuple[TunedStack, FaultIssuer]]:
-    from tests.security.conftest import LIMITS_DB, private_db_url
 
     issuer = FaultIssuer().start()
     stack = TunedStack(
         tmp_path_factory.mktemp("limits-stack"),
-        private_db_url(redis_server, LIMITS_DB),
+        redis_dbs.url("security-limits"),
         issuer.issuer,
         limits={**BASE, "per_address": 20},
     ).start()
@@ -246,15 +247,13 @@ def limited_stack(
 
 @pytest.mark.e2e
 def test_e2e_per_address_limit_holds_across_workers(limited_stack) -> None:
-    from tests.e2e.stack import AUDIENCE, exchange_form
-
     stack, issuer = limited_stack
 
     def one(_: int) -> tuple[int, str | None]:
         with requests.Session() as s:
             s.trust_env = False
             claims = github_claims(issuer=issuer.issuer, audience=AUDIENCE, now=time.time())
-            resp = s.post(stack.url + "/token", data=exchange_form(issuer.mint(claims)), timeout=10)
+            resp = s.post(stack.url + "/token", data=deploy_form(issuer.mint(claims)), timeout=10)
             return resp.status_code, resp.headers.get("Retry-After")
 
     assert one(0)[0] == 200  # sequential first: the JWKS is fetched and mirrored once

@@ -1,9 +1,8 @@
 """Suite 2: a fuzz run of the HTTP API from docs/openapi.yaml (schemathesis), in process on
 the Flask app over fakeredis. Checks: never a server error, responses conform to the
 documented schema, status code and content type, and every error is an RFC 6749 §5.2 JSON
-object. Bounded: a fixed number of examples per operation, derandomised, well under 60 s.
-
-Needs the dev dependency `schemathesis>=4` (skips with that reason when it is missing)."""
+object. Bounded: a fixed number of examples per operation (derandomised in CI), well under 60 s.
+Slow (schemathesis and hundreds of requests): `make test` runs it, `make test-fast` does not."""
 
 from __future__ import annotations
 
@@ -12,25 +11,21 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-schemathesis = pytest.importorskip(
-    "schemathesis",
-    minversion="4.0",
-    reason="schemathesis>=4 is not installed (dev dependency: pip install 'schemathesis>=4')",
-)
-
-from hypothesis import HealthCheck, settings  # noqa: E402
-from schemathesis.checks import not_a_server_error  # noqa: E402
-from schemathesis.specs.openapi.checks import (  # noqa: E402
+import schemathesis
+from hypothesis import HealthCheck, settings
+from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.checks import (
     content_type_conformance,
     response_schema_conformance,
     status_code_conformance,
 )
 
-from broker.store.auth_failures import AUTH_FAILURES  # noqa: E402
-from tests.fixtures.builders import ADMIN_TOKEN, CLIENT_ID, CLIENT_SECRET  # noqa: E402
-from tests.security.conftest import World, build_world, observe  # noqa: E402
-from tests.security.support import CountingListener  # noqa: E402
+from broker.store.auth_failures import AUTH_FAILURES
+from tests.support.builders import ADMIN_TOKEN, CLIENT_ID, CLIENT_SECRET
+from tests.support.hostile import ObservedBroker, build_world, observe
+from tests.support.servers import CountingListener
+
+pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA = schemathesis.openapi.from_path(ROOT / "docs" / "openapi.yaml")
@@ -39,7 +34,9 @@ STATS: dict[str, Any] = {"calls": 0, "by_status": {}}
 
 
 @pytest.fixture(scope="module")
-def fuzz_world(tmp_path_factory: pytest.TempPathFactory, issuer_key: Any) -> Iterator[World]:
+def fuzz_world(
+    tmp_path_factory: pytest.TempPathFactory, issuer_key: Any
+) -> Iterator[ObservedBroker]:
     listener = CountingListener().start()
     world = build_world(tmp_path_factory.mktemp("fuzz"), issuer_key, listener)
     # Some real state for the fuzzer to run into: a live grant and a completed task.
@@ -110,7 +107,7 @@ def _headers(case: Any) -> dict[str, str]:
     return {}
 
 
-def _forget_auth_failures(world: World) -> None:
+def _forget_auth_failures(world: ObservedBroker) -> None:
     """Every case comes from one address: without this, the failed credentials the fuzzer
     sends would soon throttle the address (429) and no case would reach past the checks."""
     for key in world.redis.scan_iter(AUTH_FAILURES + "*"):
@@ -120,12 +117,9 @@ def _forget_auth_failures(world: World) -> None:
 @SCHEMA.parametrize()
 @settings(
     max_examples=EXAMPLES,
-    deadline=None,
-    derandomize=True,
-    database=None,
     suppress_health_check=list(HealthCheck),
 )
-def test_api_fuzz(case: Any, fuzz_world: World) -> None:
+def test_api_fuzz(case: Any, fuzz_world: ObservedBroker) -> None:
     _forget_auth_failures(fuzz_world)
     response = case.call(app=fuzz_world.app, headers=_headers(case))
     case.validate_response(response, checks=CHECKS)
@@ -134,18 +128,15 @@ def test_api_fuzz(case: Any, fuzz_world: World) -> None:
 @SCHEMA.parametrize()
 @settings(
     max_examples=10,
-    deadline=None,
-    derandomize=True,
-    database=None,
     suppress_health_check=list(HealthCheck),
 )
-def test_api_fuzz_unauthenticated(case: Any, fuzz_world: World) -> None:
+def test_api_fuzz_unauthenticated(case: Any, fuzz_world: ObservedBroker) -> None:
     _forget_auth_failures(fuzz_world)
     response = case.call(app=fuzz_world.app)
     case.validate_response(response, checks=CHECKS)
 
 
-def test_audit_event_names_are_documented(fuzz_world: World) -> None:
+def test_audit_event_names_are_documented(fuzz_world: ObservedBroker) -> None:
     """Every event name GET /admin/audit returns is in the documented AuditEvent enum
     (found by the fuzz run: 'token.request' was missing; the docs now list it)."""
     import yaml

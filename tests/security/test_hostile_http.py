@@ -16,33 +16,31 @@ import pytest
 import redis
 import requests
 
-from broker.devissuer import github_claims
+from broker.dev.issuer import github_claims
 from broker.store import keys
-from tests.e2e.stack import AUDIENCE, exchange_form
-from tests.security.conftest import HOSTILE_DB, observe, private_db_url
-from tests.security.support import (
-    CountingListener,
-    FaultIssuer,
-    TunedStack,
+from tests.support.forms import DEPLOY_REQUEST, bearer_form, deploy_form
+from tests.support.hostile import observe
+from tests.support.jws import (
     b64url,
-    es256,
-    hs256,
-    new_key,
+    es256_sign,
+    hs256_sign,
+    new_es256_key,
     public_pem,
     secret_fragments,
     sha256_hex,
 )
+from tests.support.redis import RedisDbs
+from tests.support.servers import CountingListener, FaultIssuer
+from tests.support.stack import AUDIENCE, TunedStack
 
 pytestmark = pytest.mark.e2e
 
-JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
-
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory: pytest.TempPathFactory, redis_server: Any) -> Iterator[dict[str, Any]]:
+def env(tmp_path_factory: pytest.TempPathFactory, redis_dbs: RedisDbs) -> Iterator[dict[str, Any]]:
     issuer = FaultIssuer().start()
     listener = CountingListener().start()
-    url = private_db_url(redis_server, HOSTILE_DB)
+    url = redis_dbs.url("security-hostile-http")
     stack = TunedStack(tmp_path_factory.mktemp("hostile-stack"), url, issuer.issuer).start()
     db = redis.Redis.from_url(url, decode_responses=True)
     http = requests.Session()
@@ -95,26 +93,26 @@ def _hostile(env: dict[str, Any]) -> dict[str, tuple[str, dict[str, Any], int, s
     """name -> (token, form, expected status, expected error)."""
     issuer, listener, stack, http = env["issuer"], env["listener"], env["stack"], env["http"]
     key = issuer.keys[0]
-    attacker = new_key()
+    attacker = new_es256_key()
     header = {"alg": "ES256", "typ": "JWT", "kid": key.kid}
     real = issuer.mint(_claims(issuer))
-    issued = http.post(stack.url + "/token", data=exchange_form(real), timeout=10)
+    issued = http.post(stack.url + "/token", data=deploy_form(real), timeout=10)
     assert issued.status_code == 200, issued.text
     access = issued.json()["access_token"]
     cases: dict[str, tuple[str, dict[str, Any], int, str]] = {}
 
     def te(name: str, token: str, status: int = 400, error: str = "invalid_request", **f: Any):
-        cases[name] = (token, exchange_form(token, **f), status, error)
+        cases[name] = (token, deploy_form(token, **f), status, error)
 
-    none = es256(key, {**header, "alg": "none"}, _claims(issuer))
+    none = es256_sign(key, {**header, "alg": "none"}, _claims(issuer))
     te("alg_none", none.rsplit(".", 1)[0] + ".AAAA")
     te(
         "hs256_with_issuer_public_key",
-        hs256(public_pem(key), {**header, "alg": "HS256"}, _claims(issuer)),
+        hs256_sign(public_pem(key), {**header, "alg": "HS256"}, _claims(issuer)),
     )
     te(
         "jku_x5u_jwk_x5c_to_listener",
-        es256(
+        es256_sign(
             attacker,
             {
                 **header,
@@ -127,16 +125,22 @@ def _hostile(env: dict[str, Any]) -> dict[str, tuple[str, dict[str, Any], int, s
             _claims(issuer),
         ),
     )
-    te("kid_path_traversal", es256(key, {**header, "kid": "../../etc/passwd"}, _claims(issuer)))
+    te(
+        "kid_path_traversal",
+        es256_sign(key, {**header, "kid": "../../etc/passwd"}, _claims(issuer)),
+    )
     te("broker_access_token_as_subject", access)
     te("id_token_other_audience", issuer.mint(_claims(issuer, aud="another-app")))
-    te("nested_jwt", es256(key, {**header, "cty": "JWT"}, issuer.mint(_claims(issuer)).encode()))
+    te(
+        "nested_jwt",
+        es256_sign(key, {**header, "cty": "JWT"}, issuer.mint(_claims(issuer)).encode()),
+    )
     te("log_injection_task_id", issuer.mint(_claims(issuer)), task_id='x\r\n{"event":"fake"}')
     te("scope_wildcard", issuer.mint(_claims(issuer)), status=400, error="invalid_scope", scope="*")
-    bearer = es256(key, {**header, "alg": "none"}, _claims(issuer)).rsplit(".", 1)[0] + ".AA"
+    bearer = es256_sign(key, {**header, "alg": "none"}, _claims(issuer)).rsplit(".", 1)[0] + ".AA"
     cases["jwt_bearer_alg_none"] = (
         bearer,
-        {"grant_type": JWT_BEARER, "assertion": bearer, "audience": exchange_form("x")["audience"]},
+        bearer_form(bearer, audience=DEPLOY_REQUEST["audience"]),
         400,
         "invalid_grant",
     )
@@ -202,7 +206,7 @@ def test_oversized_and_non_utf8_bodies_over_http(env: dict[str, Any]) -> None:
     before = _grant_keys(db)
     big = http.post(
         stack.url + "/token",
-        data=exchange_form("a.b.c", padding="p" * (70 * 1024)),
+        data=deploy_form("a.b.c", padding="p" * (70 * 1024)),
         timeout=10,
     )
     assert big.status_code == 413, big.text

@@ -16,9 +16,9 @@ from urllib.parse import quote, urlencode
 import pytest
 
 from broker.domain.models import GRANT_TYPE_TOKEN_EXCHANGE, TOKEN_TYPE_JWT
-from tests.fixtures.builders import CLIENT_ID, CLIENT_SECRET, DEPLOY_AUD
-from tests.security.conftest import World, observe
-from tests.security.support import es256, hs256, new_key, public_pem, unverified_claims
+from tests.support.builders import CLIENT_ID, CLIENT_SECRET, DEPLOY_AUD
+from tests.support.hostile import ObservedBroker, observe
+from tests.support.jws import es256_sign, hs256_sign, new_es256_key, public_pem, unverified_claims
 
 # (parameter, value, expected error). Values are sent form-encoded, so "\n" arrives as a
 # newline and "%00" as the three characters % 0 0.
@@ -107,7 +107,7 @@ def _case_id(case: tuple[str, Any, str]) -> str:
 
 
 @pytest.mark.parametrize("case", PARAMS, ids=[_case_id(c) for c in PARAMS])
-def test_hostile_parameter_is_refused_and_burns_nothing(world: World, case) -> None:
+def test_hostile_parameter_is_refused_and_burns_nothing(world: ObservedBroker, case) -> None:
     name, value, error = case
     token = world.token()
     form = world.form("token-exchange", token, **{name: value})
@@ -127,7 +127,9 @@ def test_hostile_parameter_is_refused_and_burns_nothing(world: World, case) -> N
         ("grant_type", "unsupported_grant_type"),
     ],
 )
-def test_non_utf8_bytes_in_a_field_are_refused(world: World, name: str, error: str | None) -> None:
+def test_non_utf8_bytes_in_a_field_are_refused(
+    world: ObservedBroker, name: str, error: str | None
+) -> None:
     """Raw %FF %FE %C0%AF in a field: decoded with replacement characters, then refused by
     the field's own rule (or, for free-text purpose, accepted as text and JSON-escaped)."""
     token = world.token()
@@ -148,7 +150,7 @@ def test_non_utf8_bytes_in_a_field_are_refused(world: World, name: str, error: s
     )
 
 
-def test_non_utf8_bytes_in_the_subject_token_are_refused(world: World) -> None:
+def test_non_utf8_bytes_in_the_subject_token_are_refused(world: ObservedBroker) -> None:
     token = world.token()
     body = urlencode(world.form("token-exchange", "x")).replace(
         "subject_token=x", "subject_token=" + quote(token) + "%FF%C0%AF"
@@ -163,7 +165,7 @@ def test_non_utf8_bytes_in_the_subject_token_are_refused(world: World) -> None:
     )
 
 
-def test_raw_non_utf8_body_bytes_are_refused(world: World) -> None:
+def test_raw_non_utf8_body_bytes_are_refused(world: ObservedBroker) -> None:
     body = b"grant_type=\xff\xfe&subject_token=\xc0\xaf.\xff.\xfe&subject_token_type=\x80"
     world.refused(
         lambda rid: world.post_token(
@@ -184,7 +186,7 @@ def test_raw_non_utf8_body_bytes_are_refused(world: World) -> None:
         "application/xml",
     ],
 )
-def test_other_content_types_are_refused(world: World, content_type: str) -> None:
+def test_other_content_types_are_refused(world: ObservedBroker, content_type: str) -> None:
     token = world.token()
     if content_type == "application/json":
         data: Any = json.dumps(world.form("token-exchange", token))
@@ -199,7 +201,7 @@ def test_other_content_types_are_refused(world: World, content_type: str) -> Non
     assert resp.headers["Cache-Control"] == "no-store"
 
 
-def test_body_over_64KiB_is_413_json_without_state(world: World) -> None:
+def test_body_over_64KiB_is_413_json_without_state(world: ObservedBroker) -> None:
     token = world.token()
     form = world.form("token-exchange", token, padding="p" * (70 * 1024))
     before = world.state_keys()
@@ -212,7 +214,7 @@ def test_body_over_64KiB_is_413_json_without_state(world: World) -> None:
     assert world.state_keys() == before
 
 
-def test_body_over_64KiB_is_audited(world: World) -> None:
+def test_body_over_64KiB_is_audited(world: ObservedBroker) -> None:
     token = world.token()
     form = world.form("token-exchange", token, padding="p" * (70 * 1024))
     before = len(world.stream())
@@ -221,7 +223,7 @@ def test_body_over_64KiB_is_audited(world: World) -> None:
     assert len(world.stream()) == before + 1
 
 
-def test_many_parameters_are_a_json_4xx(world: World) -> None:
+def test_many_parameters_are_a_json_4xx(world: ObservedBroker) -> None:
     form = world.form("token-exchange", world.token())
     form.update({f"p{i}": "x" for i in range(2000)})
     resp = world.post_token(form)
@@ -230,7 +232,7 @@ def test_many_parameters_are_a_json_4xx(world: World) -> None:
     assert resp.headers["Cache-Control"] == "no-store"
 
 
-def test_long_parameter_name_is_refused_with_a_short_description(world: World) -> None:
+def test_long_parameter_name_is_refused_with_a_short_description(world: ObservedBroker) -> None:
     token = world.token()
     form = world.form("token-exchange", token)
     form["n" * 5000] = ["a", "b"]
@@ -241,7 +243,7 @@ def test_long_parameter_name_is_refused_with_a_short_description(world: World) -
 
 
 @pytest.mark.parametrize("problem", ["repeated", "too_long"])
-def test_parameter_names_are_not_echoed_raw(world: World, problem: str) -> None:
+def test_parameter_names_are_not_echoed_raw(world: ObservedBroker, problem: str) -> None:
     token = world.token()
     form = world.form("token-exchange", token)
     name = 'x\r\n{"event":"fake"}\x1b[31m'
@@ -252,7 +254,7 @@ def test_parameter_names_are_not_echoed_raw(world: World, problem: str) -> None:
 @pytest.mark.parametrize(
     "rid", ["../../x", 'a"b', "x" * 65, "abc def", "é", "a\tb", "{}", "${jndi:ldap://x}"]
 )
-def test_hostile_request_id_header_is_replaced(world: World, rid: str) -> None:
+def test_hostile_request_id_header_is_replaced(world: ObservedBroker, rid: str) -> None:
     try:
         resp = world.client.post(
             "/token",
@@ -267,7 +269,7 @@ def test_hostile_request_id_header_is_replaced(world: World, rid: str) -> None:
     assert len(event["request_id"]) <= 64
 
 
-def test_log_injection_in_free_text_is_escaped(world: World) -> None:
+def test_log_injection_in_free_text_is_escaped(world: ObservedBroker) -> None:
     """purpose is free text: accepted, but the audit line stays one JSON object, and a forged
     event inside it is data, not a second event."""
     forged = '"}\u2028{"event":"token.exchange","outcome":"issued","jti":"forged"}'
@@ -285,47 +287,53 @@ def test_log_injection_in_free_text_is_escaped(world: World) -> None:
 # -- forgeries of Errand's own access tokens --------------------------------------------------
 
 
-def _forgeries(world: World) -> dict[str, str]:
+def _forgeries(world: ObservedBroker) -> dict[str, str]:
     real = world.exchange().get_json()["access_token"]
     claims = unverified_claims(real)
     ours = world.svc.keyring.active
     header = {"alg": ours.alg, "typ": "at+jwt", "kid": ours.kid}
-    other = new_key()
+    other = new_es256_key()
     return {
-        "alg_none": es256(ours, {**header, "alg": "none"}, claims).rsplit(".", 1)[0] + ".AA",
-        "hs256_with_our_public_key": hs256(public_pem(ours), {**header, "alg": "HS256"}, claims),
-        "signed_by_another_key_with_our_kid": es256(other, header, claims),
-        "our_kid_but_typ_jwt": es256(ours, {**header, "typ": "JWT"}, claims),
+        "alg_none": es256_sign(ours, {**header, "alg": "none"}, claims).rsplit(".", 1)[0] + ".AA",
+        "hs256_with_our_public_key": hs256_sign(
+            public_pem(ours), {**header, "alg": "HS256"}, claims
+        ),
+        "signed_by_another_key_with_our_kid": es256_sign(other, header, claims),
+        "our_kid_but_typ_jwt": es256_sign(ours, {**header, "typ": "JWT"}, claims),
         "task_id_tampered": ".".join(
             [
                 real.split(".")[0],
-                es256(ours, header, {**claims, "task_id": "x"}).split(".")[1],
+                es256_sign(ours, header, {**claims, "task_id": "x"}).split(".")[1],
                 real.split(".")[2],
             ]
         ),
-        "expired_by_our_key": es256(ours, header, {**claims, "exp": int(world.clock.now()) - 1}),
-        "jti_of_a_live_grant_other_sub": es256(other, header, {**claims, "sub": "acme-release"}),
+        "expired_by_our_key": es256_sign(
+            ours, header, {**claims, "exp": int(world.clock.now()) - 1}
+        ),
+        "jti_of_a_live_grant_other_sub": es256_sign(
+            other, header, {**claims, "sub": "acme-release"}
+        ),
         "subject_token_of_the_issuer": world.token(),
-        "kid_traversal": es256(ours, {**header, "kid": "../../" + ours.kid}, claims),
+        "kid_traversal": es256_sign(ours, {**header, "kid": "../../" + ours.kid}, claims),
         "4KiB_plus": real + "A" * 5000,
     }
 
 
-def test_forged_access_tokens_are_never_active(world: World) -> None:
+def test_forged_access_tokens_are_never_active(world: ObservedBroker) -> None:
     for name, forged in _forgeries(world).items():
         resp = world.introspect(forged)
         assert resp.status_code == 200, (name, resp.get_json())
         assert resp.get_json() == {"active": False}, name
 
 
-def test_forged_access_tokens_cannot_complete_a_task_or_revoke(world: World) -> None:
+def test_forged_access_tokens_cannot_complete_a_task_or_revoke(world: ObservedBroker) -> None:
     live = world.exchange(task_id="victim-task").get_json()["access_token"]
     claims = unverified_claims(live)
     ours = world.svc.keyring.active
     header = {"alg": ours.alg, "typ": "at+jwt", "kid": ours.kid}
     forged = [
-        hs256(public_pem(ours), {**header, "alg": "HS256"}, claims),
-        es256(new_key(), header, claims),
+        hs256_sign(public_pem(ours), {**header, "alg": "HS256"}, claims),
+        es256_sign(new_es256_key(), header, claims),
     ]
     for token in forged:
         done = world.client.post("/tasks/complete", headers={"Authorization": f"Bearer {token}"})
@@ -348,7 +356,7 @@ def test_forged_access_tokens_cannot_complete_a_task_or_revoke(world: World) -> 
         "Bearer \x7f",
     ],
 )
-def test_hostile_bearer_headers_at_task_completion(world: World, header: str) -> None:
+def test_hostile_bearer_headers_at_task_completion(world: ObservedBroker, header: str) -> None:
     try:
         resp = world.client.post("/tasks/complete", headers={"Authorization": header})
     except ValueError:
@@ -369,7 +377,7 @@ def test_hostile_bearer_headers_at_task_completion(world: World, header: str) ->
         ("a" * 10_000, "b"),
     ],
 )
-def test_introspection_client_auth_failures_are_401(world: World, auth) -> None:
+def test_introspection_client_auth_failures_are_401(world: ObservedBroker, auth) -> None:
     token = world.exchange().get_json()["access_token"]
     resp = world.client.post("/introspect", data={"token": token}, auth=auth)
     assert resp.status_code == 401
@@ -377,7 +385,7 @@ def test_introspection_client_auth_failures_are_401(world: World, auth) -> None:
     assert "active" not in resp.get_json()
 
 
-def test_jwt_bearer_assertion_cannot_be_replayed_as_a_subject_token(world: World) -> None:
+def test_jwt_bearer_assertion_cannot_be_replayed_as_a_subject_token(world: ObservedBroker) -> None:
     """The two grants share one replay guard: a jti used as an assertion is used."""
     token = world.token()
     first = world.exchange("jwt-bearer", token=token)
@@ -388,13 +396,15 @@ def test_jwt_bearer_assertion_cannot_be_replayed_as_a_subject_token(world: World
     assert "already been used" in again.get_json()["error_description"]
 
 
-def test_jwt_bearer_with_subject_token_type_parameters_is_still_checked(world: World) -> None:
+def test_jwt_bearer_with_subject_token_type_parameters_is_still_checked(
+    world: ObservedBroker,
+) -> None:
     token = world.token()
     form = world.form("jwt-bearer", token, subject_token=token, task_id="../x")
     world.refused(lambda rid: world.post_token(form, rid=rid), token=token, error="invalid_request")
 
 
-def test_credentials_in_the_url_are_refused_and_not_logged(world: World) -> None:
+def test_credentials_in_the_url_are_refused_and_not_logged(world: ObservedBroker) -> None:
     token = world.token()
     resp = world.client.post(
         "/token?subject_token=" + quote(token), data=world.form("token-exchange", token)
@@ -405,7 +415,7 @@ def test_credentials_in_the_url_are_refused_and_not_logged(world: World) -> None
         assert token not in text
 
 
-def test_random_task_ids_share_nothing(world: World) -> None:
+def test_random_task_ids_share_nothing(world: ObservedBroker) -> None:
     """Two identities cannot meet in one task: a task id opened by one identity is refused
     to another (the key is the same string, so isolation is by ownership, not by name)."""
     task = "shared-" + secrets.token_hex(3)
@@ -421,7 +431,7 @@ def test_random_task_ids_share_nothing(world: World) -> None:
     assert refusal.event["reason"] == "task_foreign"
 
 
-def test_the_form_carries_only_what_the_schema_names(world: World) -> None:
+def test_the_form_carries_only_what_the_schema_names(world: ObservedBroker) -> None:
     """Unknown parameters are ignored (RFC 6749 §3.2), including ones named like Errand's
     internal fields; they never reach the grant."""
     resp = world.exchange(
@@ -433,7 +443,7 @@ def test_the_form_carries_only_what_the_schema_names(world: World) -> None:
     assert claims["exp"] - claims["iat"] <= 600
 
 
-def test_token_type_hint_does_not_change_the_answer(world: World) -> None:
+def test_token_type_hint_does_not_change_the_answer(world: ObservedBroker) -> None:
     token = world.exchange().get_json()["access_token"]
     for hint in ("refresh_token", "access_token", "x" * 64, "\u0000"):
         resp = world.client.post(
@@ -446,7 +456,7 @@ def test_token_type_hint_does_not_change_the_answer(world: World) -> None:
             assert resp.get_json()["active"] is True
 
 
-def test_subject_token_type_id_token_goes_through_the_same_checks(world: World) -> None:
+def test_subject_token_type_id_token_goes_through_the_same_checks(world: ObservedBroker) -> None:
     token = world.token(aud="another-client")
     form = world.form(
         "token-exchange",
@@ -462,19 +472,19 @@ def test_subject_token_type_id_token_goes_through_the_same_checks(world: World) 
     assert TOKEN_TYPE_JWT  # the default type is covered by the token matrix
 
 
-def test_many_denials_leave_no_per_identity_state(world: World) -> None:
+def test_many_denials_leave_no_per_identity_state(world: ObservedBroker) -> None:
     """Invariant 1: denials claiming a victim's identity write no counter, replay or index
     keyed by that claim (an attacker cannot burn a victim's jti or lock it out)."""
     victim_jti = "victim-" + secrets.token_hex(4)
     before = world.state_keys()
     for _ in range(20):
-        forged = es256(new_key(), world.header(), world.claims(jti=victim_jti))
+        forged = es256_sign(new_es256_key(), world.header(), world.claims(jti=victim_jti))
         assert world.exchange(token=forged).status_code == 400
     assert world.state_keys() == before
     assert world.exchange(token=world.token(jti=victim_jti)).status_code == 200
 
 
-def test_repeated_audiences_are_deduplicated(world: World) -> None:
+def test_repeated_audiences_are_deduplicated(world: ObservedBroker) -> None:
     """300 copies of an allowed audience: one audience in the token, which stays small and
     introspects active (no way to inflate a token by repetition)."""
     resp = world.exchange(audience=[DEPLOY_AUD] * 300)

@@ -2,7 +2,7 @@
 both grants that carry a workload JWT: RFC 8693 `subject_token` (refused with
 invalid_request, RFC 8693 §2.2.2) and RFC 7523 `assertion` (invalid_grant, RFC 7523 §3.1).
 
-Every case goes through World.refused (tests/security/conftest.py): a 4xx OAuth JSON error
+Every case goes through ObservedBroker.refused (tests/support/hostile.py): a 4xx OAuth JSON error
 with no-store, no token, no state written in Redis, exactly one audit event carrying the
 token's SHA-256 and never the token."""
 
@@ -16,10 +16,9 @@ from typing import Any
 import pytest
 
 from broker.tokens.keyring import SigningKey
-from tests.conftest import UNIT_ISSUER
-from tests.fixtures.builders import AUDIENCE, BROKER_ISSUER
-from tests.security.conftest import DROP, NOW, World
-from tests.security.support import b64url, es256, hs256, new_key, public_pem, segment
+from tests.support.builders import AUDIENCE, BROKER_ISSUER, UNIT_ISSUER
+from tests.support.hostile import DROP, NOW, ObservedBroker
+from tests.support.jws import b64url, es256_sign, hs256_sign, new_es256_key, public_pem, segment
 
 GRANTS = ("token-exchange", "jwt-bearer")
 ERROR = {"token-exchange": "invalid_request", "jwt-bearer": "invalid_grant"}
@@ -29,7 +28,7 @@ PREFIX = {"token-exchange": "subject_token:", "jwt-bearer": "assertion:"}
 def _raw_sign(key: SigningKey, header_json: str, payload_json: str | bytes) -> str:
     """Sign exact header and payload bytes (duplicate keys survive)."""
     payload = payload_json if isinstance(payload_json, bytes) else payload_json.encode()
-    return es256(key, header_json.encode(), payload)
+    return es256_sign(key, header_json.encode(), payload)
 
 
 def _respell_signature(token: str) -> str:
@@ -40,11 +39,11 @@ def _respell_signature(token: str) -> str:
     return f"{head}.{sig[:-1]}{alphabet[alphabet.index(sig[-1]) ^ 0b1111]}"
 
 
-def _claims_json(w: World, **overrides: Any) -> str:
+def _claims_json(w: ObservedBroker, **overrides: Any) -> str:
     return json.dumps(w.claims(**overrides), separators=(",", ":"))
 
 
-def _attacker_headers(w: World, attacker: SigningKey, kid: Any) -> dict[str, Any]:
+def _attacker_headers(w: ObservedBroker, attacker: SigningKey, kid: Any) -> dict[str, Any]:
     base = w.listener.url
     return {
         "alg": "ES256",
@@ -57,30 +56,30 @@ def _attacker_headers(w: World, attacker: SigningKey, kid: Any) -> dict[str, Any
     }
 
 
-def _broker_access_token(w: World) -> str:
+def _broker_access_token(w: ObservedBroker) -> str:
     resp = w.exchange()
     assert resp.status_code == 200, resp.get_json()
     return str(resp.get_json()["access_token"])
 
 
-def _broker_key_as_issuer(w: World) -> str:
+def _broker_key_as_issuer(w: ObservedBroker) -> str:
     key = w.svc.keyring.active
     claims = w.claims(iss=BROKER_ISSUER)
-    return es256(key, {"alg": "ES256", "typ": "JWT", "kid": key.kid}, claims)
+    return es256_sign(key, {"alg": "ES256", "typ": "JWT", "kid": key.kid}, claims)
 
 
 # name -> builder(world) -> token. Each must be refused at the token layer.
-TOKENS: dict[str, Callable[[World], str]] = {
+TOKENS: dict[str, Callable[[ObservedBroker], str]] = {
     # -- algorithm confusion -----------------------------------------------------------------
     "alg_none_unsigned": lambda w: w.token(w.header(alg="none")).rsplit(".", 1)[0] + ".",
     "alg_none_with_signature": lambda w: w.token(w.header(alg="none")),
     "alg_None_mixed_case": lambda w: w.token(w.header(alg="nOnE")),
     "alg_missing": lambda w: w.token(w.header(alg=DROP)),
     "alg_not_a_string": lambda w: w.token(w.header(alg=["ES256"])),
-    "hs256_keyed_with_issuer_public_pem": lambda w: hs256(
+    "hs256_keyed_with_issuer_public_pem": lambda w: hs256_sign(
         public_pem(w.key), w.header(alg="HS256"), w.claims()
     ),
-    "hs256_keyed_with_issuer_public_jwk": lambda w: hs256(
+    "hs256_keyed_with_issuer_public_jwk": lambda w: hs256_sign(
         json.dumps(w.key.public_jwk()).encode(), w.header(alg="HS256"), w.claims()
     ),
     "rs256_header_on_es256_signature": lambda w: w.token(w.header(alg="RS256")),
@@ -99,16 +98,18 @@ TOKENS: dict[str, Callable[[World], str]] = {
     "kid_object": lambda w: w.token(w.header(kid={"$ne": ""})),
     "kid_empty": lambda w: w.token(w.header(kid="")),
     # -- key material in the header: never fetched, never trusted ----------------------------
-    "jku_x5u_jwk_x5c_attacker_kid": lambda w: es256(
-        (a := new_key()), _attacker_headers(w, a, a.kid), w.claims()
+    "jku_x5u_jwk_x5c_attacker_kid": lambda w: es256_sign(
+        (a := new_es256_key()), _attacker_headers(w, a, a.kid), w.claims()
     ),
-    "jku_x5u_jwk_x5c_issuer_kid": lambda w: es256(
-        (a := new_key()), _attacker_headers(w, a, w.key.kid), w.claims()
+    "jku_x5u_jwk_x5c_issuer_kid": lambda w: es256_sign(
+        (a := new_es256_key()), _attacker_headers(w, a, w.key.kid), w.claims()
     ),
-    "embedded_jwk_without_kid": lambda w: es256(
-        (a := new_key()), {"alg": "ES256", "typ": "JWT", "jwk": a.public_jwk()}, w.claims()
+    "embedded_jwk_without_kid": lambda w: es256_sign(
+        (a := new_es256_key()), {"alg": "ES256", "typ": "JWT", "jwk": a.public_jwk()}, w.claims()
     ),
-    "signed_by_another_key_with_issuer_kid": lambda w: es256(new_key(), w.header(), w.claims()),
+    "signed_by_another_key_with_issuer_kid": lambda w: es256_sign(
+        new_es256_key(), w.header(), w.claims()
+    ),
     # -- critical and typed tokens -----------------------------------------------------------
     "crit_exp": lambda w: w.token(w.header(crit=["exp"])),
     "crit_b64_false": lambda w: w.token(w.header(crit=["b64"], b64=False)),
@@ -117,11 +118,13 @@ TOKENS: dict[str, Callable[[World], str]] = {
     "broker_access_token_as_subject": _broker_access_token,
     "broker_key_posing_as_issuer": _broker_key_as_issuer,
     # -- nested JWT (cty: JWT): the payload must be a JSON object of claims ------------------
-    "nested_jwt_payload_is_a_jwt": lambda w: es256(w.key, w.header(cty="JWT"), w.token().encode()),
-    "nested_jwt_payload_is_a_json_string": lambda w: es256(
+    "nested_jwt_payload_is_a_jwt": lambda w: es256_sign(
+        w.key, w.header(cty="JWT"), w.token().encode()
+    ),
+    "nested_jwt_payload_is_a_json_string": lambda w: es256_sign(
         w.key, w.header(cty="JWT"), json.dumps(w.token()).encode()
     ),
-    "payload_is_a_json_array": lambda w: es256(w.key, w.header(), b"[1,2,3]"),
+    "payload_is_a_json_array": lambda w: es256_sign(w.key, w.header(), b"[1,2,3]"),
     # -- audience ------------------------------------------------------------------------------
     "id_token_for_another_audience": lambda w: w.token(aud="another-client-id"),
     "aud_list_without_ours": lambda w: w.token(aud=["a", "b", "https://deploy.acme.example"]),
@@ -178,11 +181,11 @@ TOKENS: dict[str, Callable[[World], str]] = {
     "payload_not_utf8": lambda w: _raw_sign(
         w.key, json.dumps(w.header()), _claims_json(w)[:-1].encode() + b',"x":"\xff\xfe"}'
     ),
-    "header_not_utf8": lambda w: es256(
+    "header_not_utf8": lambda w: es256_sign(
         w.key, json.dumps(w.header())[:-1].encode() + b',"x":"\xc0\xaf"}', w.claims()
     ),
-    "payload_utf16": lambda w: es256(w.key, w.header(), _claims_json(w).encode("utf-16")),
-    "payload_with_bom": lambda w: es256(
+    "payload_utf16": lambda w: es256_sign(w.key, w.header(), _claims_json(w).encode("utf-16")),
+    "payload_with_bom": lambda w: es256_sign(
         w.key, w.header(), b"\xef\xbb\xbf" + _claims_json(w).encode()
     ),
     "payload_nan": lambda w: _raw_sign(
@@ -216,7 +219,9 @@ TOKENS: dict[str, Callable[[World], str]] = {
 
 @pytest.mark.parametrize("grant", GRANTS)
 @pytest.mark.parametrize("case", sorted(TOKENS))
-def test_hostile_token_is_refused_without_state(world: World, case: str, grant: str) -> None:
+def test_hostile_token_is_refused_without_state(
+    world: ObservedBroker, case: str, grant: str
+) -> None:
     token = TOKENS[case](world)
     refusal = world.refused(
         lambda rid: world.post_token(world.form(grant, token), rid=rid),
@@ -231,7 +236,7 @@ def test_hostile_token_is_refused_without_state(world: World, case: str, grant: 
     assert world.fetcher.calls <= 1
 
 
-def test_audience_list_of_ours_alone_is_accepted(world: World) -> None:
+def test_audience_list_of_ours_alone_is_accepted(world: ObservedBroker) -> None:
     """RFC 7519 §4.1.3: `aud` may be an array; an array of exactly our audience is accepted.
     Ours among others is refused unless the issuer sets allow_multiple_audiences (the
     aud_ours_and_another case above)."""
@@ -239,7 +244,7 @@ def test_audience_list_of_ours_alone_is_accepted(world: World) -> None:
     assert resp.status_code == 200, resp.get_json()
 
 
-def test_integer_claim_matches_its_text_but_float_and_list_do_not(world: World) -> None:
+def test_integer_claim_matches_its_text_but_float_and_list_do_not(world: ObservedBroker) -> None:
     """Claims compare as text: an integer is its decimal text (documented); a float or a list
     holding the value never matches (a refused case above proves the list and the float)."""
     resp = world.exchange(token=world.token(repository_id=100200300, repository_owner_id=4242))
@@ -264,10 +269,10 @@ def test_claim_of_10KiB_reaches_the_matcher_and_the_audit_stays_bounded(make_wor
     assert big not in json.dumps(refusal.event)
 
 
-def test_header_parameters_pointing_elsewhere_cause_no_request(world: World) -> None:
+def test_header_parameters_pointing_elsewhere_cause_no_request(world: ObservedBroker) -> None:
     """jku/x5u/x5c/jwk on a token signed by the trusted key: accepted, and the URLs they
     name are never requested (only the configured JWKS is, once)."""
-    attacker = new_key()
+    attacker = new_es256_key()
     headers = {
         "alg": "ES256",
         "typ": "JWT",
@@ -277,13 +282,13 @@ def test_header_parameters_pointing_elsewhere_cause_no_request(world: World) -> 
         "jwk": attacker.public_jwk(),
         "x5c": [b64url(b"junk" * 20)],
     }
-    resp = world.exchange(token=es256(world.key, headers, world.claims()))
+    resp = world.exchange(token=es256_sign(world.key, headers, world.claims()))
     assert resp.status_code == 200, resp.get_json()
     assert world.listener.hits == []
     assert world.fetcher.calls == 1
 
 
-def test_random_unknown_kids_do_not_amplify(world: World) -> None:
+def test_random_unknown_kids_do_not_amplify(world: ObservedBroker) -> None:
     """200 tokens with random kids: one JWKS fetch (the cooldown), 200 refusals, no state."""
     before = world.state_keys()
     for _ in range(200):

@@ -27,18 +27,24 @@ from typing import Any
 import pytest
 
 from broker.clock import SystemClock
-from broker.devissuer import github_claims
+from broker.dev.issuer import github_claims
 from broker.store import keys
-from tests.fixtures.builders import (
+from tests.support.builders import (
     ADMIN_TOKEN,
     AUDIENCE,
-    exchange_form,
     fake_services,
     make_config,
     make_key_dir,
+    set_limits,
 )
-from tests.security.conftest import observe
-from tests.security.support import FaultIssuer, new_key, set_limits
+from tests.support.forms import deploy_form
+from tests.support.forms import deploy_form as e2e_form
+from tests.support.hostile import observe
+from tests.support.jws import new_es256_key
+from tests.support.redis import RedisDbs
+from tests.support.servers import CountingListener, FaultIssuer
+from tests.support.stack import AUDIENCE as E2E_AUDIENCE
+from tests.support.stack import TunedStack
 
 TIMEOUT = 0.3
 COOLDOWN = 1
@@ -58,15 +64,15 @@ class IssuerWorld:
         return self.issuer.mint(c, key=key)
 
     def exchange(self, token: str | None = None) -> Any:
-        return self.client.post("/token", data=exchange_form(token or self.token()))
+        return self.client.post("/token", data=deploy_form(token or self.token()))
 
     def state_keys(self) -> set[str]:
-        r = self.svc.extras["redis"]
+        r = self.svc.redis
         allowed = (keys.AUDIT_STREAM, keys.PREFIX + "jwks:", keys.PREFIX + "lock:jwks:")
         return {k for k in r.scan_iter("*") if not k.startswith(allowed)}
 
     def last_event(self) -> dict[str, Any]:
-        entries = self.svc.extras["redis"].xrevrange(keys.AUDIT_STREAM, count=1)
+        entries = self.svc.redis.xrevrange(keys.AUDIT_STREAM, count=1)
         return dict(json.loads(entries[0][1]["e"]))
 
 
@@ -238,7 +244,7 @@ def test_warm_cache_serves_within_the_stale_window_then_denies(iw: IssuerWorld, 
 
 def test_keys_rotated_mid_flight(iw: IssuerWorld) -> None:
     old = iw.issuer.keys[0]
-    new = new_key()
+    new = new_es256_key()
     assert iw.exchange(iw.token(old)).status_code == 200  # fetch 1: [old]
 
     # A new kid appears. Within the cooldown of the last fetch it is unknown (and cached as
@@ -300,7 +306,6 @@ def test_burst_of_random_kids_is_bounded_by_the_cooldown(iw: IssuerWorld) -> Non
 
 def test_jwks_redirect_is_not_followed(fault_issuer: FaultIssuer, tmp_path: Path) -> None:
     """A jwks_uri that redirects (to anywhere) is a failed fetch, never a followed one."""
-    from tests.security.support import CountingListener
 
     target = CountingListener().start()
     try:
@@ -342,15 +347,12 @@ E2E_STALE = 4
 
 @pytest.fixture(scope="module")
 def issuer_stack(
-    tmp_path_factory: pytest.TempPathFactory, redis_server: Any
+    tmp_path_factory: pytest.TempPathFactory, redis_dbs: RedisDbs
 ) -> Iterator[tuple[Any, FaultIssuer]]:
-    from tests.security.conftest import ISSUER_DB, private_db_url
-    from tests.security.support import TunedStack
-
     issuer = FaultIssuer().start()
     stack = TunedStack(
         tmp_path_factory.mktemp("issuer-stack"),
-        private_db_url(redis_server, ISSUER_DB),
+        redis_dbs.url("security-issuer-faults"),
         issuer.issuer,
     )
 
@@ -372,15 +374,11 @@ def issuer_stack(
 
 
 def _e2e_token(issuer: FaultIssuer, **headers: Any) -> str:
-    from tests.e2e.stack import AUDIENCE as E2E_AUDIENCE
-
     claims = github_claims(issuer=issuer.issuer, audience=E2E_AUDIENCE, now=time.time())
     return issuer.mint(claims, **headers)
 
 
 def _post(stack: Any, token: str, session: Any) -> Any:
-    from tests.e2e.stack import exchange_form as e2e_form
-
     return session.post(stack.url + "/token", data=e2e_form(token), timeout=10)
 
 
@@ -441,7 +439,7 @@ def test_e2e_issuer_outage_stale_window_then_503_then_recovery(issuer_stack) -> 
     issuer.mode = "ok"
     time.sleep(E2E_COOLDOWN + 0.1)
     # A kid nobody has seen forces a fresh fetch now, so the stale window starts here.
-    issuer.keys = [*issuer.keys, new_key()]
+    issuer.keys = [*issuer.keys, new_es256_key()]
     warm = _post(stack, _e2e_token(issuer, key=issuer.keys[-1]), http)
     assert warm.status_code == 200, warm.text
     fetched = time.monotonic()
@@ -469,7 +467,7 @@ def test_e2e_issuer_outage_stale_window_then_503_then_recovery(issuer_stack) -> 
 
 @pytest.mark.e2e
 def test_cold_fleet_shares_the_first_fetch(
-    tmp_path_factory: pytest.TempPathFactory, redis_server: Any
+    tmp_path_factory: pytest.TempPathFactory, redis_dbs: RedisDbs
 ) -> None:
     """A fresh fleet (2 gunicorn workers) whose first JWKS fetch takes 1 s (within the
     timeout): concurrent first requests should wait for it or share it, not fail."""
@@ -477,15 +475,12 @@ def test_cold_fleet_shares_the_first_fetch(
 
     import requests
 
-    from tests.security.conftest import COLD_FLEET_DB, private_db_url
-    from tests.security.support import TunedStack
-
     issuer = FaultIssuer().start()
     issuer.mode = "slow"
     issuer.slow_seconds = 1.0
     stack = TunedStack(
         tmp_path_factory.mktemp("cold-fleet"),
-        private_db_url(redis_server, COLD_FLEET_DB),
+        redis_dbs.url("security-cold-fleet"),
         issuer.issuer,
     )
     stack.edit_config(lambda doc: doc["issuers"][0].update(fetch_timeout_seconds=3.0))

@@ -20,15 +20,12 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from broker.domain.models import GRANT_TYPE_JWT_BEARER, GRANT_TYPE_TOKEN_EXCHANGE
-from tests.fixtures.builders import DEPLOY_AUD
-from tests.security.conftest import DROP, World
-from tests.security.support import unverified_claims
+from tests.support.builders import DEPLOY_AUD
+from tests.support.hostile import DROP, ObservedBroker
+from tests.support.jws import unverified_claims
 
 SETTINGS = settings(
     max_examples=250,
-    deadline=None,
-    derandomize=True,
-    database=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
 
@@ -90,7 +87,7 @@ def _assert_json_answer(resp: Any) -> dict[str, Any]:
 @example(body=b"&&&===&&")
 @example(body=b"a=" + b"%" * 1000)
 @example(body=b"\x00" * 64)
-def test_raw_bodies_never_5xx_and_write_nothing(world: World, body: bytes) -> None:
+def test_raw_bodies_never_5xx_and_write_nothing(world: ObservedBroker, body: bytes) -> None:
     before = world.grant_state()
     resp = world.post_token(body, content_type="application/x-www-form-urlencoded")
     answer = _assert_json_answer(resp)
@@ -108,7 +105,7 @@ FIELDS = ["scope", "audience", "resource", "task_id", "purpose", "requested_life
     value=st.one_of(TEXT, st.lists(TEXT, min_size=1, max_size=3)),
 )
 def test_one_hostile_field_grants_only_what_was_asked_and_allowed(
-    world: World, grant: str, name: str, value: Any
+    world: ObservedBroker, grant: str, name: str, value: Any
 ) -> None:
     token = world.token()
     form = world.form(grant, token, **{name: value})
@@ -155,7 +152,7 @@ def test_one_hostile_field_grants_only_what_was_asked_and_allowed(
     ),
     grant=st.sampled_from([GRANT_TYPE_TOKEN_EXCHANGE, GRANT_TYPE_JWT_BEARER, "x"]),
 )
-def test_arbitrary_form_encodings_never_5xx(world: World, pairs: list, grant: str) -> None:
+def test_arbitrary_form_encodings_never_5xx(world: ObservedBroker, pairs: list, grant: str) -> None:
     body = urlencode([("grant_type", grant), *pairs])
     before = world.grant_state()
     resp = world.post_token(body, content_type="application/x-www-form-urlencoded")
@@ -217,7 +214,7 @@ def _as_text(value: Any) -> str | None:
 @example(repository_id=100200300.0, owner=4242, ref="refs/heads/main")
 @example(repository_id="100200300", owner=True, ref="refs/heads/main")
 def test_a_token_matches_exactly_when_every_rule_claim_equals_as_text(
-    world: World, repository_id: Any, owner: Any, ref: Any
+    world: ObservedBroker, repository_id: Any, owner: Any, ref: Any
 ) -> None:
     claims = {"repository_id": repository_id, "repository_owner_id": owner, "ref": ref}
     token = world.token(**{k: (DROP if v is None else v) for k, v in claims.items()})
@@ -248,10 +245,10 @@ def test_a_star_matches_one_segment_of_printable_characters(make_world, suffix: 
     assert (resp.status_code == 200) == one_segment, (suffix, resp.get_json())
 
 
-_PATTERN_WORLDS: dict[int, World] = {}
+_PATTERN_WORLDS: dict[int, ObservedBroker] = {}
 
 
-def _pattern_world(make_world: Any) -> World:
+def _pattern_world(make_world: Any) -> ObservedBroker:
     # One world per test function call (hypothesis reuses the fixture across examples).
     key = id(make_world)
     if key not in _PATTERN_WORLDS:

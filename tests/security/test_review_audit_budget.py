@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 
 from broker.store import keys
-from tests.security.conftest import World
-from tests.security.support import es256
+from tests.support.hostile import ObservedBroker
+from tests.support.jws import es256_sign
 
 BUDGET = 2048
 WIDE = "\U0001f600"  # one character, 12 bytes once JSON-escaped (a surrogate pair)
@@ -22,19 +22,19 @@ LONG_TASK = "t" * 128  # the longest task_id the form accepts
 LONG_RID = "r" * 64  # the longest X-Request-Id kept
 
 
-def last_entry(w: World) -> tuple[str, dict[str, Any]]:
+def last_entry(w: ObservedBroker) -> tuple[str, dict[str, Any]]:
     """The raw JSON of the newest stream entry, as Redis holds it, and its decoded event."""
     _id, fields = w.redis.xrevrange(keys.AUDIT_STREAM, count=1)[0]
     return fields["e"], json.loads(fields["e"])
 
 
-def post(w: World, grant: str, token: str, **extra: Any) -> Any:
+def post(w: ObservedBroker, grant: str, token: str, **extra: Any) -> Any:
     form = w.form(grant, token, task_id=LONG_TASK, purpose=WIDE * 256, **extra)
     return w.post_token(form, rid=LONG_RID)
 
 
 @pytest.mark.parametrize("grant", ["token-exchange", "jwt-bearer"])
-def test_audit_budget_unknown_issuer_of_wide_characters(world: World, grant: str) -> None:
+def test_audit_budget_unknown_issuer_of_wide_characters(world: ObservedBroker, grant: str) -> None:
     iss = "https://" + WIDE * 400
     resp = post(world, grant, world.token(iss=iss))
     assert resp.status_code == 400
@@ -58,10 +58,10 @@ def test_audit_budget_unknown_issuer_of_wide_characters(world: World, grant: str
     assert len(line.encode()) <= BUDGET and json.loads(line) == event
 
 
-def test_audit_budget_unknown_kid_of_wide_characters(world: World) -> None:
+def test_audit_budget_unknown_kid_of_wide_characters(world: ObservedBroker) -> None:
     # Raw UTF-8 header bytes: the widest kid that still fits the 1 KiB header limit.
     header = json.dumps(world.header(kid=WIDE * 240), ensure_ascii=False).encode()
-    token = es256(world.key, header, world.claims())
+    token = es256_sign(world.key, header, world.claims())
     resp = post(world, "token-exchange", token)
     assert resp.status_code == 400
     raw, event = last_entry(world)
@@ -78,7 +78,7 @@ def test_audit_budget_verified_token_matching_no_identity(make_world) -> None:
         repository_id=WIDE * 800, repository_owner_id=WIDE * 800, ref=WIDE * 800, sub=WIDE * 300
     )
     # Raw UTF-8 claims: the most characters the 16,384-character form value can carry.
-    token = es256(w.key, w.header(), json.dumps(claims, ensure_ascii=False).encode())
+    token = es256_sign(w.key, w.header(), json.dumps(claims, ensure_ascii=False).encode())
     resp = post(w, "token-exchange", token)
     assert resp.status_code == 400
     raw, event = last_entry(w)
@@ -88,7 +88,7 @@ def test_audit_budget_verified_token_matching_no_identity(make_world) -> None:
     assert event["issuer"] == "gha" and event["request_id"] == LONG_RID
 
 
-def test_audit_budget_verified_identity_asking_for_everything(world: World) -> None:
+def test_audit_budget_verified_identity_asking_for_everything(world: ObservedBroker) -> None:
     """A matched identity's own denial keeps its purpose, but huge requests are cut."""
     form = world.form(
         "token-exchange",
@@ -106,7 +106,7 @@ def test_audit_budget_verified_identity_asking_for_everything(world: World) -> N
     assert event["purpose"].startswith(WIDE)
 
 
-def test_audit_budget_normal_denial_keeps_all_its_fields(world: World) -> None:
+def test_audit_budget_normal_denial_keeps_all_its_fields(world: ObservedBroker) -> None:
     resp = world.exchange(scope="deploy:admin", purpose="roll back release 42", task_id="t-42")
     assert resp.status_code == 400
     raw, event = last_entry(world)
@@ -122,7 +122,7 @@ def test_audit_budget_normal_denial_keeps_all_its_fields(world: World) -> None:
     assert event["description"] and event["error"] == "invalid_scope"
 
 
-def test_audit_budget_plain_unknown_issuer_is_recorded_by_digest(world: World) -> None:
+def test_audit_budget_plain_unknown_issuer_is_recorded_by_digest(world: ObservedBroker) -> None:
     iss = "https://elsewhere.example"
     resp = world.exchange(token=world.token(iss=iss), purpose="hello")
     assert resp.status_code == 400
@@ -137,7 +137,7 @@ def test_audit_budget_plain_unknown_issuer_is_recorded_by_digest(world: World) -
 def test_audit_budget_holds_for_any_event_shape() -> None:
     """Whatever a future event carries (many long fields, deep lists), what is written fits
     the budget and keeps the fields that identify the decision."""
-    from broker.audit import EVENT_BUDGET_BYTES, bounded_event
+    from broker.domain.audit_shape import EVENT_BUDGET_BYTES, bounded_event
 
     event: dict[str, Any] = {
         "ts": 1.0,

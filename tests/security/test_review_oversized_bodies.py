@@ -8,12 +8,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import pytest
-
-from tests.security.conftest import World
-from tests.security.support import limits_supported
-
-pytestmark = pytest.mark.skipif(not limits_supported(), reason="waiting for abuse limits")
+from tests.support.hostile import ObservedBroker
 
 LIMIT = 3
 LIMITS = {
@@ -25,7 +20,7 @@ LIMITS = {
 }
 
 
-def oversized(w: World, address: str) -> Any:
+def oversized(w: ObservedBroker, address: str) -> Any:
     form = w.form("token-exchange", w.token(), padding="p" * (70 * 1024))
     return w.client.post(
         "/token",
@@ -65,7 +60,7 @@ def test_oversized_bodies_count_against_the_address_limit_and_stop_writing_the_s
     assert 1 <= int(limited.headers["Retry-After"]) <= 60
 
 
-def test_oversized_bodies_limit_is_off_with_the_address_limit(world: World) -> None:
+def test_oversized_bodies_limit_is_off_with_the_address_limit(world: ObservedBroker) -> None:
     """per_address: 0 turns the address limit off for oversized bodies too: each is one 413
     with one stream entry, as before."""
     for n in range(LIMIT + 2):

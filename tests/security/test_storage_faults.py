@@ -39,19 +39,16 @@ import pytest
 import redis
 import requests
 
-from broker.devissuer import github_claims
-from broker.embedded_redis import RedisProcess
+from broker.dev.embedded_redis import RedisProcess
+from broker.dev.issuer import github_claims
 from broker.store import keys
-from tests.e2e.stack import AUDIENCE, CLIENT_ID, EXPIRY_REF, exchange_form
-from tests.security.conftest import observe
-from tests.security.support import (
-    DurableRedis,
-    FaultIssuer,
-    TunedStack,
-    unverified_claims,
-    wait_for,
-    warm_up,
-)
+from tests.support.clocks import wait_until
+from tests.support.forms import deploy_form
+from tests.support.hostile import observe
+from tests.support.jws import unverified_claims
+from tests.support.redis import DurableRedis
+from tests.support.servers import FaultIssuer
+from tests.support.stack import AUDIENCE, CLIENT_ID, EXPIRY_REF, TunedStack, warm_up
 
 pytestmark = pytest.mark.e2e
 
@@ -110,7 +107,7 @@ def _load(
             return
         sent = time.monotonic()
         status, body = _send(
-            lambda: http.post(stack.url + "/token", data=exchange_form(_token(issuer)), timeout=10)
+            lambda: http.post(stack.url + "/token", data=deploy_form(_token(issuer)), timeout=10)
         )
         call = Call("exchange", sent, time.monotonic(), status, body, body.get("access_token", ""))
         with lock:
@@ -309,7 +306,7 @@ def _issue_many(stack: TunedStack, issuer: FaultIssuer, n: int, **form: Any) -> 
             for _ in range(count):
                 resp = http.post(
                     stack.url + "/token",
-                    data=exchange_form(_token(issuer, **claims), **form),
+                    data=deploy_form(_token(issuer, **claims), **form),
                     timeout=10,
                 )
                 assert resp.status_code == 200, resp.text
@@ -346,7 +343,7 @@ def test_worker_killed_mid_cleanup_job(worker_env: dict[str, Any]) -> None:
         assert _introspect(stack, token, http).json() == {"active": False}
 
     stack.restart_worker()
-    started = wait_for(lambda: db.zcard(keys.task_index(task)) < 400, timeout=20, interval=0.001)
+    started = wait_until(lambda: db.zcard(keys.task_index(task)) < 400, timeout=20, interval=0.001)
     assert started, "the clean-up job never started:\n" + stack.logs()
     db.client_pause(5000, all=False)  # writes stall: the job is certainly mid-way
     try:
@@ -358,7 +355,7 @@ def test_worker_killed_mid_cleanup_job(worker_env: dict[str, Any]) -> None:
     _grant_ttls_bounded(db, 600)
 
     stack.restart_worker()  # a fresh worker; the reconciler re-enqueues the stale completion
-    cleaned = wait_for(lambda: db.zcard(keys.task_index(task)) == 0, timeout=30, interval=0.2)
+    cleaned = wait_until(lambda: db.zcard(keys.task_index(task)) == 0, timeout=30, interval=0.2)
     assert cleaned, f"{db.zcard(keys.task_index(task))} grants left:\n" + stack.logs()
     assert not any(db.exists(keys.grant(j)) for j in jtis)
     revoked = [
@@ -398,7 +395,7 @@ def test_queue_backed_up_expiry_and_revocation_still_hold(worker_env: dict[str, 
     for n in range(10):
         task = f"backlog-{n}-{secrets.token_hex(3)}"
         token = http.post(
-            stack.url + "/token", data=exchange_form(_token(issuer), task_id=task), timeout=10
+            stack.url + "/token", data=deploy_form(_token(issuer), task_id=task), timeout=10
         ).json()["access_token"]
         assert (
             http.post(
@@ -422,9 +419,9 @@ def test_queue_backed_up_expiry_and_revocation_still_hold(worker_env: dict[str, 
     assert db.llen("rq:queue:errand") >= 10
 
     stack.restart_worker()
-    drained = wait_for(lambda: db.llen("rq:queue:errand") == 0, timeout=20, interval=0.2)
+    drained = wait_until(lambda: db.llen("rq:queue:errand") == 0, timeout=20, interval=0.2)
     assert drained, stack.logs()
-    swept = wait_for(
+    swept = wait_until(
         lambda: (
             db.zcount(keys.EXPIRY_INDEX, "-inf", int(time.time()) - 1) == 0
             and all(db.zcard(keys.task_index(t)) == 0 for t in completed)

@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import logging
 import types
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,13 +16,13 @@ import fakeredis._socket._base as fakeredis_base
 import pytest
 
 from broker.clock import FixedClock
-from tests.conftest import UNIT_ISSUER
-from tests.fixtures.builders import exchange_form, fake_services, gha_token
-from tests.unit.helpers import ListHandler
+from tests.support.builders import UNIT_ISSUER, fake_services, gha_token
+from tests.support.forms import deploy_form
+from tests.support.logs import ListHandler, captured_logs
 
 # The folders of this suite whose tests run fakeredis on the FixedClock (other teams' unit
 # tests that live under tests/unit keep fakeredis on real time).
-_CLOCKED_DIRS = {"config", "identity", "policy", "domain", "http", "store"}
+_CLOCKED_DIRS = {"config", "identity", "policy", "domain", "http", "store", "callers"}
 
 
 @pytest.fixture(autouse=True)
@@ -48,19 +47,8 @@ def svc(config, key_dir: Path, clock: FixedClock, fetcher, fake_server):
 @pytest.fixture
 def logs() -> Iterator[ListHandler]:
     """Every log record: the root logger and 'errand.audit' (which does not propagate)."""
-    handler = ListHandler()
-    root = logging.getLogger()
-    audit = logging.getLogger("errand.audit")
-    old_root_level, old_audit_level = root.level, audit.level
-    root.addHandler(handler)
-    audit.addHandler(handler)
-    root.setLevel(logging.DEBUG)
-    audit.setLevel(logging.DEBUG)
-    yield handler
-    root.removeHandler(handler)
-    audit.removeHandler(handler)
-    root.setLevel(old_root_level)
-    audit.setLevel(old_audit_level)
+    with captured_logs() as handler:
+        yield handler
 
 
 @pytest.fixture
@@ -78,7 +66,7 @@ def exchange(client, subject) -> Callable[..., Any]:
     """POST /token with a fresh subject token (or `token=`) and form overrides."""
 
     def post(token: str | None = None, **extra: Any) -> Any:
-        return client.post("/token", data=exchange_form(token or subject(), **extra))
+        return client.post("/token", data=deploy_form(token or subject(), **extra))
 
     return post
 

@@ -24,6 +24,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
+pytestmark = pytest.mark.slow  # validates every manifest against the Kubernetes schemas
+
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy" / "kubernetes"
 SETTINGS = ROOT / "broker" / "settings.py"

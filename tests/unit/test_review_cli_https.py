@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import requests
 
-from broker import cli, inventory_cli
+from broker import cli
 
 pytestmark = pytest.mark.regression
 ADMIN = "admin-credential-0123456789abcdef"
@@ -92,9 +92,7 @@ def test_inventory_cli_refuses_plain_http(
     sent: Sent, admin_file: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     with pytest.raises(SystemExit) as err:
-        inventory_cli.main(
-            ["review", "--url", "http://example.com", "--admin-token-file", str(admin_file)]
-        )
+        cli.main(["review", "--url", "http://example.com", "--admin-token-file", str(admin_file)])
     _refused(capsys, err)
     assert sent.calls == []
 

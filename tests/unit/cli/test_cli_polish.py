@@ -425,6 +425,7 @@ def test_completion_scripts_come_from_the_parser(capsys):
 
 
 # -- 5. no traceback for a user's mistake ------------------------------------------------
+@pytest.mark.slow  # runs errand in a new Python process
 def test_a_closed_pipe_ends_quietly():
     """`errand keys kek-generate | head -0`: the reader is gone before errand writes."""
     read_end, write_end = os.pipe()
@@ -453,6 +454,7 @@ def test_a_closed_pipe_inside_main(admin, monkeypatch):
     assert cli.main(["grants"]) == 1
 
 
+@pytest.mark.slow  # runs errand in a new Python process
 def test_a_missing_directory_is_one_line(tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("")

@@ -11,8 +11,7 @@ import pytest
 import yaml
 
 from broker.config import ConfigError, expand_vars, load_config, parse_config
-from tests.conftest import UNIT_ISSUER
-from tests.fixtures.builders import config_dict
+from tests.support.builders import UNIT_ISSUER, config_dict
 
 REPO = Path(__file__).resolve().parents[3]
 

@@ -14,9 +14,8 @@ from typing import Any
 import pytest
 
 from broker.config import ConfigError, parse_config
-from broker.identity.issuer_options import IssuerOptions, options_of
-from tests.conftest import UNIT_ISSUER
-from tests.fixtures.builders import config_dict
+from broker.domain.models import IssuerOptions
+from tests.support.builders import UNIT_ISSUER, config_dict
 
 
 def raw(**issuer: Any) -> dict[str, Any]:
@@ -115,7 +114,7 @@ def test_review_issuer_url_with_user_info_query_or_fragment_is_refused(url: str)
 
 
 def test_review_issuer_options_default_to_the_strict_choice() -> None:
-    assert options_of(parse_config(raw()).issuers["gha"]) == IssuerOptions()
+    assert parse_config(raw()).issuers["gha"].options == IssuerOptions()
 
 
 def test_review_issuer_options_are_read() -> None:
@@ -127,7 +126,7 @@ def test_review_issuer_options_are_read() -> None:
             expected_azp="ci-client",
         )
     ).issuers["gha"]
-    assert options_of(issuer) == IssuerOptions(
+    assert issuer.options == IssuerOptions(
         jwks_hosts=("keys.example.com", "10.0.0.7:8443"),
         allow_private_network=True,
         allow_multiple_audiences=True,
@@ -155,4 +154,4 @@ def test_review_agent_keys_may_allow_private_network() -> None:
     config = parse_config(
         with_agent_keys(jwks_uri="https://keys.corp.example/jwks", allow_private_network=True)
     )
-    assert options_of(config.agent_issuers["agent-x"]).allow_private_network
+    assert config.agent_issuers["agent-x"].options.allow_private_network

@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from broker.store import keys
-from tests.unit.helpers import assert_oauth_error, grant_state_keys, stream_events
+from tests.support.http import assert_oauth_error
+from tests.support.redis import grant_state_keys, stream_events
 
 
 def after_preflight(svc: Any, monkeypatch: Any, action: Any) -> None:
@@ -21,7 +22,7 @@ def after_preflight(svc: Any, monkeypatch: Any, action: Any) -> None:
 
 
 def test_revoke_all_during_the_exchange_refuses_the_write(exchange, svc, monkeypatch) -> None:
-    r = svc.extras["redis"]
+    r = svc.redis
     after_preflight(svc, monkeypatch, lambda kw: r.incr(keys.EPOCH))
     resp = exchange()
     assert_oauth_error(resp, 503, "temporarily_unavailable")
@@ -52,7 +53,7 @@ def test_concurrent_replay_is_refused_by_the_atomic_write(
     exchange, subject, svc, monkeypatch
 ) -> None:
     token = subject()
-    r = svc.extras["redis"]
+    r = svc.redis
 
     def other_request_wins(kw: dict[str, Any]) -> None:
         r.set(keys.replay(kw["issuer_id"], kw["jti"]), "1", ex=600)
@@ -65,7 +66,7 @@ def test_concurrent_replay_is_refused_by_the_atomic_write(
 
 def test_issued_grant_state_is_written_together(issued, svc) -> None:
     body = issued(task_id="atomic")
-    r = svc.extras["redis"]
+    r = svc.redis
     (grant_key,) = r.scan_iter("errand:grant:*")
     jti = grant_key.split(":", 2)[2]
     assert r.zscore(keys.task_index("atomic"), jti) is not None

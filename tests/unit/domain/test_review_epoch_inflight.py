@@ -7,18 +7,13 @@ from __future__ import annotations
 from typing import Any
 
 from broker.store import keys
-from tests.unit.helpers import (
-    assert_oauth_error,
-    grant_state_keys,
-    introspect,
-    redis_keys,
-    stream_events,
-    token_parts,
-)
+from tests.support.http import assert_oauth_error, introspect
+from tests.support.jws import token_parts
+from tests.support.redis import grant_state_keys, redis_keys, stream_events
 
 
 def revoke_all(svc: Any) -> None:
-    svc.extras["redis"].incr(keys.EPOCH)
+    svc.redis.incr(keys.EPOCH)
 
 
 def assert_refused_without_state(svc: Any, resp: Any) -> None:
@@ -44,7 +39,7 @@ def test_exchange_verifying_across_revoke_all_is_refused(
 
     monkeypatch.setattr(svc.verifier, "verify", verify_then_revoke_all)
     token = subject()
-    epoch_at_arrival = int(svc.extras["redis"].get(keys.EPOCH))
+    epoch_at_arrival = int(svc.redis.get(keys.EPOCH))
 
     assert_refused_without_state(svc, exchange(token, task_id="in-flight"))
 

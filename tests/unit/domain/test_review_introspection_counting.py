@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import pytest
 
-from broker.domain.revocation import complete_task
-from tests.conftest import UNIT_ISSUER
-from tests.fixtures.builders import NO_LIMITS, make_config
-from tests.unit.helpers import introspect, stream_events
+from broker.domain.task_completion import complete_task
+from tests.support.builders import NO_LIMITS, UNIT_ISSUER, make_config
+from tests.support.http import introspect
+from tests.support.redis import stream_events
 
 THRESHOLD = 3
 

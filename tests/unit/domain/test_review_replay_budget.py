@@ -7,9 +7,8 @@ from __future__ import annotations
 import pytest
 
 from broker.store import keys
-from tests.conftest import UNIT_ISSUER
-from tests.fixtures.builders import NO_LIMITS, make_config
-from tests.unit.helpers import assert_oauth_error
+from tests.support.builders import NO_LIMITS, UNIT_ISSUER, make_config
+from tests.support.http import assert_oauth_error
 
 PER_IDENTITY = 3
 
@@ -32,7 +31,7 @@ def test_replays_of_a_spent_token_do_not_consume_identity_rate_budget(
     # The legitimate identity still exchanges fresh tokens, up to its own limit.
     fresh = exchange()
     assert fresh.status_code == 200, fresh.get_json()
-    counter = svc.extras["redis"].get(keys.rate_counter("identity", "acme-deploy"))
+    counter = svc.redis.get(keys.rate_counter("identity", "acme-deploy"))
     assert int(counter) == 2  # the two exchanges that issued, no replay
     for _ in range(PER_IDENTITY - 2):
         assert exchange().status_code == 200

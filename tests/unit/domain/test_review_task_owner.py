@@ -10,14 +10,11 @@ from typing import Any
 from broker.domain.models import Grant
 from broker.store import keys
 from broker.tokens.mint import mint_access_token
-from tests.fixtures.builders import DEPLOY_AUD, exchange_form
-from tests.unit.helpers import (
-    assert_oauth_error,
-    grant_state_keys,
-    introspect,
-    stream_events,
-    token_parts,
-)
+from tests.support.builders import DEPLOY_AUD
+from tests.support.forms import deploy_form
+from tests.support.http import assert_oauth_error, introspect
+from tests.support.jws import token_parts
+from tests.support.redis import grant_state_keys, stream_events
 
 STRANGER_REF = "refs/heads/release"  # matches identity acme-release, not the owner acme-deploy
 
@@ -27,7 +24,7 @@ def complete(client: Any, token: str) -> Any:
 
 
 def stranger_exchange(client: Any, subject: Any, task_id: str) -> Any:
-    form = exchange_form(subject(ref=STRANGER_REF), task_id=task_id, scope="release:write")
+    form = deploy_form(subject(ref=STRANGER_REF), task_id=task_id, scope="release:write")
     return client.post("/token", data=form)
 
 
@@ -51,7 +48,7 @@ def renewal_window(issued: Any, clock: Any, svc: Any, task_id: str) -> str:
     clock.advance(30)
     renewal = issued(task_id=task_id, requested_lifetime="600")["access_token"]
     clock.advance(31)
-    r = svc.extras["redis"]
+    r = svc.redis
     first_jti = token_parts(first)[1]["jti"]
     assert not r.exists(keys.grant(first_jti))  # gone by TTL ...
     assert r.zrange(keys.task_index(task_id), 0, 0) == [first_jti]  # ... still first in index
@@ -77,7 +74,7 @@ def test_stranger_cannot_complete_task_in_renewal_window(
     if joined.status_code == 200:  # it must not get here; if it did, it must not end the task
         complete(client, joined.get_json()["access_token"])
     assert active(client, renewal), "a stranger ended the owner's live token"
-    assert not svc.extras["redis"].exists(keys.task_tombstone("renewing"))
+    assert not svc.redis.exists(keys.task_tombstone("renewing"))
     assert joined.status_code == 400
 
 
@@ -85,7 +82,7 @@ def test_stranger_holding_a_grant_of_the_task_cannot_complete_it(client, issued,
     """Completion checks the recorded owner, not whichever grant the token names. The
     stranger's grant is planted as if it had got into the task some other way."""
     owner_token = issued(task_id="guarded")["access_token"]
-    r = svc.extras["redis"]
+    r = svc.redis
     owner_grant = svc.store.list_grants(
         now=int(svc.clock.now()), task_id="guarded", identity_ids=None, limit=10
     )[0]
@@ -139,7 +136,7 @@ def test_task_foreign_is_a_400_never_a_retryable_503(client, issued, subject, sv
 
 
 def test_task_owner_key_lives_as_long_as_the_task(client, issued, clock, svc) -> None:
-    r = svc.extras["redis"]
+    r = svc.redis
     owner_key = keys.task_owner("lifetime")
     first = issued(task_id="lifetime", requested_lifetime="600")["access_token"]
     assert r.get(owner_key) == "acme-deploy"
@@ -162,7 +159,7 @@ def test_task_opened_before_owners_were_recorded_keeps_its_holder(
 ) -> None:
     """A task written before the owner key existed: its earliest live grant speaks for it,
     and the holder's next grant records it as the owner."""
-    r = svc.extras["redis"]
+    r = svc.redis
     token = issued(task_id="legacy")["access_token"]
     r.delete(keys.task_owner("legacy"))
 
@@ -176,7 +173,7 @@ def test_task_opened_before_owners_were_recorded_keeps_its_holder(
 
 def plant(r: Any, grant: Grant) -> None:
     """Write a grant record and its task entry directly, bypassing the grant write."""
-    from broker.store.redis import _grant_fields
+    from broker.store.grant_record import grant_fields as _grant_fields
 
     fields = _grant_fields(grant)
     r.hset(keys.grant(grant.jti), mapping=dict(zip(fields[::2], fields[1::2], strict=True)))

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from broker.domain.revocation import cleanup_task, complete_task, revoke_grant
+from broker.domain.task_completion import cleanup_task, complete_task
+from broker.domain.token_revocation import revoke_grant
 from broker.errors import InvalidToken
 from broker.store import keys
-from tests.unit.helpers import introspect, stream_events, token_parts
+from tests.support.http import introspect
+from tests.support.jws import token_parts
+from tests.support.redis import stream_events
 
 
 def jti_of(body) -> str:
@@ -19,7 +22,7 @@ def test_cleanup_task_removes_every_grant_and_is_idempotent(client, issued, svc)
     b = issued(task_id="clean-me", scope="deploy:read")
     other = issued(task_id="keep-me")
     complete_task(a["access_token"], svc)
-    r = svc.extras["redis"]
+    r = svc.redis
     assert r.zscore(keys.COMPLETING, "clean-me") is not None
 
     assert cleanup_task("clean-me", svc) == 2

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from errand_client.runner import read_github_file
@@ -17,6 +18,8 @@ ROOT = Path(__file__).resolve().parents[3]
 MAIN = ROOT / "action" / "main.py"
 POST = ROOT / "action" / "post.py"
 AUD = "https://deploy.acme.example"
+# Each step is a new Python process (about a second): `make test` runs these, test-fast not.
+RUNS_STEPS = pytest.mark.slow
 
 
 def inputs(broker, **extra: str) -> dict[str, str]:  # type: ignore[no-untyped-def]
@@ -85,6 +88,7 @@ def test_action_image_copies_the_client_from_the_repository() -> None:
     assert not (ROOT / "action" / "errand_client").exists()
 
 
+@RUNS_STEPS
 def test_main_then_post(broker, gha_env) -> None:
     env = {**gha_env, **inputs(broker)}
     code, log = step(MAIN, env)
@@ -107,6 +111,7 @@ def test_main_then_post(broker, gha_env) -> None:
     assert "task completed" in log and token not in log.replace(f"::add-mask::{token}", "")
 
 
+@RUNS_STEPS
 def test_post_completes_when_main_failed_after_issuing(broker, gha_env) -> None:
     # The token was issued and saved to state, then exporting it failed: main fails (and
     # completes the task itself); the post step still runs and finds the task done.
@@ -122,6 +127,7 @@ def test_post_completes_when_main_failed_after_issuing(broker, gha_env) -> None:
     assert broker.complete_requests == [f"Bearer {token}", f"Bearer {token}"]
 
 
+@RUNS_STEPS
 def test_post_completes_after_a_failed_or_cancelled_job(broker, gha_env) -> None:
     code, _ = step(MAIN, {**gha_env, **inputs(broker)})
     assert code == 0
@@ -134,6 +140,7 @@ def test_post_completes_after_a_failed_or_cancelled_job(broker, gha_env) -> None
     )
 
 
+@RUNS_STEPS
 def test_post_without_state_does_nothing(broker, gha_env) -> None:
     broker.token_script = [
         (400, {"error": "invalid_target", "error_description": "not allowed"}, {})
@@ -145,6 +152,7 @@ def test_post_without_state_does_nothing(broker, gha_env) -> None:
     assert code == 0 and "nothing to complete" in log and broker.complete_requests == []
 
 
+@RUNS_STEPS
 def test_post_fails_visibly_when_completion_fails(broker, gha_env) -> None:
     step(MAIN, {**gha_env, **inputs(broker)})
     broker.complete_script = [(500, {"error": "server_error", "error_description": "x"}, {})]
@@ -152,6 +160,7 @@ def test_post_fails_visibly_when_completion_fails(broker, gha_env) -> None:
     assert code == 2 and "::error title=errand::could not complete the task" in log
 
 
+@RUNS_STEPS
 def test_missing_oidc_permission(broker, gha_env) -> None:
     del gha_env["ACTIONS_ID_TOKEN_REQUEST_URL"], gha_env["ACTIONS_ID_TOKEN_REQUEST_TOKEN"]
     code, log = step(MAIN, {**gha_env, **inputs(broker)})

@@ -13,7 +13,7 @@ import pytest
 
 from errand_client import ci
 from errand_client.runner import default_state_path
-from tests.unit.errand_client.conftest import FakeBroker
+from tests.support.fake_broker import FakeBroker
 
 pytestmark = pytest.mark.regression
 AUD = "https://deploy.acme.example"

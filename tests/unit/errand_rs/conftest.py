@@ -1,4 +1,4 @@
-"""Fixtures for errand_rs tests (helpers live in rs_support.py)."""
+"""Fixtures for errand_rs tests: the fake broker publishing the keys of a real key ring."""
 
 from __future__ import annotations
 
@@ -8,11 +8,18 @@ from typing import Any
 
 import jwt
 import pytest
-from rs_support import AUDIENCE, RS_CLIENT_ID, RS_CLIENT_SECRET, FakeBroker, make_grant
 
 from broker.tokens.keyring import KeyRing, SigningKey, generate_key
 from broker.tokens.mint import access_token_claims, mint_access_token
 from errand_rs import ErrandVerifier, RevocationFeed
+from tests.support.clocks import FakeClock
+from tests.support.fake_broker import (
+    RS_AUDIENCE,
+    RS_CLIENT_ID,
+    RS_CLIENT_SECRET,
+    FakeBroker,
+    make_grant,
+)
 
 
 @pytest.fixture
@@ -77,8 +84,15 @@ def sign(published: FakeBroker, keyring: KeyRing) -> Callable[..., str]:
 
 
 @pytest.fixture
+def mono() -> FakeClock:
+    """The monotonic clock of the verifier under test: JWKS expiry and cooldowns move only
+    when the test advances it."""
+    return FakeClock(0.0)
+
+
+@pytest.fixture
 def verifier(published: FakeBroker) -> ErrandVerifier:
-    return ErrandVerifier(published.url, AUDIENCE, jwks_refresh_cooldown_seconds=0.3)
+    return ErrandVerifier(published.url, RS_AUDIENCE, jwks_refresh_cooldown_seconds=0.3)
 
 
 @pytest.fixture

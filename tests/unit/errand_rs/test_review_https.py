@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 import requests
-from rs_support import AUDIENCE, RS_CLIENT_ID, RS_CLIENT_SECRET
 
 from errand_rs import ErrandVerifier, RevocationFeed
+from tests.support.fake_broker import RS_AUDIENCE, RS_CLIENT_ID, RS_CLIENT_SECRET
 
 pytestmark = pytest.mark.regression
 
@@ -41,7 +41,7 @@ def no_requests(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 @pytest.mark.parametrize("issuer", PLAIN_HTTP_ELSEWHERE)
 def test_verifier_refuses_a_plain_http_issuer(issuer: str, no_requests: list[str]) -> None:
     with pytest.raises(ValueError, match="https"):
-        ErrandVerifier(issuer, AUDIENCE)
+        ErrandVerifier(issuer, RS_AUDIENCE)
     assert no_requests == []
 
 
@@ -54,7 +54,7 @@ def test_feed_refuses_a_plain_http_issuer(issuer: str, no_requests: list[str]) -
 
 def test_plain_http_endpoint_overrides_are_refused_too(no_requests: list[str]) -> None:
     with pytest.raises(ValueError, match="https"):
-        ErrandVerifier("https://errand.example", AUDIENCE, jwks_uri="http://cdn.example/jwks")
+        ErrandVerifier("https://errand.example", RS_AUDIENCE, jwks_uri="http://cdn.example/jwks")
     with pytest.raises(ValueError, match="https"):
         RevocationFeed(
             "https://errand.example",
@@ -68,12 +68,12 @@ def test_plain_http_endpoint_overrides_are_refused_too(no_requests: list[str]) -
 
 @pytest.mark.parametrize("issuer", [*LOOPBACK, "https://errand.example"])
 def test_https_and_loopback_http_are_accepted(issuer: str) -> None:
-    ErrandVerifier(issuer, AUDIENCE)
+    ErrandVerifier(issuer, RS_AUDIENCE)
     RevocationFeed(issuer, RS_CLIENT_ID, RS_CLIENT_SECRET, background=False).stop()
 
 
 def test_a_loopback_broker_still_verifies(published: Any, mint: Callable[..., str]) -> None:
-    verifier = ErrandVerifier(published.url, AUDIENCE)
+    verifier = ErrandVerifier(published.url, RS_AUDIENCE)
     assert verifier.verify(mint()).task_id
     feed = RevocationFeed(published.url, RS_CLIENT_ID, RS_CLIENT_SECRET, background=False)
     feed.sync_once()

@@ -11,7 +11,6 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
-from rs_support import AUDIENCE, b64url, raw_jws
 
 from broker.tokens.keyring import SigningKey, thumbprint
 from errand_rs import (
@@ -21,6 +20,8 @@ from errand_rs import (
     KeysUnavailable,
     VerifiedToken,
 )
+from tests.support.fake_broker import RS_AUDIENCE
+from tests.support.jws import b64url, raw_jws
 
 
 def reason_of(verifier: ErrandVerifier, token: str, **kw: object) -> str:
@@ -42,14 +43,14 @@ def test_valid_token_is_accepted_with_its_claims(verifier, mint, published):
     assert verified.owner == "platform-team"
     assert verified.epoch == 3
     assert verified.scopes == {"orders:read", "orders:write"}
-    assert verified.audiences == (AUDIENCE,)
+    assert verified.audiences == (RS_AUDIENCE,)
     assert verified.get("iss") == published.url
     assert token not in repr(verified)
 
 
 def test_audience_list_containing_ours_is_accepted(verifier, mint):
-    token = mint(audiences=("https://other.example", AUDIENCE))
-    assert verifier.verify(token).audiences == ("https://other.example", AUDIENCE)
+    token = mint(audiences=("https://other.example", RS_AUDIENCE))
+    assert verifier.verify(token).audiences == ("https://other.example", RS_AUDIENCE)
 
 
 @pytest.mark.parametrize("typ", ["at+jwt", "application/at+jwt", "AT+JWT"])
@@ -66,7 +67,7 @@ def test_other_typ_is_rejected(verifier, sign, typ):
 
 def test_wrong_issuer_is_rejected_without_fetching_keys(broker, keyring, mint):
     broker.publish(keyring.active)
-    verifier = ErrandVerifier(broker.url, AUDIENCE)
+    verifier = ErrandVerifier(broker.url, RS_AUDIENCE)
     assert reason_of(verifier, mint(issuer="https://evil.example")) == "bad_iss"
     assert reason_of(verifier, mint(issuer=broker.url + "/")) == "bad_iss"  # exact match only
     assert broker.jwks_hits == 0
@@ -74,7 +75,7 @@ def test_wrong_issuer_is_rejected_without_fetching_keys(broker, keyring, mint):
 
 def test_wrong_audience_is_rejected(verifier, mint):
     assert reason_of(verifier, mint(audiences=("https://payments.acme.example",))) == "bad_aud"
-    assert reason_of(verifier, mint(audiences=(AUDIENCE + "/",))) == "bad_aud"
+    assert reason_of(verifier, mint(audiences=(RS_AUDIENCE + "/",))) == "bad_aud"
 
 
 def test_expired_token_is_rejected_beyond_leeway_only(verifier, mint):
@@ -84,7 +85,7 @@ def test_expired_token_is_rejected_beyond_leeway_only(verifier, mint):
 
 
 def test_leeway_zero_rejects_at_exp(published, mint):
-    verifier = ErrandVerifier(published.url, AUDIENCE, leeway_seconds=0)
+    verifier = ErrandVerifier(published.url, RS_AUDIENCE, leeway_seconds=0)
     now = int(time.time())
     assert reason_of(verifier, mint(iat=now - 300, exp=now)) == "expired"
 
@@ -112,7 +113,7 @@ def test_absurd_lifetime_is_rejected(verifier, mint):
         {"sub": ""},
         {"scope": ["orders:read"]},
         {"aud": []},
-        {"aud": [AUDIENCE, 5]},
+        {"aud": [RS_AUDIENCE, 5]},
         {"nbf": 9_999_999_999},
     ],
 )
@@ -207,98 +208,135 @@ def test_garbage_is_rejected_as_malformed(verifier, token):
     assert reason_of(verifier, token) == "malformed"
 
 
-def test_unknown_kid_triggers_a_bounded_refetch(broker, keyring, other_key, sign):
+def test_unknown_kid_triggers_a_bounded_refetch(broker, keyring, other_key, sign, mono):
     broker.publish(keyring.active)
-    verifier = ErrandVerifier(broker.url, AUDIENCE, jwks_refresh_cooldown_seconds=0.5)
+    verifier = ErrandVerifier(
+        broker.url, RS_AUDIENCE, jwks_refresh_cooldown_seconds=10, monotonic=mono
+    )
     verifier.verify(sign())
     assert broker.jwks_hits == 1
     for _ in range(5):  # right after a fetch: no refetch at all
         assert reason_of(verifier, sign(key=other_key)) == "unknown_kid"
     assert broker.jwks_hits == 1
-    time.sleep(0.55)
+    mono.advance(9)
+    assert reason_of(verifier, sign(key=other_key)) == "unknown_kid"
+    assert broker.jwks_hits == 1  # still inside the cooldown
+    mono.advance(1)
     for _ in range(20):  # a flood of unknown kids: one refetch per cooldown, not twenty
         assert reason_of(verifier, sign(key=other_key)) == "unknown_kid"
     assert broker.jwks_hits == 2
     # The broker publishes the new key (before it signs, per SECURITY.md); after the
     # cooldown an unknown kid is looked up again and found.
     broker.publish(keyring.active, other_key)
-    time.sleep(0.55)
+    mono.advance(10)
     verifier.verify(sign(key=other_key))
     assert broker.jwks_hits == 3
 
 
-def test_cached_keys_are_kept_while_refresh_fails(broker, keyring, sign):
+def test_cached_keys_are_kept_while_refresh_fails(broker, keyring, sign, mono):
     broker.publish(keyring.active)
     verifier = ErrandVerifier(
-        broker.url, AUDIENCE, jwks_cache_seconds=0.1, jwks_refresh_cooldown_seconds=0
+        broker.url,
+        RS_AUDIENCE,
+        jwks_cache_seconds=60,
+        jwks_refresh_cooldown_seconds=0,
+        monotonic=mono,
     )
     verifier.verify(sign())
     broker.jwks_down = True
-    time.sleep(0.15)
+    mono.advance(60)
     verifier.verify(sign())  # stale, refresh failed, cached key still used
     assert broker.jwks_hits == 2
 
 
-def test_key_removed_from_jwks_stops_verifying_after_cache_expiry(broker, keyring, other_key, sign):
+def test_key_removed_from_jwks_stops_verifying_after_cache_expiry(
+    broker, keyring, other_key, sign, mono
+):
     broker.publish(keyring.active, other_key)
     verifier = ErrandVerifier(
-        broker.url, AUDIENCE, jwks_cache_seconds=0.1, jwks_refresh_cooldown_seconds=0
+        broker.url,
+        RS_AUDIENCE,
+        jwks_cache_seconds=60,
+        jwks_refresh_cooldown_seconds=0,
+        monotonic=mono,
     )
     verifier.verify(sign(key=other_key))
     broker.publish(keyring.active)  # emergency removal
-    time.sleep(0.15)
+    mono.advance(59)
+    verifier.verify(sign(key=other_key))  # the cached set still has it until it expires
+    assert broker.jwks_hits == 1
+    mono.advance(1)
     assert reason_of(verifier, sign(key=other_key)) == "unknown_kid"
     verifier.verify(sign())
+    assert broker.jwks_hits == 2
 
 
-def test_cooldown_does_not_delay_a_scheduled_refresh(broker, keyring, other_key, sign):
+def test_cooldown_does_not_delay_a_scheduled_refresh(broker, keyring, other_key, sign, mono):
     # The cooldown bounds refetches caused by unknown kids; a cache shorter than the cooldown
     # still expires on time (an emergency key removal must not wait for the cooldown).
     broker.publish(keyring.active, other_key)
     verifier = ErrandVerifier(
-        broker.url, AUDIENCE, jwks_cache_seconds=0.2, jwks_refresh_cooldown_seconds=30
+        broker.url,
+        RS_AUDIENCE,
+        jwks_cache_seconds=20,
+        jwks_refresh_cooldown_seconds=300,
+        monotonic=mono,
     )
     verifier.verify(sign(key=other_key))
     broker.publish(keyring.active)  # emergency removal
-    time.sleep(0.25)
+    mono.advance(20)
     assert reason_of(verifier, sign(key=other_key)) == "unknown_kid"
     assert broker.jwks_hits == 2
 
 
 def test_failed_scheduled_refresh_is_retried_after_the_cooldown_not_per_request(
-    broker, keyring, sign
+    broker, keyring, sign, mono
 ):
     broker.publish(keyring.active)
     verifier = ErrandVerifier(
-        broker.url, AUDIENCE, jwks_cache_seconds=0.1, jwks_refresh_cooldown_seconds=0.5
+        broker.url,
+        RS_AUDIENCE,
+        jwks_cache_seconds=10,
+        jwks_refresh_cooldown_seconds=0.5,
+        monotonic=mono,
     )
     verifier.verify(sign())
     broker.jwks_down = True
-    time.sleep(0.15)
+    mono.advance(10)
     for _ in range(10):
         verifier.verify(sign())  # cached key still used
     assert broker.jwks_hits == 2
     broker.jwks_down = False
-    time.sleep(1.05)  # the retry waits max(cooldown, 1 s)
+    mono.advance(0.5)  # the cooldown is over, but the retry waits max(cooldown, 1 s)
+    verifier.verify(sign())
+    assert broker.jwks_hits == 2
+    mono.advance(0.5)
     verifier.verify(sign())
     assert broker.jwks_hits == 3
 
 
-def test_shorter_server_max_age_wins(broker, keyring, sign):
+def test_shorter_server_max_age_wins(broker, keyring, sign, mono):
     broker.publish(keyring.active)
     broker.jwks_cache_control = "public, max-age=0"
     verifier = ErrandVerifier(
-        broker.url, AUDIENCE, jwks_cache_seconds=300, jwks_refresh_cooldown_seconds=0.1
+        broker.url,
+        RS_AUDIENCE,
+        jwks_cache_seconds=300,
+        jwks_refresh_cooldown_seconds=5,
+        monotonic=mono,
     )
     verifier.verify(sign())
-    time.sleep(0.15)
+    mono.advance(4)
+    verifier.verify(sign())
+    assert broker.jwks_hits == 1  # max-age=0 is held to the cooldown, not refetched per token
+    mono.advance(1)
     verifier.verify(sign())
     assert broker.jwks_hits == 2
 
 
 def test_cold_cache_with_broker_down_is_keys_unavailable(broker, sign):
     broker.jwks_down = True
-    verifier = ErrandVerifier(broker.url, AUDIENCE)
+    verifier = ErrandVerifier(broker.url, RS_AUDIENCE)
     with pytest.raises(KeysUnavailable):
         verifier.verify(sign())
     with pytest.raises(KeysUnavailable):  # within the cold retry interval: no second fetch
@@ -330,7 +368,7 @@ def test_other_allowed_algorithms_verify_with_their_key(broker, sign, alg):
         private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     key = _signing_key(private, alg)
     broker.publish(key)
-    verifier = ErrandVerifier(broker.url, AUDIENCE)
+    verifier = ErrandVerifier(broker.url, RS_AUDIENCE)
     verifier.verify(sign(key=key))
     if alg == "RS256":  # the key says RS256: a PS256 header is refused though PS256 is allowed
         ps = jwt.encode(
@@ -346,7 +384,7 @@ def test_hmac_keys_in_the_jwks_are_never_used(broker, keyring, sign):
     broker.jwks = {
         "keys": [{"kty": "oct", "kid": "hmac", "k": b64url(b"secret" * 6), "alg": "HS256"}]
     }
-    verifier = ErrandVerifier(broker.url, AUDIENCE, jwks_refresh_cooldown_seconds=60)
+    verifier = ErrandVerifier(broker.url, RS_AUDIENCE, jwks_refresh_cooldown_seconds=60)
     header = {"alg": "HS256", "typ": "at+jwt", "kid": "hmac"}
     claims = jwt.decode(sign(), options={"verify_signature": False})
     token = jwt.encode(claims, b"secret" * 6, algorithm="HS256", headers=header)
@@ -364,9 +402,9 @@ def test_hmac_keys_in_the_jwks_are_never_used(broker, keyring, sign):
 )
 def test_bad_configuration_is_refused(kwargs):
     with pytest.raises(ValueError):
-        ErrandVerifier("https://errand.example", AUDIENCE, **kwargs)
+        ErrandVerifier("https://errand.example", RS_AUDIENCE, **kwargs)
 
 
 def test_issuer_must_be_a_url():
     with pytest.raises(ValueError):
-        ErrandVerifier("errand.example", AUDIENCE)
+        ErrandVerifier("errand.example", RS_AUDIENCE)

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures.builders import ADMIN_TOKEN, CLIENT_ID, CLIENT_SECRET
-from tests.unit.helpers import admin_headers, assert_oauth_error, introspect, token_parts
+from tests.support.builders import ADMIN_TOKEN, CLIENT_ID, CLIENT_SECRET
+from tests.support.http import admin_headers, assert_oauth_error, introspect
+from tests.support.jws import token_parts
 
 
 def jti_of(body) -> str:

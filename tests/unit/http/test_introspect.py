@@ -9,8 +9,9 @@ import jwt
 import pytest
 
 from broker.tokens.mint import access_token_claims
-from tests.fixtures.builders import CLIENT_ID, CLIENT_SECRET, DEPLOY_AUD
-from tests.unit.helpers import assert_oauth_error, introspect, new_es256_key, token_parts
+from tests.support.builders import CLIENT_ID, CLIENT_SECRET, DEPLOY_AUD
+from tests.support.http import assert_oauth_error, introspect
+from tests.support.jws import new_es256_key, token_parts
 
 
 def basic(client_id: str, secret: str) -> dict[str, str]:
@@ -216,7 +217,7 @@ def test_completed_task_makes_all_its_tokens_inactive(client, issued) -> None:
 
 def test_revoke_all_epoch_makes_older_grants_inactive(client, issued, svc) -> None:
     token = issued()["access_token"]
-    svc.extras["redis"].incr("errand:epoch")
+    svc.redis.incr("errand:epoch")
     assert introspect(client, token).get_json() == {"active": False}
     assert introspect(client, issued()["access_token"]).get_json()["active"] is True
 

@@ -8,8 +8,9 @@ from __future__ import annotations
 import base64
 import json
 
-from tests.fixtures.builders import ADMIN_TOKEN, CLIENT_ID, CLIENT_SECRET
-from tests.unit.helpers import admin_headers, assert_oauth_error, stream_events
+from tests.support.builders import ADMIN_TOKEN, CLIENT_ID, CLIENT_SECRET
+from tests.support.http import admin_headers, assert_oauth_error
+from tests.support.redis import stream_events
 
 # The documented limit: failed authentications per client address per limits window.
 FAILURES_PER_ADDRESS = 10

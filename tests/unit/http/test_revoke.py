@@ -7,16 +7,10 @@ import json
 import jwt
 import pytest
 
-from tests.fixtures.builders import CLIENT_ID, CLIENT_SECRET
-from tests.unit.helpers import (
-    assert_not_leaked,
-    assert_oauth_error,
-    introspect,
-    new_es256_key,
-    redis_keys,
-    stream_events,
-    token_parts,
-)
+from tests.support.builders import CLIENT_ID, CLIENT_SECRET
+from tests.support.http import assert_oauth_error, introspect
+from tests.support.jws import assert_not_leaked, new_es256_key, token_parts
+from tests.support.redis import redis_keys, stream_events
 
 
 def revoked_events(svc):
@@ -66,7 +60,7 @@ def test_holder_revokes_its_own_token(client, issued, svc, logs) -> None:
     assert_not_leaked(token, [json.dumps(e) for e in stream_events(svc)] + logs.lines())
 
     # The grant and its index entries are gone.
-    r = svc.extras["redis"]
+    r = svc.redis
     assert not r.exists(f"errand:grant:{jti}")
     for index in ("errand:task:rev-task", "errand:ident:acme-deploy"):
         assert r.zscore(index, jti) is None

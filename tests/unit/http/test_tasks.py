@@ -5,14 +5,9 @@ from __future__ import annotations
 import pytest
 
 from broker.jobs import task_job_id
-from tests.unit.helpers import (
-    assert_oauth_error,
-    grant_state_keys,
-    introspect,
-    new_es256_key,
-    stream_events,
-    token_parts,
-)
+from tests.support.http import assert_oauth_error, introspect
+from tests.support.jws import new_es256_key, token_parts
+from tests.support.redis import grant_state_keys, stream_events
 
 
 def complete(client, token: str):

@@ -11,15 +11,18 @@ import redis
 
 from broker.domain.models import GRANT_TYPE_TOKEN_EXCHANGE, TOKEN_TYPE_ACCESS_TOKEN, TOKEN_TYPE_JWT
 from broker.identity.verifier import token_sha256
-from tests.fixtures.builders import BROKER_ISSUER, DEPLOY_AUD, exchange_form
-from tests.unit.helpers import (
-    assert_not_leaked,
-    assert_oauth_error,
-    grant_state_keys,
-    introspect,
-    stream_events,
-    token_parts,
+from tests.support.builders import (
+    BROKER_ISSUER,
+    DEPLOY_AUD,
+    UNIT_ISSUER,
+    fake_services,
+    make_app,
+    make_config,
 )
+from tests.support.forms import deploy_form
+from tests.support.http import assert_oauth_error, introspect
+from tests.support.jws import assert_not_leaked, token_parts
+from tests.support.redis import grant_state_keys, stream_events
 
 # -- success ----------------------------------------------------------------------------------
 
@@ -127,12 +130,12 @@ def test_requested_token_type_access_token_or_jwt(exchange) -> None:
 
 def test_unsupported_grant_type(client, subject) -> None:
     for grant in ("client_credentials", "authorization_code", GRANT_TYPE_TOKEN_EXCHANGE + "x"):
-        resp = client.post("/token", data=exchange_form(subject(), grant_type=grant))
+        resp = client.post("/token", data=deploy_form(subject(), grant_type=grant))
         assert_oauth_error(resp, 400, "unsupported_grant_type")
 
 
 def test_missing_grant_type(client, subject) -> None:
-    form = exchange_form(subject())
+    form = deploy_form(subject())
     del form["grant_type"]
     assert_oauth_error(client.post("/token", data=form), 400, "invalid_request")
     assert_oauth_error(
@@ -141,13 +144,13 @@ def test_missing_grant_type(client, subject) -> None:
 
 
 def test_json_body_is_invalid_request(client, subject, svc) -> None:
-    resp = client.post("/token", json=exchange_form(subject()))
+    resp = client.post("/token", json=deploy_form(subject()))
     assert_oauth_error(resp, 400, "invalid_request")
     assert grant_state_keys(svc) == set()
 
 
 def test_multipart_body_is_invalid_request(client, subject) -> None:
-    resp = client.post("/token", data=exchange_form(subject()), content_type="multipart/form-data")
+    resp = client.post("/token", data=deploy_form(subject()), content_type="multipart/form-data")
     assert_oauth_error(resp, 400, "invalid_request")
 
 
@@ -160,7 +163,7 @@ def test_repeated_scope_is_invalid_request(exchange) -> None:
 
 @pytest.mark.parametrize("name", ["subject_token", "grant_type", "subject_token_type", "task_id"])
 def test_other_repeated_parameters_are_invalid_request(client, subject, svc, name) -> None:
-    form = exchange_form(subject(), task_id="t1")
+    form = deploy_form(subject(), task_id="t1")
     form[name] = [form[name], form[name]]
     body = assert_oauth_error(client.post("/token", data=form), 400, "invalid_request")
     assert name in body["error_description"]
@@ -172,7 +175,7 @@ def test_other_repeated_parameters_are_invalid_request(client, subject, svc, nam
 )
 def test_credentials_in_the_query_string_are_refused(client, subject, svc, name) -> None:
     token = subject()
-    resp = client.post(f"/token?{name}={token}", data=exchange_form(token))
+    resp = client.post(f"/token?{name}={token}", data=deploy_form(token))
     body = assert_oauth_error(resp, 400, "invalid_request")
     assert "URL" in body["error_description"]
     assert grant_state_keys(svc) == set()
@@ -187,7 +190,7 @@ def test_actor_token_is_refused(exchange, subject, svc) -> None:
 
 
 def test_oversized_body_is_413_json(client, subject) -> None:
-    resp = client.post("/token", data=exchange_form(subject(), padding="x" * (70 * 1024)))
+    resp = client.post("/token", data=deploy_form(subject(), padding="x" * (70 * 1024)))
     assert resp.status_code == 413
     assert resp.mimetype == "application/json"
     body = resp.get_json()
@@ -316,18 +319,14 @@ def test_policy_denial_does_not_burn_the_jti(exchange, subject, svc) -> None:
 def test_reuse_within_lifetime_issuer_allows_reuse(
     key_dir, clock, fetcher, subject, tmp_path
 ) -> None:
-    from tests.conftest import UNIT_ISSUER
-    from tests.fixtures.builders import fake_services, make_config
-    from tests.unit.helpers import make_app
-
     cfg = make_config(
         UNIT_ISSUER, mutate=lambda d: d["issuers"][0].update(replay="reuse-within-lifetime")
     )
     svc = fake_services(cfg, key_dir, clock=clock, fetcher=fetcher)
     client = make_app(svc, tmp_path).test_client()
     token = subject()
-    assert client.post("/token", data=exchange_form(token)).status_code == 200
-    assert client.post("/token", data=exchange_form(token)).status_code == 200
+    assert client.post("/token", data=deploy_form(token)).status_code == 200
+    assert client.post("/token", data=deploy_form(token)).status_code == 200
 
 
 # -- Redis faults: fail closed ----------------------------------------------------------------
@@ -404,8 +403,8 @@ def test_successful_exchange_is_audited_without_tokens(exchange, subject, svc, l
 
 
 def test_request_id_header_reaches_the_audit_event(client, subject, svc) -> None:
-    client.post("/token", data=exchange_form(subject()), headers={"X-Request-Id": "req-123"})
-    client.post("/token", data=exchange_form(subject()), headers={"X-Request-Id": "bad id\x01"})
+    client.post("/token", data=deploy_form(subject()), headers={"X-Request-Id": "req-123"})
+    client.post("/token", data=deploy_form(subject()), headers={"X-Request-Id": "bad id\x01"})
     events = [e for e in stream_events(svc) if e.get("event") == "token.exchange"]
     assert events[0]["request_id"] == "req-123"
     assert events[1]["request_id"] != "bad id\x01" and events[1]["request_id"]

@@ -13,13 +13,15 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
 
-from broker.clock import FixedClock
 from broker.domain.models import TrustedIssuer
 from broker.identity.errors import KeysUnavailable, UnknownKey
 from broker.identity.jwks import POLL_SECONDS, JwksCache, fetch_deadline, parse_jwks
 from broker.store.jwks_mirror import JwksMirror
-from tests.fixtures.builders import StaticFetcher
-from tests.unit.helpers import assert_oauth_error, grant_state_keys, new_es256_key
+from tests.support.builders import UNIT_ISSUER, StaticFetcher, gha_token
+from tests.support.clocks import Sleeper
+from tests.support.http import assert_oauth_error
+from tests.support.jws import new_es256_key
+from tests.support.redis import grant_state_keys
 
 ISSUER = TrustedIssuer(
     id="gha",
@@ -123,8 +125,6 @@ def test_a_new_key_is_picked_up_after_rotation(
     assert exchange().status_code == 200
     rotated = new_es256_key()
     fetcher.jwks = {"keys": [issuer_key.public_jwk(), rotated.public_jwk()]}
-    from tests.conftest import UNIT_ISSUER
-    from tests.fixtures.builders import gha_token
 
     token = gha_token(rotated, UNIT_ISSUER, now=clock.now())
     # The unknown kid triggers a refresh only once the cooldown since the last fetch is over.
@@ -134,18 +134,6 @@ def test_a_new_key_is_picked_up_after_rotation(
 
 
 # -- JwksCache directly ------------------------------------------------------------------------
-
-
-class FakeSleep:
-    """The injected sleep of a waiting worker: it advances the test clock, never the real one."""
-
-    def __init__(self, clock: FixedClock) -> None:
-        self.clock = clock
-        self.slept = 0.0
-
-    def __call__(self, seconds: float) -> None:
-        self.slept += seconds
-        self.clock.advance(seconds)
 
 
 @pytest.fixture
@@ -158,8 +146,8 @@ def mirror_on(server: fakeredis.FakeServer) -> JwksMirror:
 
 
 @pytest.fixture
-def fake_sleep(clock) -> FakeSleep:
-    return FakeSleep(clock)
+def fake_sleep(clock) -> Sleeper:
+    return Sleeper(clock)
 
 
 @pytest.fixture

@@ -27,9 +27,10 @@ from broker.domain.models import TrustedIssuer
 from broker.identity.errors import KeysUnavailable
 from broker.identity.jwks import POLL_SECONDS, JwksCache, fetch_deadline
 from broker.store.jwks_mirror import JwksMirror
-from tests.conftest import UNIT_ISSUER
-from tests.fixtures.builders import StaticFetcher, fake_services
-from tests.unit.helpers import assert_oauth_error, make_app
+from tests.support.builders import UNIT_ISSUER, StaticFetcher, fake_services, make_app
+from tests.support.clocks import Sleeper
+from tests.support.forms import deploy_form
+from tests.support.http import assert_oauth_error
 
 ISSUER = TrustedIssuer(
     id="gha",
@@ -41,25 +42,6 @@ ISSUER = TrustedIssuer(
     fetch_timeout_seconds=3.0,
 )
 DOWN = KeysUnavailable("the issuer's keys are unavailable", debug="HTTP 502")
-
-
-class InjectedTime:
-    """monotonic() and sleep() for one worker: sleeping moves the shared FixedClock (and
-    fakeredis TTLs with it); `on_sleep` runs first (another worker's progress)."""
-
-    def __init__(self, clock: FixedClock, on_sleep: Callable[[], None] | None = None) -> None:
-        self.clock = clock
-        self.on_sleep = on_sleep
-        self.slept = 0.0
-
-    def monotonic(self) -> float:
-        return self.clock.now()
-
-    def sleep(self, seconds: float) -> None:
-        if self.on_sleep is not None:
-            self.on_sleep()
-        self.slept += seconds
-        self.clock.advance(seconds)
 
 
 class BlockingFetcher(StaticFetcher):
@@ -86,7 +68,7 @@ def jwks(issuer_key: Any) -> dict[str, Any]:
     return {"keys": [issuer_key.public_jwk()]}
 
 
-def worker(server: fakeredis.FakeServer, fetcher: Any, clock: FixedClock, t: InjectedTime) -> Any:
+def worker(server: fakeredis.FakeServer, fetcher: Any, clock: FixedClock, t: Sleeper) -> Any:
     mirror = JwksMirror(fakeredis.FakeStrictRedis(server=server, decode_responses=True))
     return JwksCache(fetcher, mirror, clock, sleep=t.sleep, monotonic=t.monotonic)
 
@@ -111,7 +93,7 @@ def test_review_cold_cache_issuer_down_the_lock_loser_fails_fast(
 ) -> None:
     fetcher_a, fetcher_b = StaticFetcher(jwks), StaticFetcher(jwks)
     fetcher_a.fail = fetcher_b.fail = DOWN
-    time_a, time_b = InjectedTime(clock), InjectedTime(clock)
+    time_a, time_b = Sleeper(clock), Sleeper(clock)
     a = worker(server, fetcher_a, clock, time_a)
     b = worker(server, fetcher_b, clock, time_b)
 
@@ -138,7 +120,7 @@ def test_review_a_fetch_really_in_flight_is_waited_for(
     server: fakeredis.FakeServer, clock: FixedClock, jwks: dict[str, Any], issuer_key: Any
 ) -> None:
     fetcher_a = BlockingFetcher(jwks)
-    a = worker(server, fetcher_a, clock, InjectedTime(clock))
+    a = worker(server, fetcher_a, clock, Sleeper(clock))
     thread, outcome = in_thread(lambda: a.key_for(ISSUER, issuer_key.kid))
     assert fetcher_a.started.wait(10)  # A holds the lock and its fetch is in flight
 
@@ -146,7 +128,7 @@ def test_review_a_fetch_really_in_flight_is_waited_for(
         fetcher_a.release.set()
         thread.join(10)
 
-    time_b = InjectedTime(clock, on_sleep=a_finishes)
+    time_b = Sleeper(clock, on_sleep=a_finishes)
     fetcher_b = StaticFetcher(jwks)
     b = worker(server, fetcher_b, clock, time_b)
     assert b.key_for(ISSUER, issuer_key.kid).kid == issuer_key.kid  # adopted A's keys
@@ -161,7 +143,7 @@ def test_review_a_waiter_stops_at_the_failure_record(
 ) -> None:
     fetcher_a = BlockingFetcher(jwks)
     fetcher_a.fail = DOWN
-    a = worker(server, fetcher_a, clock, InjectedTime(clock))
+    a = worker(server, fetcher_a, clock, Sleeper(clock))
     thread, outcome = in_thread(lambda: a.key_for(ISSUER, issuer_key.kid))
     assert fetcher_a.started.wait(10)
 
@@ -169,7 +151,7 @@ def test_review_a_waiter_stops_at_the_failure_record(
         fetcher_a.release.set()
         thread.join(10)
 
-    time_b = InjectedTime(clock, on_sleep=a_fails)
+    time_b = Sleeper(clock, on_sleep=a_fails)
     b = worker(server, StaticFetcher(jwks), clock, time_b)
     with pytest.raises(KeysUnavailable):
         b.key_for(ISSUER, issuer_key.kid)
@@ -183,7 +165,7 @@ def test_review_a_lock_holder_that_died_is_waited_for_at_most_the_fetch_deadline
 ) -> None:
     mirror = JwksMirror(fakeredis.FakeStrictRedis(server=server, decode_responses=True))
     assert mirror.try_lock_refresh(ISSUER.id, 60)  # took the lock, marked in flight, died
-    time_b = InjectedTime(clock)
+    time_b = Sleeper(clock)
     b = worker(server, StaticFetcher(jwks), clock, time_b)
     with pytest.raises(KeysUnavailable):
         b.key_for(ISSUER, issuer_key.kid)
@@ -207,8 +189,6 @@ def test_review_issuer_down_every_worker_answers_503_at_once(
     tmp_path: Path,
     subject: Callable[..., str],
 ) -> None:
-    from tests.fixtures.builders import exchange_form
-
     server = fakeredis.FakeServer()
     fetchers = [StaticFetcher(jwks), StaticFetcher(jwks)]
     clients = []
@@ -218,11 +198,11 @@ def test_review_issuer_down_every_worker_answers_503_at_once(
         clients.append(make_app(svc, tmp_path).test_client())
     assert config.issuers["gha"].issuer == UNIT_ISSUER
 
-    first = clients[0].post("/token", data=exchange_form(subject()))
+    first = clients[0].post("/token", data=deploy_form(subject()))
     assert_oauth_error(first, 503, "temporarily_unavailable")
     started = time.monotonic()
     for _ in range(3):
-        resp = clients[1].post("/token", data=exchange_form(subject()))
+        resp = clients[1].post("/token", data=deploy_form(subject()))
         assert_oauth_error(resp, 503, "temporarily_unavailable")
         assert int(resp.headers["Retry-After"]) > 0
     assert time.monotonic() - started < 1.0  # before: 3.5 s each

@@ -28,9 +28,10 @@ from broker.clock import FixedClock
 from broker.identity.errors import KeysUnavailable
 from broker.identity.jwks import HttpJwksFetcher, JwksCache
 from broker.store.jwks_mirror import JwksMirror
-from tests.fixtures.builders import exchange_form, fake_services, gha_token, make_config
-from tests.security.support import CountingListener
-from tests.unit.helpers import assert_oauth_error, make_app
+from tests.support.builders import fake_services, gha_token, make_app, make_config
+from tests.support.forms import deploy_form
+from tests.support.http import assert_oauth_error
+from tests.support.servers import CountingListener
 
 HTTPS_ISSUER = "https://issuer.example"
 PUBLIC_IP = "93.184.216.34"
@@ -312,6 +313,6 @@ def test_review_refused_jwks_uri_is_a_503_and_no_request(
     svc = fake_services(make_config(discovery.url), key_dir, clock=clock)  # real HTTP fetcher
     client = make_app(svc, tmp_path).test_client()
     token = gha_token(issuer_key, discovery.url, now=clock.now())
-    resp = client.post("/token", data=exchange_form(token))
+    resp = client.post("/token", data=deploy_form(token))
     assert_oauth_error(resp, 503, "temporarily_unavailable")
     assert listener.hits == []

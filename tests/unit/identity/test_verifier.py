@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from broker.devissuer import github_claims
+from broker.dev.issuer import github_claims
 from broker.identity.errors import (
     BadSignature,
     ClaimInvalid,
@@ -22,17 +22,11 @@ from broker.identity.errors import (
     VerificationError,
 )
 from broker.identity.verifier import token_sha256
-from tests.conftest import UNIT_ISSUER
-from tests.fixtures.builders import AUDIENCE, StaticFetcher, fake_services, make_config
-from tests.unit.helpers import (
-    assert_oauth_error,
-    es256_sign,
-    grant_state_keys,
-    hs256_sign,
-    new_es256_key,
-    public_pem,
-    rs256_sign,
-)
+from tests.support.builders import AUDIENCE, UNIT_ISSUER, StaticFetcher, fake_services, make_config
+from tests.support.forms import deploy_form
+from tests.support.http import assert_oauth_error
+from tests.support.jws import es256_sign, hs256_sign, new_es256_key, public_pem, rs256_sign, segment
+from tests.support.redis import grant_state_keys
 
 NOW = 1_800_000_000
 
@@ -50,11 +44,9 @@ def verify(svc, clock) -> Callable[[str], Any]:
 
 @pytest.fixture
 def refused_over_http(client, svc) -> Callable[..., dict[str, Any]]:
-    from tests.fixtures.builders import exchange_form
-
     def check(token: str, **extra: Any) -> dict[str, Any]:
         before = grant_state_keys(svc)
-        resp = client.post("/token", data=exchange_form(token, **extra))
+        resp = client.post("/token", data=deploy_form(token, **extra))
         body = assert_oauth_error(resp, 400, "invalid_request")
         assert body["error_description"].startswith("subject_token:")
         assert grant_state_keys(svc) == before  # no token, no state
@@ -255,7 +247,6 @@ def test_signature_by_another_key_with_the_issuers_kid_is_refused(
 def test_tampered_payload_is_refused(verify, issuer_key) -> None:
     token = es256_sign(issuer_key, header(issuer_key), claims())
     h, _p, s = token.split(".")
-    from tests.unit.helpers import segment
 
     tampered = f"{h}.{segment(claims(ref='refs/heads/release'))}.{s}"
     with pytest.raises(BadSignature):

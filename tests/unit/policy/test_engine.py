@@ -10,15 +10,11 @@ import pytest
 from broker.domain.models import TOKEN_TYPE_JWT, ExchangeRequest
 from broker.errors import InvalidRequest, InvalidScope, InvalidTarget
 from broker.policy.engine import check_identity_usable, evaluate
-from tests.conftest import UNIT_ISSUER
-from tests.fixtures.builders import DEPLOY_AUD, exchange_form, fake_services, make_config
-from tests.unit.helpers import (
-    assert_oauth_error,
-    grant_state_keys,
-    make_app,
-    stream_events,
-    token_parts,
-)
+from tests.support.builders import DEPLOY_AUD, UNIT_ISSUER, fake_services, make_app, make_config
+from tests.support.forms import deploy_form
+from tests.support.http import assert_oauth_error
+from tests.support.jws import token_parts
+from tests.support.redis import grant_state_keys, stream_events
 
 STATUS_AUD = "https://status.acme.example"
 
@@ -146,7 +142,7 @@ def test_expired_identity_is_refused(key_dir, clock, fetcher, subject, tmp_path)
     cfg = make_config(UNIT_ISSUER, mutate=lambda d: d["identities"][1].update(expires="2020-01-01"))
     svc = fake_services(cfg, key_dir, clock=clock, fetcher=fetcher)
     client = make_app(svc, tmp_path).test_client()
-    form = exchange_form(subject(ref="refs/heads/release"), scope="release:write")
+    form = deploy_form(subject(ref="refs/heads/release"), scope="release:write")
     body = assert_oauth_error(client.post("/token", data=form), 400, "invalid_request")
     assert "expired" in body["error_description"]
     assert "2020" not in body["error_description"]
@@ -213,7 +209,7 @@ def test_global_maximum_caps_the_lifetime(key_dir, clock, fetcher, subject, tmp_
     cfg = make_config(UNIT_ISSUER, max_token_ttl_seconds=120, default_token_ttl_seconds=60)
     svc = fake_services(cfg, key_dir, clock=clock, fetcher=fetcher)
     client = make_app(svc, tmp_path).test_client()
-    resp = client.post("/token", data=exchange_form(subject(), requested_lifetime="600"))
+    resp = client.post("/token", data=deploy_form(subject(), requested_lifetime="600"))
     assert resp.status_code == 200, resp.get_json()
     assert resp.get_json()["expires_in"] == 120
 

@@ -8,15 +8,11 @@ from typing import Any
 import pytest
 
 from broker.policy.matcher import IdentityMatcher, Match, Miss, claim_text
-from tests.conftest import UNIT_ISSUER
-from tests.fixtures.builders import fake_services, make_config
-from tests.unit.helpers import (
-    assert_not_leaked,
-    assert_oauth_error,
-    grant_state_keys,
-    make_app,
-    stream_events,
-)
+from tests.support.builders import UNIT_ISSUER, fake_services, make_app, make_config
+from tests.support.forms import deploy_form
+from tests.support.http import assert_oauth_error
+from tests.support.jws import assert_not_leaked
+from tests.support.redis import grant_state_keys, stream_events
 
 DEPLOY = {"repository_id": "100200300", "repository_owner_id": "4242", "ref": "refs/heads/main"}
 
@@ -153,10 +149,9 @@ def test_no_identity_for_the_issuer_is_refused(key_dir, clock, fetcher, subject,
     cfg = make_config(UNIT_ISSUER, mutate=lambda d: d.update(identities=[]))
     svc = fake_services(cfg, key_dir, clock=clock, fetcher=fetcher)
     client = make_app(svc, tmp_path).test_client()
-    from tests.fixtures.builders import exchange_form
 
     body = assert_oauth_error(
-        client.post("/token", data=exchange_form(subject())), 400, "invalid_request"
+        client.post("/token", data=deploy_form(subject())), 400, "invalid_request"
     )
     assert "no identity" in body["error_description"]
 
@@ -175,10 +170,9 @@ def test_bool_claim_in_the_token_is_refused_over_http(
     )
     svc = fake_services(cfg, key_dir, clock=clock, fetcher=fetcher)
     client = make_app(svc, tmp_path).test_client()
-    from tests.fixtures.builders import exchange_form
 
-    ok = client.post("/token", data=exchange_form(subject(ref_protected="true")))
+    ok = client.post("/token", data=deploy_form(subject(ref_protected="true")))
     assert ok.status_code == 200, ok.get_json()
-    resp = client.post("/token", data=exchange_form(subject(ref_protected=True)))
+    resp = client.post("/token", data=deploy_form(subject(ref_protected=True)))
     body = assert_oauth_error(resp, 400, "invalid_request")
     assert "'ref_protected'" in body["error_description"]

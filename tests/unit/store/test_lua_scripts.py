@@ -91,6 +91,7 @@ def test_a_script_is_loaded_again_after_redis_forgot_it(clock) -> None:
     assert grants.ensure_epoch() == epoch
 
 
+@pytest.mark.slow  # runs the build in a new Python process
 def test_the_package_data_ships_the_scripts(tmp_path: Path) -> None:
     """What `pip install .` copies: build_py with the project's own configuration."""
     for name in ("pyproject.toml", "README.md"):

@@ -7,87 +7,18 @@ from __future__ import annotations
 import base64
 import json
 import logging
-from typing import Any
 
 import jwt
 import pytest
 
-from broker.clock import FixedClock
+from broker.tokens.keyrecord import new_kek
 from broker.tokens.keyring import KeyError_
-from broker.tokens.keystore import RedisKeyRing, new_kek
+from broker.tokens.keystore import RedisKeyRing
 from broker.tokens.verify import verify_access_token
+from tests.support.keyrecords import LEAD, MAX_TTL, kids, node
 
 pytestmark = pytest.mark.regression
 ISSUER = "https://errand.example"
-MAX_TTL = 900
-LEAD = 120
-
-
-class MemoryKeyRecords:
-    """The Redis hash errand:keys, in memory; `raw` is what an attacker with write access edits."""
-
-    def __init__(self) -> None:
-        self.raw: dict[str, str] = {}
-        self._version = 0
-        self._bootstrapped = False
-
-    def load_all(self) -> dict[str, str]:
-        return dict(self.raw)
-
-    def put(self, kid: str, record_json: str, *, only_if_empty: bool = False) -> bool:
-        if only_if_empty:
-            if self._bootstrapped:
-                return False
-            self._bootstrapped = True
-        self.raw[kid] = record_json
-        self._version += 1
-        return True
-
-    def replace(self, expected: dict[str, str], updated: dict[str, str]) -> bool:
-        if self.raw != dict(expected):  # compare-and-set on the whole hash, as Redis WATCH does
-            return False
-        self.raw.update(updated)
-        self._version += 1
-        return True
-
-    def version(self) -> int:
-        return self._version
-
-    def tamper(self, kid: str, **changes: Any) -> None:
-        record = json.loads(self.raw[kid])
-        record.update(changes)
-        self.raw[kid] = json.dumps(record, separators=(",", ":"))
-
-
-@pytest.fixture
-def store() -> MemoryKeyRecords:
-    return MemoryKeyRecords()
-
-
-@pytest.fixture
-def kek() -> bytes:
-    return base64.b64decode(new_kek())
-
-
-@pytest.fixture
-def clock() -> FixedClock:
-    return FixedClock(1_800_000_000.0)
-
-
-def node(store: MemoryKeyRecords, kek: bytes, clock: FixedClock) -> RedisKeyRing:
-    """A broker node: a fresh process reading the shared records (no cached state)."""
-    return RedisKeyRing(
-        store,  # type: ignore[arg-type]
-        kek,
-        max_token_ttl_seconds=MAX_TTL,
-        publish_lead_seconds=LEAD,
-        refresh_seconds=0,
-        clock=clock,
-    )
-
-
-def kids(ring: RedisKeyRing) -> set[str]:
-    return {k["kid"] for k in ring.jwks()["keys"]}
 
 
 def sign(ring: RedisKeyRing, now: float) -> str:

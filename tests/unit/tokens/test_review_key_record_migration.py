@@ -7,72 +7,14 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-from typing import Any
 
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from broker.clock import FixedClock
-from broker.tokens.keyring import KeyError_, SigningKey, thumbprint
-from broker.tokens.keystore import RECORD_VERSION, RedisKeyRing, new_kek
-from tests.unit.tokens.test_review_key_record import LEAD, MAX_TTL, MemoryKeyRecords, kids
+from broker.tokens.keyrecord import RECORD_VERSION, new_kek
+from broker.tokens.keyring import KeyError_
+from tests.support.keyrecords import LEAD, kids, legacy_record, node
 
 pytestmark = pytest.mark.regression
-
-
-def legacy_record(kek: bytes, now: float, **changes: Any) -> tuple[str, str]:
-    """(kid, JSON) exactly as the old format wrote it."""
-    private = ec.generate_private_key(ec.SECP256R1())
-    jwk = SigningKey(kid="", alg="ES256", private_key=private).public_jwk()
-    kid = thumbprint(jwk)
-    jwk["kid"] = kid
-    pem = private.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    nonce = os.urandom(12)
-    enc = base64.b64encode(nonce + AESGCM(kek).encrypt(nonce, pem, kid.encode())).decode()
-    record = {
-        "kid": kid,
-        "alg": "ES256",
-        "created_at": now,
-        "publish_at": now,
-        "activate_at": now,
-        "retire_at": None,
-        "removed": False,
-        "enc": enc,
-        "public_jwk": jwk,
-    }
-    record.update(changes)
-    return kid, json.dumps(record, separators=(",", ":"))
-
-
-@pytest.fixture
-def store() -> MemoryKeyRecords:
-    return MemoryKeyRecords()
-
-
-@pytest.fixture
-def kek() -> bytes:
-    return base64.b64decode(new_kek())
-
-
-@pytest.fixture
-def clock() -> FixedClock:
-    return FixedClock(1_800_000_000.0)
-
-
-def node(store: MemoryKeyRecords, kek: bytes, clock: FixedClock) -> RedisKeyRing:
-    return RedisKeyRing(
-        store,  # type: ignore[arg-type]
-        kek,
-        max_token_ttl_seconds=MAX_TTL,
-        publish_lead_seconds=LEAD,
-        refresh_seconds=0,
-        clock=clock,
-    )
 
 
 def test_consistent_old_records_are_resealed_on_load(store, kek, clock) -> None:

@@ -1,4 +1,4 @@
-"""Story f: `errand run`, the one-command development stack, and its clean shutdown."""
+"""`errand run`, the one-command development stack, and its clean shutdown."""
 
 from __future__ import annotations
 
@@ -11,10 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 import requests
 
-from tests.e2e.stack import ERRAND, LOCAL, ROOT, exchange_form, free_port, port_is_free, wait_for
+from tests.support.clocks import wait_until
+from tests.support.forms import deploy_form
+from tests.support.stack import ERRAND, LOCAL, ROOT, free_port, port_is_free
 
 pytestmark = pytest.mark.e2e
 
@@ -110,9 +111,9 @@ class DevRun:
             except requests.RequestException:
                 return False
 
-        assert wait_for(ready, timeout=timeout, interval=0.2), self.output()
+        assert wait_until(ready, timeout=timeout, interval=0.2), self.output()
         # The "try it" text is printed once readiness is seen by errand itself.
-        assert wait_for(lambda: "Try a real exchange" in self.output(), timeout=10), self.output()
+        assert wait_until(lambda: "Try a real exchange" in self.output(), timeout=10), self.output()
         time.sleep(0.5)  # let the worker's scheduler child appear
         self.seen |= descendants(self.proc.pid)
 
@@ -185,7 +186,7 @@ def test_errand_run_with_embedded_redis(dev_run_factory):
         check=True,
     )
     subject_token = minted.stdout.strip()
-    resp = LOCAL.post(run.url + "/token", data=exchange_form(subject_token), timeout=10)
+    resp = LOCAL.post(run.url + "/token", data=deploy_form(subject_token), timeout=10)
     assert resp.status_code == 200, resp.text
     access = resp.json()["access_token"]
     secret = (run.state_dir / "demo-rs.secret").read_text().strip()
@@ -203,24 +204,22 @@ def test_errand_run_with_embedded_redis(dev_run_factory):
 
     rc = run.interrupt_and_wait()
     assert rc == 0, run.output()
-    assert wait_for(lambda: not any(alive(pid) for pid in run.seen), timeout=15, interval=0.2)
+    assert wait_until(lambda: not any(alive(pid) for pid in run.seen), timeout=15, interval=0.2)
     leftovers = run.reap_leftovers()
     assert leftovers == [], f"processes outlived errand run: {leftovers}"
     assert not _reachable(run.url + "/healthz")
 
 
-DEV_RUN_DB = 3  # e2e db numbers: 1 the shared stack, 2 the incident stack, 3 this test
-
-
-def test_errand_run_with_redis_url_uses_that_redis(dev_run_factory, redis_server):
+def test_errand_run_with_redis_url_uses_that_redis(dev_run_factory, redis_server, redis_dbs):
     # Its own db on the private server. The default user is `nopass`, so any password is
     # accepted: enough to check that the password is never printed.
     password = "pw-must-not-be-printed-0123"
-    url = f"redis://default:{password}@127.0.0.1:{redis_server.port}/{DEV_RUN_DB}"
+    db = redis_dbs.number("e2e-dev-run")
+    url = redis_dbs.url("e2e-dev-run", password=password)
     run = dev_run_factory(REDIS_URL=url)
     run.wait_ready()
     out = run.output()
-    assert f"using Redis at 127.0.0.1:{redis_server.port}/{DEV_RUN_DB} (from REDIS_URL)" in out
+    assert f"using Redis at 127.0.0.1:{redis_server.port}/{db} (from REDIS_URL)" in out
     assert password not in out
     assert "started an embedded redis-server" not in out
     assert (
@@ -229,10 +228,10 @@ def test_errand_run_with_redis_url_uses_that_redis(dev_run_factory, redis_server
     assert not any("redis-server" in cmdline(pid) for pid in run.seen)
     run.proc.terminate()  # SIGTERM takes the same clean path as Ctrl-C
     assert run.proc.wait(30) == 0, run.output()
-    assert wait_for(lambda: not any(alive(pid) for pid in run.seen), timeout=15, interval=0.2)
+    assert wait_until(lambda: not any(alive(pid) for pid in run.seen), timeout=15, interval=0.2)
     assert run.reap_leftovers() == []
     assert redis_server.proc.poll() is None  # the Redis it was given is not its to stop
-    redis.Redis.from_url(redis_server.url.rsplit("/", 1)[0] + f"/{DEV_RUN_DB}").flushdb()
+    redis_dbs.flush("e2e-dev-run")
 
 
 def _reachable(url: str) -> bool:

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import pytest
 
-from broker.store import keys as rkeys
-from tests.fixtures.builders import CLIENT_ID, CLIENT_SECRET, DENIAL_MAY_TOUCH
-from tests.unit.identity3.world import (
+from tests.support.forms import bearer_form, exchange_form
+from tests.support.platforms import (
     AUD,
     BILLING,
     DEPLOY,
@@ -17,54 +15,19 @@ from tests.unit.identity3.world import (
     TICKETS,
     TRUST_DOMAIN,
     assertion,
-    bearer_form,
-    exchange_form,
+    denied,
     github_token,
     gitlab_token,
+    introspect_body,
     k8s_claims,
     k8s_token,
+    last_denial,
+    ok,
     sso_token,
+    state_keys,
     svid,
 )
-from tests.unit.identity3.world import jwks_of as _jwks_of  # noqa: F401 - re-exported for readers
-
-
-def events(svc: Any) -> list[dict[str, Any]]:
-    r = svc.extras["redis"]
-    return [json.loads(f["e"]) for _, f in r.xrange(rkeys.AUDIT_STREAM, "-", "+")]
-
-
-def last_denial(svc: Any) -> dict[str, Any]:
-    return [e for e in events(svc) if e.get("outcome") == "denied"][-1]
-
-
-def state_keys(svc: Any) -> dict[str, Any]:
-    """Every Redis key except the audit stream and the JWKS mirror/lock."""
-    r = svc.extras["redis"]
-    return {
-        k: r.type(k)
-        for k in r.scan_iter()
-        if k != rkeys.AUDIT_STREAM and not k.startswith(DENIAL_MAY_TOUCH)
-    }
-
-
-def introspect(client: Any, token: str) -> dict[str, Any]:
-    return client.post(
-        "/introspect", data={"token": token}, auth=(CLIENT_ID, CLIENT_SECRET)
-    ).get_json()
-
-
-def ok(resp: Any) -> dict[str, Any]:
-    assert resp.status_code == 200, resp.get_json()
-    return dict(resp.get_json())
-
-
-def denied(resp: Any, error: str = "invalid_request") -> str:
-    assert resp.status_code == 400, resp.get_json()
-    body = resp.get_json()
-    assert body["error"] == error, body
-    assert resp.headers["Cache-Control"] == "no-store"
-    return str(body["error_description"])
+from tests.support.redis import stream_events
 
 
 # -- GitHub Actions -----------------------------------------------------------------------
@@ -76,8 +39,8 @@ def test_github_both_sub_forms_match_on_ids(
     body = ok(
         wclient.post("/token", data=exchange_form(token, audience=DEPLOY, scope="deploy:write"))
     )
-    assert introspect(wclient, body["access_token"])["sub"] == "gh-deploy"
-    issued = [e for e in events(wsvc) if e.get("outcome") == "issued"][-1]
+    assert introspect_body(wclient, body["access_token"])["sub"] == "gh-deploy"
+    issued = [e for e in stream_events(wsvc) if e.get("outcome") == "issued"][-1]
     assert issued["workload"]["repository_id"] == "100200300" and issued["workload"]["run_id"]
 
 
@@ -151,8 +114,8 @@ def test_gitlab_protected_main(wclient: Any, wsvc: Any, wkeys: Any, clock: Any) 
             "/token", data=exchange_form(gitlab_token(wkeys.gitlab, clock.now()), audience=DEPLOY)
         )
     )
-    assert introspect(wclient, body["access_token"])["sub"] == "gl-deploy"
-    assert [e for e in events(wsvc) if e.get("outcome") == "issued"][-1]["workload"][
+    assert introspect_body(wclient, body["access_token"])["sub"] == "gl-deploy"
+    assert [e for e in stream_events(wsvc) if e.get("outcome") == "issued"][-1]["workload"][
         "pipeline_id"
     ] == "1212"
 
@@ -170,8 +133,8 @@ def test_kubernetes_service_account_with_pod_binding_in_audit(
 ) -> None:
     token = k8s_token(wkeys.k8s, clock.now())
     body = ok(wclient.post("/token", data=exchange_form(token)))
-    assert introspect(wclient, body["access_token"])["aud"] == BILLING
-    issued = [e for e in events(wsvc) if e.get("outcome") == "issued"][-1]
+    assert introspect_body(wclient, body["access_token"])["aud"] == BILLING
+    issued = [e for e in stream_events(wsvc) if e.get("outcome") == "issued"][-1]
     binding = issued["workload"]["kubernetes"]
     assert binding["namespace"] == "billing" and binding["service_account"] == "billing-api"
     assert binding["pod"] == {
@@ -191,7 +154,7 @@ def test_kubernetes_wrong_namespace_is_denied(wclient: Any, wkeys: Any, clock: A
 def test_kubernetes_sub_must_agree_with_the_claim(
     wclient: Any, wsvc: Any, wkeys: Any, clock: Any
 ) -> None:
-    from broker.devissuer import mint_with
+    from broker.dev.issuer import mint_with
 
     claims = k8s_claims(clock.now(), sub="system:serviceaccount:billing:admin")
     message = denied(wclient.post("/token", data=exchange_form(mint_with(wkeys.k8s, claims))))
@@ -200,7 +163,7 @@ def test_kubernetes_sub_must_agree_with_the_claim(
 
 
 def test_kubernetes_sub_alone_is_not_enough(wclient: Any, wkeys: Any, clock: Any) -> None:
-    from broker.devissuer import mint_with
+    from broker.dev.issuer import mint_with
 
     claims = k8s_claims(clock.now())
     del claims["kubernetes.io"]
@@ -217,7 +180,7 @@ def test_spiffe_svid_routed_by_trust_domain_and_reusable(
     first = ok(wclient.post("/token", data=exchange_form(token)))
     second = ok(wclient.post("/token", data=exchange_form(token)))  # SPIRE re-serves cached SVIDs
     assert first["access_token"] != second["access_token"]
-    issued = [e for e in events(wsvc) if e.get("outcome") == "issued"][-1]
+    issued = [e for e in stream_events(wsvc) if e.get("outcome") == "issued"][-1]
     assert issued["workload"]["spiffe_id"] == f"spiffe://{TRUST_DOMAIN}/ns/orders/sa/api"
     assert issued["issuer"] == "spiffe-prod"
 
@@ -285,14 +248,14 @@ def test_agent_assertion(wclient: Any, wsvc: Any, wkeys: Any, clock: Any) -> Non
             "/token", data=agent_form(assertion(wkeys.agent, "agent-summariser", clock.now()))
         )
     )
-    info = introspect(wclient, body["access_token"])
+    info = introspect_body(wclient, body["access_token"])
     assert (
         info["sub"] == "agent-summariser"
         and info["aud"] == TICKETS
         and body["task_id"] == "triage-42"
     )
     assert body["expires_in"] == 300
-    issued = [e for e in events(wsvc) if e.get("outcome") == "issued"][-1]
+    issued = [e for e in stream_events(wsvc) if e.get("outcome") == "issued"][-1]
     assert issued["purpose"] == "summarise open tickets" and issued["task"] == "triage-42"
     grant = wsvc.store.list_grants(
         now=int(clock.now()), task_id="triage-42", identity_ids=None, limit=5
@@ -368,7 +331,7 @@ def test_jwt_bearer_with_a_ci_token(wclient: Any, wkeys: Any, clock: Any) -> Non
         )
     )
     assert "issued_token_type" not in body and body["token_type"] == "Bearer"
-    assert introspect(wclient, body["access_token"])["sub"] == "gh-deploy"
+    assert introspect_body(wclient, body["access_token"])["sub"] == "gh-deploy"
 
 
 def test_same_token_through_both_grants_is_one_use(wclient: Any, wkeys: Any, clock: Any) -> None:
@@ -442,7 +405,7 @@ def test_partner_gets_one_listed_audience_per_token(
 
 def test_human_identity_through_a_human_issuer(wclient: Any, wkeys: Any, clock: Any) -> None:
     body = ok(wclient.post("/token", data=exchange_form(sso_token(wkeys.sso, clock.now()))))
-    assert introspect(wclient, body["access_token"])["identity_type"] == "human"
+    assert introspect_body(wclient, body["access_token"])["identity_type"] == "human"
 
 
 def test_workload_token_never_matches_a_human(wclient: Any, wkeys: Any, clock: Any) -> None:

@@ -7,12 +7,14 @@ from typing import Any
 
 import pytest
 
-from broker.domain.inventory import access_review, offboard_identity, suspend_identity
+from broker.cli.inventory import format_review
+from broker.domain.access_review import access_review
+from broker.domain.inventory import offboard_identity, suspend_identity
 from broker.errors import InvalidRequest, NotFound
-from broker.inventory_cli import format_review
 from broker.store import keys as rkeys
-from tests.unit.identity3.test_callers import denied, events, introspect, ok
-from tests.unit.identity3.world import DEPLOY, exchange_form, github_token, k8s_token
+from tests.support.forms import bearer_form, exchange_form
+from tests.support.platforms import DEPLOY, denied, github_token, introspect_body, k8s_token, ok
+from tests.support.redis import stream_events
 
 DAY = 86400
 
@@ -41,16 +43,16 @@ def test_suspension_stops_issuance_and_revokes_live_grants(
         "state": "suspended",
         "revoked": 2,
     }
-    assert not introspect(wclient, a["access_token"])["active"]
-    assert not introspect(wclient, b["access_token"])["active"]
-    assert introspect(wclient, other["access_token"])["active"]  # only that identity
+    assert not introspect_body(wclient, a["access_token"])["active"]
+    assert not introspect_body(wclient, b["access_token"])["active"]
+    assert introspect_body(wclient, other["access_token"])["active"]  # only that identity
     message = denied(
         wclient.post(
             "/token", data=exchange_form(github_token(wkeys.github, clock.now()), audience=DEPLOY)
         )
     )
     assert message == "subject_token: the matched identity is suspended"
-    trail = events(wsvc)
+    trail = stream_events(wsvc)
     suspended = next(e for e in trail if e["event"] == "identity.suspended")
     assert suspended["actor"].endswith(":oncall") and suspended["reason"] == "leaked runner"
     assert (
@@ -73,8 +75,6 @@ def test_suspension_stops_issuance_and_revokes_live_grants(
 def test_suspension_refuses_the_jwt_bearer_grant_as_invalid_grant(
     wclient: Any, wsvc: Any, wkeys: Any, clock: Any, admin_headers: dict[str, str]
 ) -> None:
-    from tests.unit.identity3.world import bearer_form
-
     wclient.post("/admin/identities/gh-deploy/suspend", headers=admin_headers)
     resp = wclient.post(
         "/token", data=bearer_form(github_token(wkeys.github, clock.now()), audience=DEPLOY)
@@ -102,7 +102,7 @@ def test_suspension_racing_an_exchange_refuses_the_write(
     )
     assert "suspended" in message
     assert wsvc.store.identity_grant_ids("gh-deploy") == []
-    issued = [e for e in events(wsvc) if e.get("outcome") == "issued"]
+    issued = [e for e in stream_events(wsvc) if e.get("outcome") == "issued"]
     assert issued == []
 
 
@@ -110,7 +110,7 @@ def test_suspension_fails_closed_when_redis_is_down(
     wclient: Any, wsvc: Any, wkeys: Any, clock: Any
 ) -> None:
     token = github_token(wkeys.github, clock.now())
-    wsvc.extras["fake_server"].connected = False
+    wsvc.fake_server.connected = False
     resp = wclient.post("/token", data=exchange_form(token, audience=DEPLOY))
     assert resp.status_code == 503 and resp.headers["Retry-After"]
 
@@ -125,7 +125,7 @@ def test_offboarding_is_permanent_and_leaves_the_inventory(
         headers=admin_headers,
     )
     assert resp.get_json() == {"identity": "gh-deploy", "state": "offboarded", "revoked": 1}
-    assert not introspect(wclient, live["access_token"])["active"]
+    assert not introspect_body(wclient, live["access_token"])["active"]
     assert "offboarded" in denied(
         wclient.post(
             "/token", data=exchange_form(github_token(wkeys.github, clock.now()), audience=DEPLOY)
@@ -144,7 +144,7 @@ def test_offboarding_is_permanent_and_leaves_the_inventory(
         report["offboarded"][0]["id"] == "gh-deploy" and report["offboarded"][0]["in_configuration"]
     )
     # the audit keeps the identity's history
-    names = [e["event"] for e in events(wsvc) if e.get("identity") == "gh-deploy"]
+    names = [e["event"] for e in stream_events(wsvc) if e.get("identity") == "gh-deploy"]
     assert "token.exchange" in names and "identity.offboarded" in names
 
 
@@ -196,7 +196,7 @@ def test_last_exchange_is_recorded_per_identity(
     wclient: Any, wsvc: Any, wkeys: Any, clock: Any
 ) -> None:
     issue(wclient, wkeys, clock)
-    raw = wsvc.extras["redis"].hgetall(rkeys.LAST_EXCHANGE)
+    raw = wsvc.redis.hgetall(rkeys.LAST_EXCHANGE)
     assert {k: float(v) for k, v in raw.items()} == {"gh-deploy": clock.now()}
 
 

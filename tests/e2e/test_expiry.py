@@ -1,4 +1,4 @@
-"""Story c: short-lived grants expire by Redis TTL and the worker's sweep clears every index."""
+"""Short-lived grants expire by Redis TTL and the worker's sweep clears every index."""
 
 from __future__ import annotations
 
@@ -10,15 +10,8 @@ import jwt
 import pytest
 import requests
 
-from tests.e2e.stack import (
-    EXPIRY_IDENTITY,
-    EXPIRY_REF,
-    LOCAL,
-    introspect,
-    mint,
-    post_token,
-    wait_for,
-)
+from tests.support.clocks import wait_until
+from tests.support.stack import EXPIRY_IDENTITY, EXPIRY_REF, LOCAL, introspect, mint, post_token
 
 pytestmark = pytest.mark.e2e
 
@@ -71,7 +64,7 @@ def test_two_hundred_short_grants_expire_through_the_worker(stack, dev_issuer, p
 
     # exp + TTL, plus a 1 s sweep interval and the job's run: a few seconds at most.
     deadline = last_exp + 6 - time.time()
-    assert wait_for(all_cleared, timeout=max(deadline, 1.0), interval=0.25), (
+    assert wait_until(all_cleared, timeout=max(deadline, 1.0), interval=0.25), (
         "expired grants left behind: "
         f"{peek.exists(*[f'errand:grant:{j}' for j in jtis])} grant keys, "
         f"{sum(s is not None for s in peek.zmscore('errand:expiry', members))} expiry members"

@@ -1,4 +1,5 @@
-"""A test world with one issuer per platform, tokens shaped like the real ones, and helpers.
+"""One issuer per platform (GitHub, GitLab, Kubernetes, SPIFFE, an SSO), identities of every
+type, tokens shaped like the real ones, and helpers to read the broker's answers.
 
 Keys are made at test time; nothing talks to a network (JWKS come from KeyedFetcher or a
 bundle file in tmp_path)."""
@@ -6,17 +7,34 @@ bundle file in tmp_path)."""
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
+import os
 import secrets
 from pathlib import Path
 from typing import Any
 
+import fakeredis
 import jwt
+import yaml
 
-from broker.devissuer import github_claims, mint_with
+from broker.config import load_config
+from broker.dev.issuer import github_claims, mint_with
 from broker.domain.models import TrustedIssuer
+from broker.reload import ConfigReloader
+from broker.settings import Settings
+from broker.store import keys as rkeys
 from broker.tokens.keyring import SigningKey
-from tests.fixtures.builders import BROKER_ISSUER, CLIENT_ID, CLIENT_SECRET
+from tests.support.builders import (
+    BROKER_ISSUER,
+    CLIENT_ID,
+    CLIENT_SECRET,
+    DENIAL_MAY_TOUCH,
+    fake_services,
+    make_app,
+)
+from tests.support.jws import new_es256_key
+from tests.support.redis import stream_events
 
 AUD = "errand-test"
 TOKEN_ENDPOINT = BROKER_ISSUER + "/token"
@@ -30,20 +48,6 @@ GL_URL = "https://gitlab.example.com"
 K8S_URL = "https://kubernetes.default.svc.cluster.local"
 SSO_URL = "https://sso.acme.example"
 TRUST_DOMAIN = "prod.acme.example"
-
-TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
-JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
-JWT_TYPE = "urn:ietf:params:oauth:token-type:jwt"
-
-
-def new_es256_key() -> SigningKey:
-    from cryptography.hazmat.primitives.asymmetric import ec
-
-    from broker.tokens.keyring import thumbprint
-
-    private = ec.generate_private_key(ec.SECP256R1())
-    probe = SigningKey(kid="", alg="ES256", private_key=private)
-    return SigningKey(kid=thumbprint(probe.public_jwk()), alg="ES256", private_key=private)
 
 
 class Keys:
@@ -89,8 +93,6 @@ class KeyedFetcher:
 
 
 def world_config(keys: Keys, bundle_file: Path) -> dict[str, Any]:
-    import hashlib
-
     allow = {
         "audiences": [DEPLOY],
         "scopes": ["deploy:read", "deploy:write"],
@@ -425,21 +427,91 @@ def sso_token(
     return mint_with(key, claims)
 
 
-def exchange_form(token: str, **extra: Any) -> dict[str, Any]:
-    form: dict[str, Any] = {
-        "grant_type": TOKEN_EXCHANGE,
-        "subject_token": token,
-        "subject_token_type": JWT_TYPE,
-    }
-    form.update(extra)
-    return {k: v for k, v in form.items() if v is not None}
-
-
-def bearer_form(token: str, **extra: Any) -> dict[str, Any]:
-    form: dict[str, Any] = {"grant_type": JWT_BEARER, "assertion": token}
-    form.update(extra)
-    return {k: v for k, v in form.items() if v is not None}
-
-
 def dump(doc: Any) -> str:
     return json.dumps(doc)
+
+
+# -- reading the broker's answers --------------------------------------------------------------
+def ok(resp: Any) -> dict[str, Any]:
+    assert resp.status_code == 200, resp.get_json()
+    return dict(resp.get_json())
+
+
+def denied(resp: Any, error: str = "invalid_request") -> str:
+    """The description of a 400 with `error` and no-store."""
+    assert resp.status_code == 400, resp.get_json()
+    body = resp.get_json()
+    assert body["error"] == error, body
+    assert resp.headers["Cache-Control"] == "no-store"
+    return str(body["error_description"])
+
+
+def introspect_body(client: Any, token: str) -> dict[str, Any]:
+    return dict(
+        client.post(
+            "/introspect", data={"token": token}, auth=(CLIENT_ID, CLIENT_SECRET)
+        ).get_json()
+    )
+
+
+def last_denial(svc: Any) -> dict[str, Any]:
+    return [e for e in stream_events(svc) if e.get("outcome") == "denied"][-1]
+
+
+def state_keys(svc: Any) -> dict[str, Any]:
+    """Every Redis key except the audit stream and the JWKS mirror/lock, with its type."""
+    r = svc.redis
+    return {
+        k: r.type(k)
+        for k in r.scan_iter()
+        if k != rkeys.AUDIT_STREAM and not k.startswith(DENIAL_MAY_TOUCH)
+    }
+
+
+# -- a configuration file that reloads ---------------------------------------------------------
+class ReloadingBroker:
+    """The broker app reading its configuration from a file the test rewrites (`write()`),
+    with the periodic reload check run on demand (`tick()`)."""
+
+    def __init__(self, path: Path, raw: dict[str, Any], svc: Any, client: Any) -> None:
+        self.path, self.raw, self.svc, self.client = path, raw, svc, client
+
+    @classmethod
+    def start(
+        cls,
+        tmp_path: Path,
+        raw: dict[str, Any],
+        *,
+        key_dir: Path,
+        clock: Any,
+        fetcher: Any,
+        server: fakeredis.FakeServer | None = None,
+    ) -> ReloadingBroker:
+        """Write `raw` to tmp_path/errand.yaml and serve it on fakeredis (`server`, or a new
+        one; kept in svc.server so a second process can share it)."""
+        path = tmp_path / "errand.yaml"
+        path.write_text(yaml.safe_dump(raw, sort_keys=False))
+        server = server or fakeredis.FakeServer()
+        svc = fake_services(load_config(path), key_dir, clock=clock, fetcher=fetcher, server=server)
+        svc.server = server
+        svc.settings = Settings(config_path=path, redis_url="redis://fake", signing_key_dir=key_dir)
+        client = make_app(svc, tmp_path, config_path=path).test_client()
+        return cls(path, raw, svc, client)
+
+    @property
+    def reloader(self) -> ConfigReloader:
+        reloader = self.svc.reloader
+        assert isinstance(reloader, ConfigReloader)
+        return reloader
+
+    def write(self, doc: Any, *, text: str | None = None) -> None:
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(text if text is not None else yaml.safe_dump(doc, sort_keys=False))
+        st = self.path.stat()
+        os.replace(tmp, self.path)
+        os.utime(self.path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))  # a visible change
+
+    def tick(self) -> Any:
+        """Let the periodic check run at the next request."""
+        self.reloader._next_check = 0.0
+        return self.client.get("/healthz")

@@ -1,4 +1,4 @@
-"""Story b: task completion through the real worker, seen through HTTP and the operator CLI."""
+"""Task completion through the real worker, seen through HTTP and the operator CLI."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import secrets
 
 import pytest
 
-from tests.e2e.stack import errand_cli, introspect, issue, mint, post_token, wait_for
+from tests.support.clocks import wait_until
+from tests.support.stack import errand_cli, introspect, issue, mint, post_token
 
 pytestmark = pytest.mark.e2e
 
@@ -33,7 +34,7 @@ def test_completing_a_task_ends_every_token_of_it(stack, dev_issuer, http, peek)
     def all_inactive() -> bool:
         return all(introspect(stack, t, http).json() == {"active": False} for t in mine)
 
-    assert wait_for(all_inactive, timeout=2.0), "a token of the completed task is still active"
+    assert wait_until(all_inactive, timeout=2.0), "a token of the completed task is still active"
     assert introspect(stack, other, http).json()["active"] is True
 
     # The worker removes the task's grants: the operator view shows none live.
@@ -41,7 +42,7 @@ def test_completing_a_task_ends_every_token_of_it(stack, dev_issuer, http, peek)
         out = errand_cli(stack, "grants", "--task", task)
         return out.returncode == 0 and out.stdout.strip().endswith("0 live grant(s)")
 
-    assert wait_for(no_live_grants, timeout=10.0, interval=0.3), errand_cli(
+    assert wait_until(no_live_grants, timeout=10.0, interval=0.3), errand_cli(
         stack, "grants", "--task", task
     ).stdout
     jtis = [

@@ -14,26 +14,16 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import fakeredis
 import pytest
 import yaml
 
 from broker.config import load_config
-from broker.devissuer import mint_with
-from broker.settings import Settings
+from broker.dev.issuer import mint_with
 from broker.store import keys as rkeys
-from tests.fixtures.builders import fake_services
-from tests.unit.identity3.conftest import make_app
-from tests.unit.identity3.test_callers import denied, ok
-from tests.unit.identity3.test_reload import World
-from tests.unit.identity3.world import (
-    AUD,
-    DEPLOY,
-    exchange_form,
-    fetcher_for,
-    jwks_of,
-    new_es256_key,
-)
+from tests.support.builders import fake_services, make_app
+from tests.support.forms import exchange_form
+from tests.support.jws import new_es256_key
+from tests.support.platforms import AUD, DEPLOY, ReloadingBroker, denied, fetcher_for, jwks_of, ok
 
 X_URL = "https://ci.partner-x.example"
 X_ISSUER = {
@@ -94,36 +84,28 @@ def world(
     key_dir: Path,
     clock: Any,
     old_key: Any,
-) -> World:
-    raw = with_x(world_raw)
-    path = tmp_path / "errand.yaml"
-    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+) -> ReloadingBroker:
     fetcher = fetcher_for(wkeys)
     fetcher.by_issuer["partner-x"] = jwks_of(old_key)
-    server = fakeredis.FakeServer()
-    svc = fake_services(load_config(path), key_dir, clock=clock, fetcher=fetcher, server=server)
-    svc.extras["server"] = server
-    svc.extras["settings"] = Settings(
-        config_path=path, redis_url="redis://fake", signing_key_dir=key_dir
+    return ReloadingBroker.start(
+        tmp_path, with_x(world_raw), key_dir=key_dir, clock=clock, fetcher=fetcher
     )
-    client = make_app(svc, tmp_path, config_path=path).test_client()
-    return World(path, raw, svc, client)
 
 
-def reload(world: World, doc: dict[str, Any], clock: Any) -> None:
+def reload(world: ReloadingBroker, doc: dict[str, Any], clock: Any) -> None:
     world.write(doc)
     clock.advance(1)
     world.tick()
     assert world.reloader.status["ok"], world.reloader.status
 
 
-def post(world: World, key: Any, clock: Any) -> Any:
+def post(world: ReloadingBroker, key: Any, clock: Any) -> Any:
     return world.client.post(
         "/token", data=exchange_form(x_token(key, clock.now()), audience=DEPLOY)
     )
 
 
-def remove_x_then_readd(world: World, clock: Any, same_source: bool) -> Any:
+def remove_x_then_readd(world: ReloadingBroker, clock: Any, same_source: bool) -> Any:
     """Reload without X, then with X again; X's issuer now publishes a new key set (at a
     new URL, or at the same one). Returns the new key."""
     without_x = copy.deepcopy(world.raw)
@@ -145,7 +127,7 @@ SOURCES = pytest.mark.parametrize(
 @pytest.mark.regression
 @SOURCES
 def test_review_issuer_removed_then_readded_does_not_keep_its_old_keys(
-    world: World, clock: Any, old_key: Any, same_source: bool
+    world: ReloadingBroker, clock: Any, old_key: Any, same_source: bool
 ) -> None:
     ok(post(world, old_key, clock))  # X's old keys are cached here and mirrored in Redis
     new_key = remove_x_then_readd(world, clock, same_source)
@@ -156,17 +138,17 @@ def test_review_issuer_removed_then_readded_does_not_keep_its_old_keys(
 @pytest.mark.regression
 @SOURCES
 def test_review_readded_issuer_is_dropped_from_the_redis_mirror(
-    world: World, clock: Any, old_key: Any, same_source: bool
+    world: ReloadingBroker, clock: Any, old_key: Any, same_source: bool
 ) -> None:
     ok(post(world, old_key, clock))
-    r = world.svc.extras["redis"]
+    r = world.svc.redis
     assert r.exists(rkeys.jwks("partner-x"))
     remove_x_then_readd(world, clock, same_source)
     assert not r.exists(rkeys.jwks("partner-x"))
 
 
 def test_review_keys_of_a_replaced_source_are_not_used_by_another_process(
-    world: World, clock: Any, old_key: Any, key_dir: Path, wkeys: Any
+    world: ReloadingBroker, clock: Any, old_key: Any, key_dir: Path, wkeys: Any
 ) -> None:
     """A process that starts with X on a new source while the mirror still holds keys fetched
     from the old one never adopts them: a 503 while the old fetch's cooldown runs, then the
@@ -180,7 +162,7 @@ def test_review_keys_of_a_replaced_source_are_not_used_by_another_process(
     fetcher = fetcher_for(wkeys)
     fetcher.by_issuer["partner-x"] = jwks_of(new_key)
     other = fake_services(
-        load_config(path), key_dir, clock=clock, fetcher=fetcher, server=world.svc.extras["server"]
+        load_config(path), key_dir, clock=clock, fetcher=fetcher, server=world.svc.server
     )
     client = make_app(other, world.path.parent).test_client()
 

@@ -9,7 +9,7 @@ import subprocess
 import pytest
 import yaml
 
-from tests.e2e.stack import ERRAND, ROOT, errand_cli
+from tests.support.stack import ERRAND, ROOT, errand_cli, introspect, issue
 
 pytestmark = pytest.mark.e2e
 
@@ -30,8 +30,6 @@ def test_cli_with_a_wrong_admin_credential_fails_cleanly(stack, tmp_path):
 
 
 def test_cli_revoke_by_jti(stack, dev_issuer, http):
-    from tests.e2e.stack import introspect, issue
-
     body = issue(stack, dev_issuer, http, task_id="cli-revoke")
     listed = errand_cli(stack, "grants", "--task", "cli-revoke", "--json")
     (grant,) = json.loads(listed.stdout)["grants"]

@@ -11,21 +11,14 @@ import pytest
 from broker.identity.errors import MalformedToken, UnknownIssuer
 from broker.identity.jwks import parse_jwks
 from broker.identity.verifier import route_issuer
-from tests.unit.identity3.test_callers import denied, ok
-from tests.unit.identity3.world import (
-    TRUST_DOMAIN,
-    assertion,
-    exchange_form,
-    spiffe_bundle,
-    svid,
-)
+from tests.support.forms import exchange_form
+from tests.support.jws import new_es256_key
+from tests.support.platforms import TRUST_DOMAIN, assertion, denied, ok, spiffe_bundle, svid
 
 
 def test_bundle_rotation_on_disk_is_picked_up(
     wclient: Any, wkeys: Any, clock: Any, bundle_file: Path
 ) -> None:
-    from tests.unit.identity3.world import new_es256_key
-
     ok(wclient.post("/token", data=exchange_form(svid(wkeys.spiffe, clock.now()))))
     rotated = new_es256_key()
     bundle_file.write_text(json.dumps(spiffe_bundle(rotated)))
@@ -58,7 +51,7 @@ def test_inline_agent_keys_touch_neither_redis_nor_http(
     fetcher = wsvc.verifier._jwks._fetcher
     token = assertion(wkeys.stranger, "agent-summariser", clock.now())  # unknown key
     denied(wclient.post("/token", data=exchange_form(token, task_id="t", purpose="p")))
-    r = wsvc.extras["redis"]
+    r = wsvc.redis
     assert not [k for k in r.scan_iter() if "agent" in k and "jwks" in k]
     assert fetcher.calls == []
 

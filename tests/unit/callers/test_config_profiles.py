@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 
 from broker.config import ConfigError, parse_config
-from tests.unit.identity3.world import jwks_of
+from tests.support.builders import make_config
+from tests.support.platforms import jwks_of
 
 
 def refused(raw: dict[str, Any]) -> str:
@@ -274,8 +275,6 @@ def test_allowance_above_the_type_maximum_is_capped_with_a_warning(raw: dict[str
 
 
 def test_existing_configs_keep_loading(make_old: Callable[[], Any] | None = None) -> None:
-    from tests.fixtures.builders import make_config
-
     config = make_config("https://token.actions.githubusercontent.example")
     gha = config.issuers["gha"]
     assert gha.profile == "generic" and gha.replay == "single-use" and not gha.human

@@ -12,12 +12,18 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import requests
 import yaml
+
+from broker.dev.issuer import github_claims
+from tests.support.builders import NO_LIMITS, set_limits
+from tests.support.forms import deploy_form
+from tests.support.servers import FaultIssuer
 
 ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
@@ -60,12 +66,7 @@ def config_doc(broker_url: str, issuer_url: str, secret_file: Path) -> dict[str,
             "default_token_ttl_seconds": 300,
             "max_token_ttl_seconds": 900,
             # Load stories must not trip the abuse limits (tests/security covers those).
-            "limits": {
-                "per_address": 0,
-                "per_issuer": 0,
-                "per_identity": 0,
-                "max_live_grants_per_identity": 0,
-            },
+            "limits": dict(NO_LIMITS),
         },
         "issuers": [
             {
@@ -244,26 +245,8 @@ class Stack:
 
 
 # -- HTTP helpers ---------------------------------------------------------------------------
-TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
-JWT_TYPE = "urn:ietf:params:oauth:token-type:jwt"
-
-
-def exchange_form(subject_token: str, **extra: Any) -> dict[str, Any]:
-    form: dict[str, Any] = {
-        "grant_type": TOKEN_EXCHANGE,
-        "subject_token": subject_token,
-        "subject_token_type": JWT_TYPE,
-        "audience": DEPLOY_AUD,
-        "scope": "deploy:write",
-    }
-    form.update(extra)
-    return {k: v for k, v in form.items() if v is not None}
-
-
 def mint(dev_issuer: Any, **overrides: Any) -> str:
     """A GitHub-shaped subject token from the test's dev issuer, with a fresh jti."""
-    from broker.devissuer import github_claims
-
     headers = overrides.pop("_headers", None)
     claims = github_claims(issuer=dev_issuer.issuer, audience=AUDIENCE)
     claims.update(overrides)
@@ -274,7 +257,7 @@ def post_token(
     stack: Stack, subject_token: str, session: Any = None, **extra: Any
 ) -> requests.Response:
     return (session or LOCAL).post(
-        stack.url + "/token", data=exchange_form(subject_token, **extra), timeout=10
+        stack.url + "/token", data=deploy_form(subject_token, **extra), timeout=10
     )
 
 
@@ -305,11 +288,59 @@ def errand_cli(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def wait_for(predicate: Any, timeout: float, interval: float = 0.1) -> bool:
+# -- a Stack with extra environment and a tuned configuration --------------------------------
+@dataclass
+class TunedStack(Stack):
+    """Stack, plus extra environment and a hook to edit its YAML before start."""
+
+    extra_env: dict[str, str] = field(default_factory=dict)
+    limits: dict[str, Any] | None = None  # None: every abuse limit off
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.edit_config(lambda doc: set_limits(doc["broker"], self.limits))
+
+    def env(self) -> dict[str, str]:
+        env = super().env()
+        env.update(self.extra_env)
+        return env
+
+    def edit_config(self, mutate: Callable[[dict[str, Any]], None]) -> None:
+        doc = yaml.safe_load(self.config_file.read_text())
+        mutate(doc)
+        self.config_file.write_text(yaml.safe_dump(doc, sort_keys=False))
+
+    def restart_worker(self) -> None:
+        self._spawn("worker", [sys.executable, "-m", "workers"])
+
+    def kill_worker(self) -> None:
+        """SIGKILL the worker's whole process group (the RQ work horse included)."""
+        proc = self.procs["worker"]
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(5)
+
+
+def warm_up(stack: Stack, issuer: FaultIssuer, timeout: float = 10.0) -> None:
+    """One sequential exchange, so the issuer's JWKS is fetched and mirrored in Redis before a
+    test sends concurrent requests (see test_cold_fleet_shares_the_first_fetch)."""
+    http = requests.Session()
+    http.trust_env = False
     deadline = time.monotonic() + timeout
     while True:
-        if predicate():
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(interval)
+        claims = github_claims(issuer=issuer.issuer, audience=AUDIENCE, now=time.time())
+        resp = http.post(stack.url + "/token", data=deploy_form(issuer.mint(claims)), timeout=10)
+        if resp.status_code == 200:
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"warm-up exchange failed: {resp.status_code} {resp.text}")
+        time.sleep(0.2)
+
+
+@contextlib.contextmanager
+def running(stack: TunedStack) -> Iterator[TunedStack]:
+    stack.start()
+    try:
+        yield stack
+    finally:
+        stack.stop()

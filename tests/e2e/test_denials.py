@@ -1,4 +1,4 @@
-"""Story e: every denial over real HTTP is an RFC 6749 §5.2 error: 4xx JSON with `error` and
+"""Every denial over real HTTP is an RFC 6749 §5.2 error: 4xx JSON with `error` and
 `error_description`, Cache-Control: no-store, never a token, never a value a rule expects."""
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ import pytest
 import requests
 
 from broker.tokens.keyring import generate_key
-from tests.e2e.stack import CLIENT_ID, exchange_form, introspect, mint, post_token
+from tests.support.forms import deploy_form
+from tests.support.stack import CLIENT_ID, introspect, mint, post_token
 
 pytestmark = pytest.mark.e2e
 
@@ -99,7 +100,7 @@ def test_expired_subject_token(stack, dev_issuer, http):
 
 def test_unknown_issuer_causes_no_egress(stack, dev_issuer, http, counting_server, tmp_path):
     """An unconfigured `iss`, `jku` or `x5u` must not make the broker fetch anything."""
-    from broker.devissuer import github_claims, mint_with
+    from broker.dev.issuer import github_claims, mint_with
 
     stranger = generate_key(tmp_path / "stranger")  # claims to live at the counting server
     claims = github_claims(issuer=counting_server.url, audience="errand-e2e")
@@ -133,7 +134,7 @@ def test_token_for_another_audience(stack, dev_issuer, http):
 
 
 def test_forged_signature(stack, dev_issuer, http, tmp_path):
-    from broker.devissuer import github_claims, mint_with
+    from broker.dev.issuer import github_claims, mint_with
 
     imposter = generate_key(tmp_path / "imposter")
     claims = github_claims(issuer=dev_issuer.issuer, audience="errand-e2e")
@@ -153,33 +154,31 @@ def test_malformed_subject_tokens(stack, http, subject_token):
 def test_malformed_requests(stack, dev_issuer, http):
     url = stack.url + "/token"
     token = mint(dev_issuer)
-    assert_oauth_error(
-        http.post(url, json=exchange_form(token), timeout=10), 400, "invalid_request"
-    )
+    assert_oauth_error(http.post(url, json=deploy_form(token), timeout=10), 400, "invalid_request")
     assert_oauth_error(
         http.post(url, data={"grant_type": "password"}, timeout=10), 400, "unsupported_grant_type"
     )
     assert_oauth_error(http.post(url, data={}, timeout=10), 400, "invalid_request")
     assert_oauth_error(
-        http.post(url, data=exchange_form(token, subject_token_type="urn:x"), timeout=10),
+        http.post(url, data=deploy_form(token, subject_token_type="urn:x"), timeout=10),
         400,
         "invalid_request",
     )
     assert_oauth_error(
-        http.post(url, data=exchange_form(token, requested_lifetime="-5"), timeout=10),
+        http.post(url, data=deploy_form(token, requested_lifetime="-5"), timeout=10),
         400,
         "invalid_request",
     )
     assert_oauth_error(
-        http.post(url, params={"subject_token": token}, data=exchange_form(token), timeout=10),
+        http.post(url, params={"subject_token": token}, data=deploy_form(token), timeout=10),
         400,
         "invalid_request",
     )
     assert_oauth_error(
         http.post(
             url,
-            data=exchange_form(
-                token, actor_token="x", actor_token_type=exchange_form(token)["subject_token_type"]
+            data=deploy_form(
+                token, actor_token="x", actor_token_type=deploy_form(token)["subject_token_type"]
             ),
             timeout=10,
         ),
@@ -240,7 +239,7 @@ def test_denial_is_audited_specifically_without_the_token(stack, dev_issuer, htt
     token = mint(dev_issuer, ref="refs/heads/evil")
     resp = http.post(
         stack.url + "/token",
-        data=exchange_form(token, task_id=task),
+        data=deploy_form(token, task_id=task),
         headers={"X-Request-Id": "req-e2e-denial-1"},
         timeout=10,
     )

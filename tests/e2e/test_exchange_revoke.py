@@ -1,4 +1,4 @@
-"""Story a: exchange -> introspect active -> revoke -> introspect inactive, and the published
+"""Exchange -> introspect active -> revoke -> introspect inactive, and the published
 metadata (RFC 8414) and JWKS that let a resource server verify the token offline."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import json
 import jwt
 import pytest
 
-from tests.e2e.stack import CLIENT_ID, DEPLOY_AUD, introspect, mint, post_token
+from tests.support.stack import CLIENT_ID, DEPLOY_AUD, introspect, mint, post_token
 
 pytestmark = pytest.mark.e2e
 

@@ -84,7 +84,8 @@ _pattern = (
 )
 
 
-@settings(max_examples=300, deadline=None)
+@pytest.mark.slow  # hundreds of generated examples: over a second
+@settings(max_examples=300)
 @given(pattern=_pattern, value=st.text(alphabet="ab./\n", max_size=12))
 def test_a_pattern_never_matches_beyond_its_anchors(pattern: str, value: str) -> None:
     """The compiled pattern agrees with a reference fnmatch-like definition, fully anchored."""
@@ -96,7 +97,8 @@ def test_a_pattern_never_matches_beyond_its_anchors(pattern: str, value: str) ->
         assert value.count("/") == pattern.count("/")
 
 
-@settings(max_examples=300, deadline=None)
+@pytest.mark.slow  # hundreds of generated examples: over a second
+@settings(max_examples=300)
 @given(a=_pattern, b=_pattern, value=_value)
 def test_overlap_is_conservative(a: str, b: str, value: str) -> None:
     """Never reports 'disjoint' for two values that one claim value matches."""

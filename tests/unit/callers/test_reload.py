@@ -3,22 +3,25 @@
 from __future__ import annotations
 
 import copy
-import os
 import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
-from broker.config import load_config
-from broker.reload import ConfigReloader
-from broker.settings import Settings
-from tests.fixtures.builders import fake_services
-from tests.unit.identity3.conftest import make_app
-from tests.unit.identity3.test_callers import denied, events, ok
-from tests.unit.identity3.world import DEPLOY, exchange_form, fetcher_for, github_token, jwks_of
+from tests.support.forms import exchange_form
+from tests.support.platforms import (
+    DEPLOY,
+    ReloadingBroker,
+    assertion,
+    denied,
+    fetcher_for,
+    github_token,
+    jwks_of,
+    ok,
+)
+from tests.support.redis import stream_events
 
 
 @pytest.fixture(autouse=True)
@@ -28,42 +31,13 @@ def keep_sighup() -> Iterator[None]:
     signal.signal(signal.SIGHUP, old)
 
 
-class World:
-    def __init__(self, path: Path, raw: dict[str, Any], svc: Any, client: Any) -> None:
-        self.path, self.raw, self.svc, self.client = path, raw, svc, client
-
-    @property
-    def reloader(self) -> ConfigReloader:
-        reloader = self.svc.extras["reloader"]
-        assert isinstance(reloader, ConfigReloader)
-        return reloader
-
-    def write(self, doc: Any, *, text: str | None = None) -> None:
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(text if text is not None else yaml.safe_dump(doc, sort_keys=False))
-        st = self.path.stat()
-        os.replace(tmp, self.path)
-        os.utime(self.path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))  # a visible change
-
-    def tick(self) -> Any:
-        """Let the periodic check run at the next request."""
-        self.reloader._next_check = 0.0
-        return self.client.get("/healthz")
-
-
 @pytest.fixture
 def world(
     tmp_path: Path, world_raw: dict[str, Any], wkeys: Any, key_dir: Path, clock: Any
-) -> World:
-    raw = copy.deepcopy(world_raw)
-    path = tmp_path / "errand.yaml"
-    path.write_text(yaml.safe_dump(raw, sort_keys=False))
-    svc = fake_services(load_config(path), key_dir, clock=clock, fetcher=fetcher_for(wkeys))
-    svc.extras["settings"] = Settings(
-        config_path=path, redis_url="redis://fake", signing_key_dir=key_dir
+) -> ReloadingBroker:
+    return ReloadingBroker.start(
+        tmp_path, copy.deepcopy(world_raw), key_dir=key_dir, clock=clock, fetcher=fetcher_for(wkeys)
     )
-    client = make_app(svc, tmp_path, config_path=path).test_client()
-    return World(path, raw, svc, client)
 
 
 def new_identity(raw: dict[str, Any]) -> dict[str, Any]:
@@ -99,7 +73,7 @@ def docs_token(wkeys: Any, clock: Any) -> str:
 
 
 def test_a_changed_file_is_picked_up_without_restart(
-    world: World, wkeys: Any, clock: Any, admin_headers: dict[str, str]
+    world: ReloadingBroker, wkeys: Any, clock: Any, admin_headers: dict[str, str]
 ) -> None:
     denied(
         world.client.post("/token", data=exchange_form(docs_token(wkeys, clock), audience=DEPLOY))
@@ -109,12 +83,12 @@ def test_a_changed_file_is_picked_up_without_restart(
     ok(world.client.post("/token", data=exchange_form(docs_token(wkeys, clock), audience=DEPLOY)))
     status = world.client.get("/admin/identities/reload", headers=admin_headers).get_json()
     assert status["ok"] and status["generation"] == 2 and status["identities"] == 9
-    assert [e for e in events(world.svc) if e["event"] == "config.reload"][-1][
+    assert [e for e in stream_events(world.svc) if e["event"] == "config.reload"][-1][
         "outcome"
     ] == "loaded"
 
 
-def test_no_check_before_the_interval(world: World, wkeys: Any, clock: Any) -> None:
+def test_no_check_before_the_interval(world: ReloadingBroker, wkeys: Any, clock: Any) -> None:
     world.client.get("/healthz")  # the first check sets the next one ~5 s ahead
     world.write(new_identity(world.raw))
     world.client.get("/healthz")
@@ -141,7 +115,12 @@ def test_no_check_before_the_interval(world: World, wkeys: Any, clock: Any) -> N
     ids=["bad-yaml", "invalid", "truncated", "issuer-change"],
 )
 def test_a_bad_reload_keeps_the_running_configuration(
-    world: World, wkeys: Any, clock: Any, admin_headers: dict[str, str], change: Any, fragment: str
+    world: ReloadingBroker,
+    wkeys: Any,
+    clock: Any,
+    admin_headers: dict[str, str],
+    change: Any,
+    fragment: str,
 ) -> None:
     before = world.svc.config
     result = change(copy.deepcopy(world.raw))
@@ -158,12 +137,12 @@ def test_a_bad_reload_keeps_the_running_configuration(
     )
     status = world.client.get("/admin/identities/reload", headers=admin_headers).get_json()
     assert not status["ok"] and fragment in status["error"]
-    refused = [e for e in events(world.svc) if e["event"] == "config.reload"][-1]
+    refused = [e for e in stream_events(world.svc) if e["event"] == "config.reload"][-1]
     assert refused["outcome"] == "refused" and fragment in refused["error"]
 
 
 def test_a_bad_file_is_parsed_once_then_a_fix_is_applied(
-    world: World, monkeypatch: pytest.MonkeyPatch
+    world: ReloadingBroker, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import broker.reload as reload_module
 
@@ -185,7 +164,7 @@ def test_a_bad_file_is_parsed_once_then_a_fix_is_applied(
     assert world.reloader.status["ok"]
 
 
-def test_sighup_forces_a_check(world: World) -> None:
+def test_sighup_forces_a_check(world: ReloadingBroker) -> None:
     world.client.get("/healthz")
     world.write(new_identity(world.raw))
     signal.raise_signal(signal.SIGHUP)
@@ -193,13 +172,15 @@ def test_sighup_forces_a_check(world: World) -> None:
     assert world.svc.config.identity("gh-docs") is not None
 
 
-def test_admin_reload_now(world: World, admin_headers: dict[str, str]) -> None:
+def test_admin_reload_now(world: ReloadingBroker, admin_headers: dict[str, str]) -> None:
     world.write(new_identity(world.raw))
     body = world.client.post("/admin/identities/reload", headers=admin_headers).get_json()
     assert body["ok"] and body["identities"] == 9
 
 
-def test_changed_key_source_drops_cached_keys(world: World, wkeys: Any, clock: Any) -> None:
+def test_changed_key_source_drops_cached_keys(
+    world: ReloadingBroker, wkeys: Any, clock: Any
+) -> None:
     """Moving an issuer to a new key set (jwks_uri) must not keep trusting the old keys."""
     ok(
         world.client.post(
@@ -227,9 +208,7 @@ def test_changed_key_source_drops_cached_keys(world: World, wkeys: Any, clock: A
     )
 
 
-def test_reloaded_agent_keys_take_effect(world: World, wkeys: Any, clock: Any) -> None:
-    from tests.unit.identity3.world import assertion
-
+def test_reloaded_agent_keys_take_effect(world: ReloadingBroker, wkeys: Any, clock: Any) -> None:
     def form(key: Any) -> dict[str, Any]:
         return exchange_form(
             assertion(key, "agent-summariser", clock.now()), task_id="t", purpose="p"

@@ -1,4 +1,4 @@
-"""Story d: Redis dies under a running broker. Fail closed (503 + Retry-After, never a token,
+"""Redis dies under a running broker. Fail closed (503 + Retry-After, never a token,
 never `active: true`), then recover when Redis returns, without restarting gunicorn or the
 worker. Redis comes back empty, so tokens issued before are inactive."""
 
@@ -12,8 +12,9 @@ import pytest
 import redis
 import requests
 
-from broker.embedded_redis import RedisProcess
-from tests.e2e.stack import Stack, introspect, issue, mint, post_token, wait_for
+from broker.dev.embedded_redis import RedisProcess
+from tests.support.clocks import wait_until
+from tests.support.stack import Stack, introspect, issue, mint, post_token
 
 pytestmark = pytest.mark.e2e
 
@@ -86,10 +87,10 @@ def test_redis_killed_mid_run(outage_stack, outage_redis, dev_issuer, request):
 
     outage_redis.start()  # the same port, empty
 
-    assert wait_for(
+    assert wait_until(
         lambda: http.get(stack.url + "/readyz", timeout=10).status_code == 200, timeout=5
     )
-    first_ok = wait_for(
+    first_ok = wait_until(
         lambda: post_token(stack, mint(dev_issuer), http).status_code == 200, timeout=5
     )
     assert first_ok, "the broker did not recover after Redis came back"
@@ -115,7 +116,7 @@ def test_redis_killed_mid_run(outage_stack, outage_redis, dev_issuer, request):
     assert done.status_code == 200, done.text
     peek = redis.Redis.from_url(outage_redis.url, decode_responses=True)
     try:
-        cleaned = wait_for(
+        cleaned = wait_until(
             lambda: peek.exists("errand:task:after-outage") == 0, timeout=15, interval=0.25
         )
         assert cleaned, "the worker did not clean up after Redis returned:\n" + stack.logs()

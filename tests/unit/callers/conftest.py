@@ -1,28 +1,21 @@
-"""Fixtures for the workload-identity suite: the multi-platform world on fakeredis, with
-fakeredis following the test's FixedClock (TTLs and EXAT replay entries move with it)."""
+"""Fixtures for the callers suite: the multi-platform world (tests/support/platforms.py) on
+fakeredis, which follows the test's clock (tests/unit/conftest.py)."""
 
 from __future__ import annotations
 
 import copy
 import json
-import types
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import fakeredis
-import fakeredis._socket._base as fakeredis_base
 import pytest
 
 from broker.clock import FixedClock
 from broker.config import parse_config
-from tests.fixtures.builders import ADMIN_TOKEN, fake_services
-from tests.unit.identity3.world import Keys, fetcher_for, spiffe_bundle, world_config
-
-
-@pytest.fixture(autouse=True)
-def redis_follows_clock(clock: FixedClock, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(fakeredis_base, "time", types.SimpleNamespace(time=clock.now))
+from tests.support.builders import ADMIN_TOKEN, fake_services, make_app
+from tests.support.platforms import Keys, fetcher_for, spiffe_bundle, world_config
 
 
 @pytest.fixture(scope="session")
@@ -56,7 +49,7 @@ def build_world(
         svc = fake_services(
             parse_config(raw), key_dir, clock=clock, fetcher=fetcher_for(wkeys), server=server
         )
-        svc.extras["fake_server"] = server
+        svc.fake_server = server
         return svc
 
     return build
@@ -65,21 +58,6 @@ def build_world(
 @pytest.fixture
 def wsvc(build_world: Callable[..., Any]) -> Any:
     return build_world()
-
-
-def make_app(svc: Any, tmp_path: Path, config_path: Path | None = None) -> Any:
-    from broker.app import create_app
-    from broker.settings import Settings
-
-    admin = tmp_path / "admin-token"
-    admin.write_text(ADMIN_TOKEN)
-    settings = Settings(
-        config_path=config_path or Path("unused.yaml"),
-        redis_url="redis://fake",
-        signing_key_dir=Path("unused"),
-        admin_token_file=admin,
-    )
-    return create_app(settings, services=svc)
 
 
 @pytest.fixture
