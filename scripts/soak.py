@@ -62,8 +62,11 @@ from broker.dev.embedded_redis import RedisProcess  # noqa: E402
 from broker.dev.issuer import DevIssuer, github_claims, load_or_create_key  # noqa: E402
 from broker.store import keys  # noqa: E402
 from tests.support.forms import deploy_form as exchange_form  # noqa: E402
-from tests.support.stack import AUDIENCE, CLIENT_ID  # noqa: E402
-from tests.support.stack import TunedStack  # noqa: E402
+from tests.support.stack import (  # noqa: E402
+    AUDIENCE,
+    CLIENT_ID,
+    TunedStack,
+)
 
 MAX_OPS_PER_THREAD = 200_000  # a count bound on every loop, besides the clock
 TOMBSTONE_SECONDS = 60  # broker.task_tombstone_seconds in the soak's configuration
