@@ -18,7 +18,7 @@ from broker.policy.matcher import IdentityMatcher
 from broker.runtime import Runtime
 from broker.settings import Settings
 from broker.store.auth_failures import RedisAuthFailures
-from broker.store.connection import connect
+from broker.store.connection import RedisLocation, ReplicaWait, connect
 from broker.store.jwks_mirror import JwksMirror
 from broker.store.limits import RedisLimits
 from broker.store.redis import RedisGrantStore
@@ -43,10 +43,11 @@ def build_services(
     """The process's Services, with the handles only the process uses (broker/runtime.py)."""
     config = config or load_config(settings.config_path, settings.config_vars)
     clock = clock or SystemClock()
-    r = redis_client or connect(settings.redis_url, timeout=settings.redis_timeout_seconds)
-    r_rq = rq_client or connect(settings.redis_url, timeout=5.0, decode=False)
+    where, wait = RedisLocation.of(settings), ReplicaWait.of(settings)
+    r = redis_client or connect(where, timeout=settings.redis_timeout_seconds)
+    r_rq = rq_client or connect(where, timeout=5.0, decode=False)
     keyring = build_keyring(settings, config, r, clock)
-    store = RedisGrantStore(r, audit_maxlen=config.broker.audit_stream_maxlen)
+    store = RedisGrantStore(r, audit_maxlen=config.broker.audit_stream_maxlen, wait=wait)
     jwks = JwksCache(fetcher or HttpJwksFetcher(), JwksMirror(r), clock)
     try:
         store.ensure_epoch()
@@ -60,7 +61,9 @@ def build_services(
         matcher=IdentityMatcher(config),
         store=store,
         inventory=store,
-        revocations=RedisRevocationStore(r, audit_maxlen=config.broker.audit_stream_maxlen),
+        revocations=RedisRevocationStore(
+            r, audit_maxlen=config.broker.audit_stream_maxlen, wait=wait
+        ),
         limiter=RedisLimits(r),
         auth_failures=RedisAuthFailures(r),
         audit=AuditLog(store),

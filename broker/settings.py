@@ -10,6 +10,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 from broker.errors import BrokerError
 
@@ -21,7 +23,7 @@ class SettingsError(BrokerError):
 @dataclass(frozen=True)
 class Settings:
     config_path: Path  # ERRAND_CONFIG: the YAML file with issuers, identities, clients
-    redis_url: str  # REDIS_URL (or ERRAND_REDIS_URL)
+    redis_url: str  # REDIS_URL (or ERRAND_REDIS_URL); "" when Sentinel finds Redis
     signing_key_dir: Path | None  # ERRAND_SIGNING_KEY_DIR: static keys from a mounted secret
     admin_token_file: Path | None = None  # ERRAND_ADMIN_TOKEN_FILE: protects /admin/*
     environment: str = "production"  # ERRAND_ENV: production | development
@@ -44,6 +46,20 @@ class Settings:
     # ERRAND_TRUSTED_PROXY_HEADER: the one header those proxies write: x-forwarded-for or
     # forwarded (RFC 7239). The other is the caller's own and never read.
     trusted_proxy_header: str = "x-forwarded-for"
+    # ERRAND_REDIS_SENTINELS: host:port,host:port of the Sentinels that name the primary,
+    # instead of a URL. Every client follows a failover without a restart.
+    redis_sentinels: tuple[tuple[str, int], ...] = ()
+    redis_sentinel_service: str = ""  # ERRAND_REDIS_SENTINEL_SERVICE: the monitored name
+    # ERRAND_REDIS_SENTINEL_PASSWORD_FILE: the Sentinels' own password (requirepass)
+    redis_sentinel_password_file: Path | None = None
+    # ERRAND_REDIS_PASSWORD_FILE: Redis's password, kept out of the URL and the environment
+    redis_password_file: Path | None = None
+    redis_db: int = 0  # ERRAND_REDIS_DB: database number with Sentinel (a URL names its own)
+    # ERRAND_REDIS_WAIT_REPLICAS: grant writes, revocations, completions and revoke-all wait
+    # (WAIT) until this many replicas have them, so a failover cannot lose them. 0: off.
+    redis_wait_replicas: int = 0
+    # ERRAND_REDIS_WAIT_TIMEOUT_MS: how long one such write waits for its replicas
+    redis_wait_timeout_ms: int = 100
     # Values for ${NAME} / ${NAME:-default} references in the YAML configuration.
     config_vars: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 
@@ -111,7 +127,13 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             f"ERRAND_ENV must be 'production' or 'development', not {environment!r}"
         )
     config_path = need("ERRAND_CONFIG")
-    redis_url = need("REDIS_URL", "ERRAND_REDIS_URL")
+    sentinels = _sentinel_addresses(env)
+    if sentinels and (env.get("REDIS_URL") or env.get("ERRAND_REDIS_URL")):
+        raise SettingsError(
+            "set REDIS_URL (or ERRAND_REDIS_URL) or ERRAND_REDIS_SENTINELS, not both: "
+            "they say differently where Redis is"
+        )
+    redis_url = "" if sentinels else need("REDIS_URL", "ERRAND_REDIS_URL", "ERRAND_REDIS_SENTINELS")
     kek = env.get("ERRAND_KEY_ENCRYPTION_KEY_FILE")
     key_dir = env.get("ERRAND_SIGNING_KEY_DIR") or (None if kek else need("ERRAND_SIGNING_KEY_DIR"))
     if missing:
@@ -119,6 +141,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     admin = env.get("ERRAND_ADMIN_TOKEN_FILE")
     proxies, hops, header = _proxy_trust(env)
     server = load_server_settings(env)
+    redis_where = _redis_where(env, redis_url, sentinels)
     try:
         return Settings(
             config_path=Path(config_path),
@@ -138,6 +161,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             trusted_proxy_hops=hops,
             trusted_proxy_header=header,
             config_vars=dict(env),
+            **redis_where,
         )
     except ValueError as err:
         raise SettingsError(f"bad numeric environment setting: {err}") from err
@@ -192,3 +216,94 @@ def _proxy_trust(
             f"ERRAND_TRUSTED_PROXY_HEADER must be one of {', '.join(PROXY_HEADERS)}, not {header!r}"
         )
     return tuple(networks), hops, header
+
+
+MAX_WAIT_REPLICAS = 16
+
+
+def _sentinel_addresses(env: Mapping[str, str]) -> tuple[tuple[str, int], ...]:
+    """ERRAND_REDIS_SENTINELS: `host:port,host:port` (IPv6 as `[::1]:26379`)."""
+    raw = env.get("ERRAND_REDIS_SENTINELS", "").strip()
+    if not raw:
+        return ()
+    out: list[tuple[str, int]] = []
+    for item in (i.strip() for i in raw.split(",")):
+        host, sep, port = item.rpartition(":")
+        host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise SettingsError(
+                f"ERRAND_REDIS_SENTINELS: {item!r} is not host:port (give every Sentinel, "
+                "comma-separated)"
+            )
+        if (host, int(port)) not in out:
+            out.append((host, int(port)))
+    return tuple(out)
+
+
+def _redis_where(
+    env: Mapping[str, str], redis_url: str, sentinels: tuple[tuple[str, int], ...]
+) -> dict[str, Any]:
+    """The Sentinel, credential and WAIT settings, refusing a setting that the chosen way of
+    finding Redis would silently ignore or that would contradict it."""
+    service = env.get("ERRAND_REDIS_SENTINEL_SERVICE", "").strip()
+    sentinel_password = env.get("ERRAND_REDIS_SENTINEL_PASSWORD_FILE", "").strip()
+    password = env.get("ERRAND_REDIS_PASSWORD_FILE", "").strip()
+    db = env.get("ERRAND_REDIS_DB", "").strip()
+    if sentinels and not service:
+        raise SettingsError(
+            "missing environment settings: ERRAND_REDIS_SENTINEL_SERVICE "
+            "(the name the Sentinels monitor, as in `sentinel monitor NAME …`)"
+        )
+    if not sentinels:
+        ignored = [
+            name
+            for name, value in (
+                ("ERRAND_REDIS_SENTINEL_SERVICE", service),
+                ("ERRAND_REDIS_SENTINEL_PASSWORD_FILE", sentinel_password),
+                ("ERRAND_REDIS_DB", db),
+            )
+            if value
+        ]
+        if ignored:
+            raise SettingsError(
+                f"{', '.join(ignored)} set without ERRAND_REDIS_SENTINELS: it would be ignored "
+                "(with REDIS_URL, the URL names the database)"
+            )
+    if password and _url_has_password(redis_url):
+        raise SettingsError(
+            "ERRAND_REDIS_PASSWORD_FILE is set and the Redis URL carries a password: "
+            "give it in one place"
+        )
+    try:
+        redis_db = int(db or "0")
+        replicas = int(env.get("ERRAND_REDIS_WAIT_REPLICAS", "0").strip() or "0")
+        wait_ms = int(env.get("ERRAND_REDIS_WAIT_TIMEOUT_MS", "100").strip() or "100")
+        timeout = float(env.get("ERRAND_REDIS_TIMEOUT_SECONDS", "0.5"))
+    except ValueError as err:
+        raise SettingsError(f"bad numeric environment setting: {err}") from err
+    if redis_db < 0:
+        raise SettingsError("ERRAND_REDIS_DB must be 0 or more")
+    if not 0 <= replicas <= MAX_WAIT_REPLICAS:
+        raise SettingsError(f"ERRAND_REDIS_WAIT_REPLICAS must be between 0 and {MAX_WAIT_REPLICAS}")
+    # WAIT 0 ms would block forever; the reply must also come back before the client's own
+    # operation timeout gives up on it.
+    if replicas and not 0 < wait_ms <= timeout * 1000 / 2:
+        raise SettingsError(
+            "ERRAND_REDIS_WAIT_TIMEOUT_MS must be at least 1 and at most half of "
+            f"ERRAND_REDIS_TIMEOUT_SECONDS ({timeout * 1000:g} ms), so that the write's reply "
+            "arrives before the client stops waiting for it"
+        )
+    return {
+        "redis_sentinels": sentinels,
+        "redis_sentinel_service": service,
+        "redis_sentinel_password_file": Path(sentinel_password) if sentinel_password else None,
+        "redis_password_file": Path(password) if password else None,
+        "redis_db": redis_db,
+        "redis_wait_replicas": replicas,
+        "redis_wait_timeout_ms": wait_ms,
+    }
+
+
+def _url_has_password(url: str) -> bool:
+    parts = urlsplit(url)
+    return bool(parts.password) or "password" in parse_qs(parts.query)

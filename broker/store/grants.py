@@ -19,7 +19,7 @@ from broker.domain.models import Grant, GrantState
 from broker.domain.ports import PreflightState, WriteRefused
 from broker.store import keys, lua_scripts
 from broker.store.audit_stream import RedisAuditStream, event_json
-from broker.store.connection import store_errors
+from broker.store.connection import NO_WAIT, ReplicaWait, store_errors
 from broker.store.grant_record import expiry_member, grant_fields, grant_from
 from broker.store.inventory_state import state_record
 
@@ -67,8 +67,11 @@ def save_grant_call(
 class RedisGrants(RedisAuditStream):
     """The GrantStore port (domain/ports.py) on Redis."""
 
-    def __init__(self, client: redis.Redis, *, audit_maxlen: int) -> None:
+    def __init__(
+        self, client: redis.Redis, *, audit_maxlen: int, wait: ReplicaWait = NO_WAIT
+    ) -> None:
         super().__init__(client, audit_maxlen=audit_maxlen)
+        self._wait = wait
         self._save = client.register_script(lua_scripts.SAVE_GRANT)
         self._revoke = client.register_script(lua_scripts.REVOKE_GRANT)
         self._complete = client.register_script(lua_scripts.COMPLETE_TASK)
@@ -141,7 +144,13 @@ class RedisGrants(RedisAuditStream):
         script_keys, args = save_grant_call(
             grant, replay=replay, audit=audit, now=now, quota=quota, audit_maxlen=self._audit_maxlen
         )
-        result = self._save(keys=script_keys, args=args)
+        result = self._wait.run(
+            self._save,
+            keys=script_keys,
+            args=args,
+            what=f"grant {grant.jti}",
+            fail_closed=True,  # no token leaves unless its grant is on the replicas
+        )
         if result != "ok":
             raise WriteRefused(str(result))
 
@@ -160,9 +169,11 @@ class RedisGrants(RedisAuditStream):
     @store_errors()
     def revoke_grant(self, jti: str, *, audit: Mapping[str, Any]) -> tuple[str, str] | None:
         """Revoke one grant; returns its (task, identity), or None if it was not live."""
-        found = self._revoke(
+        found = self._wait.run(
+            self._revoke,
             keys=[keys.grant(jti), keys.EXPIRY_INDEX, keys.AUDIT_STREAM, keys.REVOCATION_FEED],
             args=[jti, self._audit_maxlen, event_json(audit)],
+            what=f"revocation of grant {jti}",
         )
         if not found:
             return None
@@ -183,7 +194,8 @@ class RedisGrants(RedisAuditStream):
         not); False when it was already complete. Its feed entry covers tokens with iat up to
         now + skew: no token of the task can be issued after the tombstone, and a node whose
         clock runs ahead may have stamped an earlier one with a later iat."""
-        result = self._complete(
+        result = self._wait.run(
+            self._complete,
             keys=[
                 keys.task_tombstone(task_id),
                 keys.COMPLETING,
@@ -201,6 +213,7 @@ class RedisGrants(RedisAuditStream):
                 now + skew_seconds,
                 identity_id,
             ],
+            what=f"completion of task {task_id}",
         )
         if int(result) < 0:
             raise WriteRefused("task_foreign")

@@ -17,7 +17,7 @@ import redis
 
 from broker.store import keys, lua_scripts
 from broker.store.audit_stream import event_json
-from broker.store.connection import store_errors
+from broker.store.connection import NO_WAIT, ReplicaWait, store_errors
 
 _CURSOR = re.compile(r"0|[0-9]{1,20}-[0-9]{1,20}")
 
@@ -31,8 +31,11 @@ class FeedPage:
 
 
 class RedisRevocationStore:
-    def __init__(self, client: redis.Redis, *, audit_maxlen: int) -> None:
+    def __init__(
+        self, client: redis.Redis, *, audit_maxlen: int, wait: ReplicaWait = NO_WAIT
+    ) -> None:
         self._r = client
+        self._wait = wait
         self._audit_maxlen = str(audit_maxlen)
         self._revoke_all = client.register_script(lua_scripts.REVOKE_ALL)
         self._revoke_many = client.register_script(lua_scripts.REVOKE_MANY)
@@ -42,9 +45,11 @@ class RedisRevocationStore:
     @store_errors()
     def revoke_all(self, *, now: int, audit: Mapping[str, Any]) -> tuple[int, int]:
         """Bump the epoch; returns (new epoch, grants live at the cut)."""
-        result = self._revoke_all(
+        result = self._wait.run(
+            self._revoke_all,
             keys=[keys.EPOCH, keys.EPOCH_LOG, keys.AUDIT_STREAM, keys.FANOUTS, keys.EXPIRY_INDEX],
             args=[now, self._audit_maxlen, event_json(audit)],
+            what="revoke-all",
         )
         return int(result[0]), int(result[1])
 
@@ -101,9 +106,11 @@ class RedisRevocationStore:
             return 0
         index_keys = [index] if index else []
         return int(
-            self._revoke_many(
+            self._wait.run(
+                self._revoke_many,
                 keys=[keys.EXPIRY_INDEX, keys.REVOCATION_FEED, *index_keys],
                 args=["1" if publish_each else "0", issuer_id, *jtis],
+                what=f"bulk revocation of {len(jtis)} grant(s)",
             )
         )
 
