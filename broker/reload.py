@@ -3,7 +3,7 @@
 How: every web process checks the file's (mtime, size, inode) at most every
 `broker.config_reload_seconds` (default 5 s), at the start of a request, in the request's
 own thread; SIGHUP sent to a worker process, or POST /admin/identities/reload, forces a check
-in that process. A changed file is parsed and validated in full (broker/config.py). Only a
+in that process. A changed file is parsed and validated in full (broker/config/). Only a
 complete, valid configuration replaces the running one, in one swap of (verifier, matcher,
 config) between requests; anything else keeps the old configuration, logs the error, records
 a `config.reload` audit event and shows it at GET /admin/identities/reload.

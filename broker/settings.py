@@ -1,7 +1,7 @@
 """Process settings from the environment: every ERRAND_* setting the web and worker processes use.
 
 Everything about *what* Errand trusts (issuers, identities, clients) lives in the YAML file
-named by ERRAND_CONFIG (see broker/config.py); this module holds only where things are."""
+named by ERRAND_CONFIG (see broker/config/); this module holds only where things are."""
 
 from __future__ import annotations
 

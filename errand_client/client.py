@@ -8,224 +8,52 @@ task runs, and complete the task when it ends.
     # the task is complete here: every token it held is dead, even if the body raised
 
 Wire format: RFC 8693 token exchange (form-encoded POST {url}/token) with Errand's `task_id`,
-`purpose` and `requested_lifetime` extensions; errors are RFC 6749 §5.2 JSON. Retry policy:
+`purpose` and `requested_lifetime` extensions; errors are RFC 6749 §5.2 JSON (both read in
+errand_client.wire). The renewing token: errand_client.task. Retry policy:
 errand_client.retry. Tokens never appear in a repr, a log line or an exception message."""
 
 from __future__ import annotations
 
-import ipaddress
 import logging
-import re
-import secrets
-import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
 
 import requests
 
-from errand_client.errors import CompletionError, ErrandError, RetriesExhausted, TokenRequestError
-from errand_client.retry import Retryable, RetryPolicy, call_with_retry, parse_retry_after
+from errand_client.errors import CompletionError, ErrandError, TokenRequestError
+from errand_client.retry import Retryable, RetryPolicy, call_with_retry
+from errand_client.task import TaskToken, refresh_margin
+from errand_client.wire import (
+    GRANT_JWT_BEARER,
+    GRANT_TOKEN_EXCHANGE,
+    GRANTS,
+    RETRYABLE_TRANSPORT,
+    SAFE_ID,
+    SCOPE_TOKEN,
+    TOKEN_TYPE_JWT,
+    IssuedToken,
+    check_url,
+    complete_task,
+    is_loopback_host,
+    log_retry,
+    new_task_id,
+    read_token_response,
+)
+
+__all__ = [
+    "ErrandClient",
+    "IssuedToken",
+    "TaskToken",
+    "check_url",
+    "complete_task",
+    "is_loopback_host",
+    "new_task_id",
+    "refresh_margin",
+]
 
 log = logging.getLogger("errand_client")
-
-GRANT_TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
-GRANT_JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
-TOKEN_TYPE_JWT = "urn:ietf:params:oauth:token-type:jwt"
-GRANTS = {"token-exchange": GRANT_TOKEN_EXCHANGE, "jwt-bearer": GRANT_JWT_BEARER}
-
-# The broker's own rules (broker.domain.models): task ids and scope tokens.
-SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@+-]{0,127}")
-SCOPE_TOKEN = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]{1,128}")
-_ACCESS_TOKEN = re.compile(r"[A-Za-z0-9._~+/=-]{1,16384}")  # RFC 6750 b64token
-_RETRYABLE_TRANSPORT = (
-    requests.ConnectionError,
-    requests.Timeout,
-    requests.exceptions.ChunkedEncodingError,
-)
-_FAILED_RENEWAL_PAUSE_SECONDS = 5.0
-
-
-def refresh_margin(expires_in: float) -> float:
-    """How long before expiry to renew: 20% of the lifetime, at least 5 s, at most half.
-
-    Derived from `expires_in`, never a fixed window: a fixed 10-15 minute margin would renew
-    a 5-minute token on every call. 300 s -> 60 s; 3600 s -> 720 s; 10 s -> 5 s; 4 s -> 2 s."""
-    return min(max(0.2 * expires_in, 5.0), 0.5 * expires_in)
-
-
-def new_task_id(prefix: str = "task") -> str:
-    """A task id the broker accepts, unique per run: a completed task id stays unusable
-    (its tombstone outlives every token), so a fixed name cannot be reused."""
-    if not SAFE_ID.fullmatch(prefix) or len(prefix) > 100:
-        raise ValueError(
-            "a task name must match [A-Za-z0-9][A-Za-z0-9._:@+-]* and be at most 100 characters"
-        )
-    return f"{prefix}-{secrets.token_hex(12)}"
-
-
-def is_loopback_host(host: str) -> bool:
-    """127.0.0.0/8, ::1 or `localhost`: traffic that never leaves this machine. A name that
-    merely starts like one (127.0.0.1.nip.io, localhost.example.com) is not."""
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def check_url(url: str, *, allow_http: bool = False) -> str:
-    """The broker base URL without a trailing slash. Tokens travel only over HTTPS, except to
-    a loopback address (or when the caller says so, e.g. inside a service mesh)."""
-    try:
-        parts = urlsplit(url)
-        hostname = parts.hostname
-    except ValueError:  # e.g. an unbalanced [ in an IPv6 host
-        raise ValueError("the Errand URL must be an absolute http(s) URL") from None
-    if parts.scheme not in ("https", "http") or not hostname:
-        raise ValueError("the Errand URL must be an absolute http(s) URL")
-    if parts.scheme == "http" and not allow_http and not is_loopback_host(hostname):
-        raise ValueError(
-            "the Errand URL must use https (plain http is allowed only to a loopback address)"
-        )
-    if parts.username or parts.password or parts.query or parts.fragment:
-        raise ValueError("the Errand URL must not carry credentials, a query or a fragment")
-    return url.rstrip("/")
-
-
-def _clean(text: Any, limit: int = 300) -> str:
-    """Server-chosen text, made safe to print: no control characters, bounded length."""
-    return re.sub(r"[\x00-\x1f\x7f]", " ", str(text))[:limit]
-
-
-def _error_from(resp: requests.Response) -> TokenRequestError:
-    error, description = f"http_{resp.status_code}", "unexpected answer from the server"
-    try:
-        body = resp.json()
-    except ValueError:
-        body = None
-    if isinstance(body, dict) and isinstance(body.get("error"), str):
-        error = _clean(body["error"], 64)
-        description = _clean(body.get("error_description") or "")
-    return TokenRequestError(error, description, status=resp.status_code)
-
-
-RETRYABLE_STATUS = (429, 503)  # 503 temporarily_unavailable; 429 a rate limit: both say when
-
-
-def _retryable_503(resp: requests.Response, what: str) -> Retryable:
-    retry_after = parse_retry_after(resp.headers.get("Retry-After"))
-    return Retryable(f"{what} answered {resp.status_code} temporarily_unavailable", retry_after)
-
-
-@dataclass(frozen=True)
-class IssuedToken:
-    """One access token. `obtained_at` is when the request was sent, so `expires_at` errs early."""
-
-    access_token: str = field(repr=False)
-    expires_in: int
-    task_id: str
-    scopes: tuple[str, ...]
-    issued_token_type: str
-    obtained_at: float
-
-    @property
-    def expires_at(self) -> float:
-        return self.obtained_at + self.expires_in
-
-    def headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.access_token}"}
-
-    def __repr__(self) -> str:
-        return (
-            f"IssuedToken(task_id={self.task_id!r}, scopes={self.scopes!r}, "
-            f"expires_in={self.expires_in}, expires_at={self.expires_at:.0f})"
-        )
-
-
-def _read_token_response(resp: requests.Response, obtained_at: float, task_id: str) -> IssuedToken:
-    if resp.status_code in RETRYABLE_STATUS:
-        raise _retryable_503(resp, "the broker")
-    if resp.status_code != 200:
-        raise _error_from(resp)
-    try:
-        body = resp.json()
-    except ValueError:
-        body = None
-    if not isinstance(body, dict):
-        raise TokenRequestError(
-            "invalid_response", "the token response is not a JSON object", status=200
-        )
-    token, expires_in = body.get("access_token"), body.get("expires_in")
-    if not isinstance(token, str) or not _ACCESS_TOKEN.fullmatch(token):
-        raise TokenRequestError(
-            "invalid_response", "the token response has no usable access_token", status=200
-        )
-    if str(body.get("token_type", "")).lower() != "bearer":
-        raise TokenRequestError("invalid_response", "the token_type is not Bearer", status=200)
-    if isinstance(expires_in, bool) or not isinstance(expires_in, int) or expires_in <= 0:
-        raise TokenRequestError(
-            "invalid_response", "the token response has no usable expires_in", status=200
-        )
-    if body.get("task_id") != task_id:
-        raise TokenRequestError(
-            "invalid_response", "the broker bound the token to another task", status=200
-        )
-    scope = body.get("scope")
-    return IssuedToken(
-        access_token=token,
-        expires_in=expires_in,
-        task_id=task_id,
-        scopes=tuple(scope.split()) if isinstance(scope, str) else (),
-        issued_token_type=str(body.get("issued_token_type", "")),
-        obtained_at=obtained_at,
-    )
-
-
-def complete_task(
-    url: str,
-    access_token: str,
-    *,
-    retry: RetryPolicy | None = None,
-    session: requests.Session | None = None,
-    sleep: Callable[[float], None] = time.sleep,
-) -> bool:
-    """POST {url}/tasks/complete. True when completed now; False when the broker says the
-    token is already invalid (401 invalid_token: the task was completed, revoked or expired).
-    Retries 503 and connection errors; raises TokenRequestError or RetriesExhausted."""
-    policy = retry or RetryPolicy()
-    http = session or requests.Session()
-    endpoint = url.rstrip("/") + "/tasks/complete"
-
-    def attempt() -> bool:
-        try:
-            resp = http.post(
-                endpoint,
-                headers={"Authorization": f"Bearer {access_token}", "Accept": "application/json"},
-                timeout=(policy.timeout_seconds, policy.timeout_seconds),
-                allow_redirects=False,
-            )
-        except _RETRYABLE_TRANSPORT as err:
-            raise Retryable(f"cannot reach the broker ({type(err).__name__})") from None
-        except requests.RequestException as err:
-            raise TokenRequestError("request_failed", type(err).__name__) from None
-        if resp.status_code == 200:
-            return True
-        if resp.status_code == 401:
-            return False
-        if resp.status_code in RETRYABLE_STATUS:
-            raise _retryable_503(resp, "the broker")
-        raise _error_from(resp)
-
-    return call_with_retry(attempt, policy, sleep=sleep, on_retry=_log_retry)
-
-
-def _log_retry(number: int, signal: Retryable, wait: float) -> None:
-    log.warning("attempt %d failed (%s); retrying in %.1f s", number, signal.reason, wait)
 
 
 class ErrandClient:
@@ -359,13 +187,13 @@ class ErrandClient:
                     timeout=(self.retry.timeout_seconds, self.retry.timeout_seconds),
                     allow_redirects=False,  # never re-send a subject token to another place
                 )
-            except _RETRYABLE_TRANSPORT as err:
+            except RETRYABLE_TRANSPORT as err:
                 raise Retryable(f"cannot reach the broker ({type(err).__name__})") from None
             except requests.RequestException as err:
                 raise TokenRequestError("request_failed", type(err).__name__) from None
-            return _read_token_response(resp, started, tid)
+            return read_token_response(resp, started, tid)
 
-        issued = call_with_retry(attempt, self.retry, sleep=self._sleep, on_retry=_log_retry)
+        issued = call_with_retry(attempt, self.retry, sleep=self._sleep, on_retry=log_retry)
         log.info(
             "task %s: token issued (scope %s, expires in %d s)",
             tid,
@@ -430,87 +258,3 @@ class ErrandClient:
         except ErrandError as err:
             raise CompletionError(f"task {tid}: could not complete it: {err}") from None
         log.info("task %s: %s", tid, "completed" if done else "already ended")
-
-
-class TaskToken:
-    """The live token of a running task. Reading `access_token` (or `headers()`) renews it
-    when less than `refresh_margin(expires_in)` remains, by exchanging a fresh subject token
-    for the SAME task id. Thread-safe."""
-
-    def __init__(self, client: ErrandClient, request: dict[str, Any], issued: IssuedToken) -> None:
-        self._client = client
-        self._request = request
-        self._issued = issued
-        self._lock = threading.Lock()
-        self._paused_until = 0.0
-        self.renewals = 0
-
-    def __repr__(self) -> str:
-        return (
-            f"TaskToken(task_id={self.task_id!r}, scopes={self.scopes!r}, "
-            f"expires_at={self.expires_at:.0f})"
-        )
-
-    @property
-    def task_id(self) -> str:
-        return self._issued.task_id
-
-    @property
-    def expires_at(self) -> float:
-        return self._issued.expires_at
-
-    @property
-    def expires_in(self) -> int:
-        return self._issued.expires_in
-
-    @property
-    def scopes(self) -> tuple[str, ...]:
-        return self._issued.scopes
-
-    @property
-    def access_token(self) -> str:
-        self._renew_if_due()
-        return self._issued.access_token
-
-    def headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.access_token}"}
-
-    def current_token(self) -> str:
-        """The token as it is now, without renewing (used to complete the task)."""
-        return self._issued.access_token
-
-    def needs_renewal(self, now: float | None = None) -> bool:
-        now = self._client._clock() if now is None else now
-        return self._issued.expires_at - now <= refresh_margin(self._issued.expires_in)
-
-    def renew(self) -> None:
-        """Renew now, whatever the margin says."""
-        with self._lock:
-            self._renew_locked(force=True)
-
-    def _renew_if_due(self) -> None:
-        if not self.needs_renewal():
-            return
-        with self._lock:
-            self._renew_locked(force=False)
-
-    def _renew_locked(self, *, force: bool) -> None:
-        now = self._client._clock()
-        if not force and (not self.needs_renewal(now) or now < self._paused_until):
-            return
-        try:
-            self._issued = self._client.exchange(**self._request)
-        except RetriesExhausted as err:
-            # Keep serving the current token while it is valid; try again a little later.
-            if now < self._issued.expires_at:
-                self._paused_until = now + _FAILED_RENEWAL_PAUSE_SECONDS
-                log.warning(
-                    "task %s: renewal failed (%s); the current token is still valid",
-                    self.task_id,
-                    err,
-                )
-                return
-            raise
-        self.renewals += 1
-        self._paused_until = 0.0
-        log.info("task %s: token renewed (expires in %d s)", self.task_id, self._issued.expires_in)

@@ -19,7 +19,10 @@ that silently ignores a revocation.
 Entries are kept until every token they cover has expired by *our* clock, with the largest
 leeway a verifier may use (`exp + 60`): the verifier accepts a token until `exp + leeway` on
 the local clock, so forgetting an entry by the broker's clock could let a revoked token back
-in on a node whose clock runs behind."""
+in on a node whose clock runs behind.
+
+Kept in one module: the page format and the one class that applies it are read together
+to check that every failure closes."""
 
 from __future__ import annotations
 

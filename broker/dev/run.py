@@ -15,7 +15,10 @@ process only, and it stops them in order: the broker, the worker, the dev issuer
 Redis. SIGINT, SIGTERM and SIGHUP are handled explicitly (a script may have started it with
 SIGINT ignored). However it ends, short of SIGKILL, nothing it started is left running: each
 child gets SIGTERM, then its process group and every process below it get SIGKILL (on Linux
-it adopts orphans as a subreaper, so an RQ work horse whose worker died is found too)."""
+it adopts orphans as a subreaper, so an RQ work horse whose worker died is found too).
+
+One process supervisor, kept in one module so its start-up and shutdown order reads top to
+bottom."""
 
 from __future__ import annotations
 

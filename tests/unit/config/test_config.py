@@ -1,4 +1,4 @@
-"""broker/config.py: a bad file stops start-up, and every error names its key path."""
+"""broker/config/: a bad file stops start-up, and every error names its key path."""
 
 from __future__ import annotations
 
