@@ -25,7 +25,8 @@ COPY errand_client ./errand_client
 COPY config ./config
 # Installed in place (-e): `errand serve` loads config/gunicorn.conf.py from the source tree
 # next to the `broker` package, so the package must not be copied into site-packages.
-RUN pip install -c constraints.txt -e . \
+# The `server` extra: the broker's and workers' dependencies (the base install is the client).
+RUN pip install -c constraints.txt -e '.[server]' \
  && useradd --create-home --uid 10001 --user-group errand
 
 # Listen on all interfaces inside the container; terminate TLS in front of it.
@@ -38,4 +39,10 @@ ENV ERRAND_BIND=0.0.0.0:8080 \
 # Non-root. Its home directory is writable for gunicorn's control socket.
 USER errand
 EXPOSE 8080
+# Liveness of `errand serve` (no curl in a slim image). /healthz answers 200 without touching
+# Redis. It probes 127.0.0.1:8080, the default ERRAND_BIND above: if you move the port, or run
+# the worker from this image (which serves no HTTP), override or disable it
+# (`docker run --no-healthcheck`, or the orchestrator's own probes).
+HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
+  CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/healthz', timeout=4)"]
 CMD ["errand", "serve"]

@@ -18,7 +18,11 @@ they work from any machine that can reach the broker. People read UTC times in I
 
 A user's mistake is one line, `errand: <message>`, and exit status 1, never a traceback:
 main() turns the known error types (BrokerError, a file that cannot be read, a closed pipe,
-Ctrl-C) into that line."""
+Ctrl-C) into that line.
+
+The broker's commands need the `server` extra (`pip install 'errand[server]'`); the base
+install has only the client. There, main() says so in one line instead of an import
+traceback, and still runs `exchange` and `complete`, which need nothing from the server."""
 
 from __future__ import annotations
 
@@ -27,20 +31,29 @@ import os
 import sys
 from importlib.metadata import PackageNotFoundError, version
 
-from broker.cli import (
-    completion,
-    configuration,
-    dev,
-    evidence,
-    grants,
-    inventory,
-    keys,
-    processes,
-)
 from broker.errors import BrokerError
+from errand_client.ci import main as client_main
 from errand_client.ci import register as register_ci_commands
 
 __all__ = ["build_parser", "main"]
+
+# Top-level modules of the `server` extra (and what they pull in) that the command modules
+# import. A missing one of these means a base install, not a bug.
+SERVER_MODULES = frozenset(
+    {
+        "authlib",
+        "flask",
+        "gunicorn",
+        "marshmallow",
+        "prometheus_client",
+        "redis",
+        "rq",
+        "werkzeug",
+        "yaml",
+    }
+)
+SERVER_MISSING = "the broker commands need 'pip install errand[server]'"
+CLIENT_COMMANDS = ("exchange", "complete")
 
 
 def package_version() -> str:
@@ -51,6 +64,18 @@ def package_version() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    # Imported here, not at the top: they need the server extra (see main()).
+    from broker.cli import (
+        completion,
+        configuration,
+        dev,
+        evidence,
+        grants,
+        inventory,
+        keys,
+        processes,
+    )
+
     p = argparse.ArgumentParser(prog="errand", description="Errand credential broker")
     p.add_argument(
         "--version",
@@ -77,9 +102,23 @@ def _stdout_gone() -> int:
     return 1
 
 
+def _server_module_missing(err: ModuleNotFoundError) -> bool:
+    return (err.name or "").partition(".")[0] in SERVER_MODULES
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
-        args = build_parser().parse_args(argv)
+        parser = build_parser()
+    except ModuleNotFoundError as err:
+        if not _server_module_missing(err):
+            raise
+        args_given = sys.argv[1:] if argv is None else argv
+        if args_given and args_given[0] in CLIENT_COMMANDS:
+            return client_main(args_given)
+        print(f"errand: {SERVER_MISSING}", file=sys.stderr)
+        return 1
+    try:
+        args = parser.parse_args(argv)
         status = int(args.fn(args))
         sys.stdout.flush()  # a closed pipe shows here, inside the handler, not at exit
         return status

@@ -309,3 +309,56 @@ def test_dockerignore_keeps_local_state_out() -> None:
         if line.strip() and not line.startswith("#")
     }
     assert {".venv", ".errand", ".git"} <= entries
+
+
+def _dockerfile_instructions() -> list[str]:
+    """The Dockerfile's instructions, continuation lines joined, comments dropped."""
+    text = re.sub(r"\\\n\s*", " ", (ROOT / "Dockerfile").read_text())
+    return [
+        ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")
+    ]
+
+
+def test_dockerfile_has_a_healthcheck_without_curl() -> None:
+    checks = [ln for ln in _dockerfile_instructions() if ln.startswith("HEALTHCHECK ")]
+    assert len(checks) == 1, "the broker image needs one HEALTHCHECK"
+    check = checks[0]
+    for option in ("--interval=", "--timeout=", "--retries="):
+        assert option in check, f"HEALTHCHECK without {option}"
+    # A slim image has no curl or wget: Python's urllib against the image's own listen port.
+    assert "urllib" in check and "http://127.0.0.1:8080/healthz" in check, check
+    assert not re.search(r"\b(curl|wget)\b", check)
+    env = " ".join(ln for ln in _dockerfile_instructions() if ln.startswith("ENV "))
+    assert "ERRAND_BIND=0.0.0.0:8080" in env  # what the check's port relies on
+
+
+def _env_example_settings() -> dict[str, str]:
+    """The variables config/broker.env.example sets (commented-out lines excluded)."""
+    found: dict[str, str] = {}
+    for line in ENV_EXAMPLE.read_text().splitlines():
+        m = re.match(r"([A-Z][A-Z0-9_]*)=(.*)$", line)
+        if m:
+            found[m.group(1)] = m.group(2).strip()
+    return found
+
+
+def test_env_example_keeps_the_images_bind_address() -> None:
+    """`docker run --env-file broker.env` must not move the image's 0.0.0.0:8080 back to
+    loopback (unreachable from outside the container)."""
+    assert "ERRAND_BIND" not in _env_example_settings()
+
+
+def test_env_example_names_the_mounted_admin_credential() -> None:
+    """The admin credential is not left unset: the example names the file the README's
+    `docker run` mounts."""
+    path = _env_example_settings().get("ERRAND_ADMIN_TOKEN_FILE", "")
+    assert path.startswith("/"), "ERRAND_ADMIN_TOKEN_FILE is unset in the env example"
+    readme = (ROOT / "README.md").read_text()
+    assert re.search(rf"-v \S+:{re.escape(path)}:ro", readme), (
+        f"README.md's docker run does not mount {path}"
+    )
+
+
+def test_readme_runs_the_worker_from_the_same_image() -> None:
+    readme = (ROOT / "README.md").read_text()
+    assert re.search(r"^docker run .*(?:\\\n.*)*errand:\S+ errand worker$", readme, re.M)

@@ -3,7 +3,12 @@ constraints.txt at an exact version, and every image starts from a base image wi
 tag, so a rebuild next month runs the code that was tested, not whatever was newest.
 
 pyproject.toml keeps its ranges (for people who install errand as a library); the Makefile's
-venv, the broker image and the action image install through the constraints file."""
+venv, the broker image and the action image install through the constraints file.
+
+The base install (`pip install errand`) is the client side only: errand_client, errand_rs
+and errand_jose with requests, PyJWT and cryptography. The broker's dependencies are the
+`server` extra (`dev` includes it), so a CI job or a resource server pulls in no web
+server, queue or Redis client."""
 
 from __future__ import annotations
 
@@ -29,6 +34,36 @@ DIGEST = re.compile(r"^[\w./:-]+@sha256:[0-9a-f]{64}$")
 def pyproject() -> dict:  # type: ignore[type-arg]
     with (ROOT / "pyproject.toml").open("rb") as fh:
         return tomllib.load(fh)
+
+
+def requirements(*extras: str) -> list[str]:
+    """The base dependencies plus these extras, with the extras' references to errand itself
+    (`errand[server]` in `dev`) replaced by what they name, from pyproject.toml (not from the
+    installed metadata, which may be older)."""
+    project = pyproject()["project"]
+    optional = project["optional-dependencies"]
+    found: list[str] = list(project["dependencies"])
+    todo, done = list(extras), set()
+    while todo:
+        extra = todo.pop()
+        if extra in done:
+            continue
+        done.add(extra)
+        for raw in optional[extra]:
+            req = Requirement(raw)
+            if canonicalize_name(req.name) == "errand":
+                todo.extend(req.extras)
+            else:
+                found.append(raw)
+    return found
+
+
+def all_extras() -> tuple[str, ...]:
+    return tuple(pyproject()["project"]["optional-dependencies"])
+
+
+def names(reqs: list[str]) -> set[str]:
+    return {canonicalize_name(Requirement(r).name) for r in reqs}
 
 
 def pins() -> dict[str, str]:
@@ -72,28 +107,51 @@ def closure(requirements: list[str], extras: tuple[str, ...] = ()) -> set[str]:
     return {k.split("[", 1)[0] for k in seen}
 
 
-def test_every_runtime_dependency_is_pinned_exactly() -> None:
-    project = pyproject()["project"]
+@pytest.mark.parametrize("extras", [(), ("server",), ("flask",)], ids=["base", "server", "flask"])
+def test_every_runtime_dependency_is_pinned_exactly(extras: tuple[str, ...]) -> None:
+    """The client image ships the base install, the broker image the `server` extra."""
+    reqs = requirements(*extras)
     pinned = pins()
-    direct = {canonicalize_name(Requirement(r).name) for r in project["dependencies"]}
-    missing = sorted(direct - pinned.keys())
+    missing = sorted(names(reqs) - pinned.keys())
     assert not missing, f"runtime dependencies not pinned in constraints.txt: {missing}"
     # What they pull in ships too (cffi under cryptography, hiredis from redis[hiredis], ...).
-    missing = sorted(closure(project["dependencies"]) - pinned.keys())
+    missing = sorted(closure(reqs) - pinned.keys())
     assert not missing, f"transitive runtime dependencies not pinned: {missing}"
 
 
 def test_dev_dependencies_are_pinned_too() -> None:
     """`make venv` installs `.[dev]` through the same file: the test tools are reproducible."""
-    dev = pyproject()["project"]["optional-dependencies"]["dev"]
-    missing = sorted(closure(dev) - pins().keys())
+    missing = sorted(closure(requirements("dev")) - pins().keys())
     assert not missing, f"dev dependencies not pinned in constraints.txt: {missing}"
+
+
+# What only the broker and its workers import: never in the base install.
+SERVER_ONLY = {"flask", "gunicorn", "rq", "redis", "marshmallow", "prometheus-client"}
+
+
+def test_base_install_is_the_client_and_server_is_an_extra() -> None:
+    project = pyproject()["project"]
+    optional = project["optional-dependencies"]
+    base = names(project["dependencies"])
+    leaked = sorted(base & SERVER_ONLY)
+    assert not leaked, f"`pip install errand` would pull in the broker's {leaked}"
+    # What errand_client, errand_rs and errand_jose import (tests/unit/test_client_install.py
+    # installs the wheel and imports them).
+    assert {"requests", "pyjwt", "cryptography"} <= base
+    missing = sorted(SERVER_ONLY - names(requirements("server")))
+    assert not missing, f"the server extra lacks {missing}"
+    assert optional["client"] == [], "`client` is the base install under its own name"
+    assert names(optional["flask"]) == {"flask"}  # errand_rs.flask
+    # `make venv` installs `.[dev]`: the broker's tests need the server's dependencies.
+    assert names(requirements("dev")) >= SERVER_ONLY
+    assert "errand[server]" in optional["dev"]
+    # The broker's CLI says which extra is missing instead of a traceback (broker.cli.main).
+    assert project["scripts"]["errand"] == "broker.cli:main"
 
 
 def test_nothing_stray_is_pinned() -> None:
     """A tool installed into .venv by hand (a profiler, say) must not sneak into the image."""
-    project = pyproject()["project"]
-    wanted = closure(project["dependencies"] + project["optional-dependencies"]["dev"])
+    wanted = closure(requirements(*all_extras()))
     stray = sorted(pins().keys() - wanted)
     assert not stray, f"constraints.txt pins what neither errand nor its dev tools need: {stray}"
 
