@@ -70,6 +70,17 @@ def bytes_needed(head: bytes) -> int | None:
     return wanted if wanted <= MAX_BUFFERED_REQUEST else None
 
 
+# gunicorn's own cap on draining a body the application did not read (http/parser.py).
+DRAIN_LIMIT = 64 * 1024
+
+
+def _drainable(req: Any) -> bool:
+    """Whether the body of `req`, if the application leaves it unread, can be drained so the
+    connection serves another request: a known length under gunicorn's drain cap."""
+    length = getattr(getattr(req.body, "reader", None), "length", None)
+    return isinstance(length, int) and length < DRAIN_LIMIT
+
+
 class _DeadlineReader:
     """What the request parser reads through on a thread: each recv() waits at most until
     the request's read deadline, so a trickling client cannot hold a thread past it."""
@@ -307,6 +318,11 @@ class ReadTimeoutWorker(ThreadWorker):  # type: ignore[misc]  # gunicorn ships n
             req = next(conn.parser)
             if not req:
                 return False
+            if not _drainable(req):
+                # gunicorn drains an unread body before the next request only up to its cap;
+                # past it the connection is closed. Say so in this response's headers, or a
+                # client that reuses the connection (after a 413, say) loses its next request.
+                req.must_close = True
             return self._keepalive_after(conn, self.handle_request(req, conn))
         except TimeoutError:
             self.log.debug("Request not read (or response not taken) in time: closing.")
