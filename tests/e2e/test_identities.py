@@ -102,8 +102,11 @@ class PlatformStack:
         )
         return dict(resp.json())
 
-    def admin(self, method: str, path: str, **kw: Any) -> requests.Response:
+    def admin(
+        self, method: str, path: str, headers_extra: dict[str, str] | None = None, **kw: Any
+    ) -> requests.Response:
         headers = {"Authorization": f"Bearer {self.stack.admin_token}", "X-Errand-Operator": "e2e"}
+        headers.update(headers_extra or {})
         return HTTP.request(method, self.stack.url + path, headers=headers, timeout=30, **kw)
 
     def write_config(self, doc: dict[str, Any] | None = None, *, text: str | None = None) -> None:
@@ -488,7 +491,10 @@ def every_worker(world: PlatformStack, predicate: Any, workers: int = 2) -> bool
     seen: dict[int, bool] = {}
 
     def check() -> bool:
-        status = world.admin("GET", "/admin/identities/reload").json()
+        # A new connection each time: a kept-alive one would always reach the same worker.
+        status = world.admin(
+            "GET", "/admin/identities/reload", headers_extra={"Connection": "close"}
+        ).json()
         seen[status["pid"]] = bool(predicate(status))
         return len(seen) >= workers and all(seen.values())
 
