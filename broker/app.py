@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import logging
 import time
 
 from flask import Flask, Response, g, request
@@ -22,6 +21,7 @@ from broker.http import (
 )
 from broker.http.context import request_id
 from broker.http.responses import register_error_handlers
+from broker.logging_json import configure_logging
 from broker.metrics import HTTP_REQUESTS, HTTP_SECONDS
 from broker.runtime import Runtime
 from broker.services import build_services, check_redis_policy
@@ -43,7 +43,7 @@ def create_app(settings: Settings | None = None, services: Runtime | None = None
     """`services`: a Runtime already built (tests, scripts); by default one is built from
     `settings` and Redis's eviction policy is checked."""
     settings = settings or load_settings()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    configure_logging()
     configure_audit_logging()
     if services is None:
         services = build_services(settings)
@@ -62,6 +62,12 @@ def create_app(settings: Settings | None = None, services: Runtime | None = None
     @app.before_request
     def _start_timer() -> None:
         g.started = time.perf_counter()
+
+    @app.after_request
+    def _echo_request_id(response: Response) -> Response:
+        # On every response, errors included: the id the audit events and log lines carry.
+        response.headers["X-Request-Id"] = request_id()
+        return response
 
     @app.after_request
     def _observe(response: Response) -> Response:

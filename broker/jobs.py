@@ -9,6 +9,9 @@ from rq import Queue, Retry
 from rq.job import Job, JobStatus
 
 QUEUE_NAME = "errand"
+# The periodic expiry sweep, by name: the worker logs its routine runs at DEBUG.
+SWEEP_JOB_ID = "sweep-expired"
+SWEEP_FUNCTION = "workers.expiry.sweep_expired"
 RETRY = Retry(max=5, interval=[1, 2, 5, 10, 30])
 
 
@@ -61,8 +64,8 @@ class RqScheduler:
 
     def schedule_sweep(self) -> None:
         self.queue.enqueue(
-            "workers.expiry.sweep_expired",
-            job_id="sweep-expired",
+            SWEEP_FUNCTION,
+            job_id=SWEEP_JOB_ID,
             retry=Retry(max=2, interval=[1, 5]),
             result_ttl=60,
             failure_ttl=3600,

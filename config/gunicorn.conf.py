@@ -75,3 +75,6 @@ accesslog = "-" if errand.access_log else None
 access_log_format = '%(h)s "%(m)s %(U)s" %(s)s %(B)s %(M)sms'
 errorlog = "-"
 loglevel = "info"
+# Every line, error log and access log alike, is one JSON object (broker/logging_json.py),
+# as the app's own log lines and the worker's are.
+logger_class = "broker.gunicorn_logging.JsonLogger"

@@ -13,7 +13,8 @@ import time
 from rq import Worker
 
 from broker.errors import BrokerError
-from broker.jobs import QUEUE_NAME
+from broker.jobs import QUEUE_NAME, SWEEP_FUNCTION, SWEEP_JOB_ID
+from broker.logging_json import SweepAtDebug, configure_logging
 from broker.settings import load_settings
 from broker.store import keys
 from workers.context import services
@@ -34,7 +35,9 @@ def _sweep_trigger(interval: float, stop: threading.Event) -> None:
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    configure_logging()
+    # RQ logs each job it runs at INFO; the periodic sweep's lines are routine, so DEBUG.
+    logging.getLogger("rq.worker").addFilter(SweepAtDebug(SWEEP_JOB_ID, SWEEP_FUNCTION))
     settings = load_settings()
     svc = services()
     stop = threading.Event()
