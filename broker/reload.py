@@ -17,11 +17,19 @@ Refused even when the file is valid:
 - a file that lists no identities while the running one has some (a truncated file?);
 - a change of `broker.issuer`, which every issued token names (restart to change it).
 
+Which configuration a process runs: the status names it by `config_sha256` (the first 16 hex
+digits of the SHA-256 of the file's bytes as loaded) and `config_mtime` (the file's mtime,
+seconds), the same in every process that loaded the same file, so a client may compare them
+across workers. `generation` counts this process's applied configurations (1 at start, +1 at
+each applied reload); each process counts on its own, so it is not comparable across
+processes. `process_generation` is the same number under a name that says so.
+
 Don't send SIGHUP to the gunicorn *master*: that restarts the workers, and a worker that
 cannot load a bad file does not start. Write the file atomically (write, then rename)."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import signal
@@ -48,6 +56,17 @@ def _stamp(path: Path) -> Stamp | None:
     except OSError:
         return None
     return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+
+def _fingerprint(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
+def _read_bytes(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return None
 
 
 def _all_issuers(config: Config) -> dict[str, TrustedIssuer]:
@@ -78,16 +97,15 @@ class ConfigReloader:
         self._force = False
         self._lock = threading.Lock()
         self.generation = 1
-        self.status: dict[str, Any] = {
-            "ok": True,
-            "pid": os.getpid(),  # each web process reloads on its own; this says which answered
-            "path": str(path),
-            "generation": 1,
-            "loaded_at": time.time(),
-            "identities": len(svc.config.identities),
-            "error": None,
-            "warnings": list(svc.config.warnings),
-        }
+        # The running configuration was loaded before this reloader existed; the file is read
+        # again here, so a file replaced in between is named as the one on disk.
+        data = _read_bytes(path)
+        self.status = self._loaded_status(
+            None if data is None else _fingerprint(data),
+            self._stamp,
+            len(svc.config.identities),
+            svc.config.warnings,
+        )
 
     def request_reload(self) -> None:
         """Async-signal-safe: only sets a flag; the next request does the work."""
@@ -117,6 +135,23 @@ class ConfigReloader:
         return dict(self.status)
 
     # -- internals -----------------------------------------------------------------------------
+    def _loaded_status(
+        self, digest: str | None, stamp: Stamp | None, identities: int, warnings: Any
+    ) -> dict[str, Any]:
+        return {
+            "ok": True,
+            "pid": os.getpid(),  # each web process reloads on its own; this says which answered
+            "path": str(self._path),
+            "config_sha256": digest,  # same file, same value, in every process
+            "config_mtime": None if stamp is None else stamp[0] / 1e9,
+            "generation": self.generation,  # this process's count: not comparable across them
+            "process_generation": self.generation,
+            "loaded_at": time.time(),
+            "identities": identities,
+            "error": None,
+            "warnings": list(warnings),
+        }
+
     def _refuse(self, stamp: Stamp | None, error: str) -> None:
         self._stamp = stamp  # do not re-parse the same bad file at every check
         self.status.update(ok=False, error=error, failed_at=time.time())
@@ -127,6 +162,7 @@ class ConfigReloader:
         if stamp is None:
             self._refuse(stamp, f"cannot read {self._path}")
             return
+        data = _read_bytes(self._path)  # the stamp check below ties it to what load_config read
         try:
             new = load_config(self._path, self._vars)
         except ConfigError as err:
@@ -149,16 +185,9 @@ class ConfigReloader:
         self._apply(old, new)
         self._stamp = stamp
         self.generation += 1
-        self.status = {
-            "ok": True,
-            "pid": os.getpid(),
-            "path": str(self._path),
-            "generation": self.generation,
-            "loaded_at": time.time(),
-            "identities": len(new.identities),
-            "error": None,
-            "warnings": list(new.warnings),
-        }
+        self.status = self._loaded_status(
+            None if data is None else _fingerprint(data), stamp, len(new.identities), new.warnings
+        )
         for warning in new.warnings:
             log.warning("configuration: %s", warning)
         log.info(
@@ -166,7 +195,12 @@ class ConfigReloader:
             len(new.identities),
             len(new.issuers),
         )
-        self._audit("loaded", identities=len(new.identities), generation=self.generation)
+        self._audit(
+            "loaded",
+            identities=len(new.identities),
+            generation=self.generation,
+            config_sha256=self.status["config_sha256"],
+        )
 
     def _apply(self, old: Config, new: Config) -> None:
         jwks = self._svc.jwks

@@ -123,7 +123,10 @@ def cmd_reload(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(body, indent=2))
     elif body.get("ok"):
-        print(f"configuration generation {body['generation']}: {body['identities']} identities")
+        print(
+            f"configuration {body.get('config_sha256')}: {body['identities']} identities"
+            f" (process {body.get('pid')}, generation {body['generation']})"
+        )
     else:
         print(
             f"errand: reload refused, running configuration kept:\n{body.get('error')}",

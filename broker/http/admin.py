@@ -108,14 +108,16 @@ def revoke_bulk() -> Response:
     )
 
 
+ROTATION_UNSUPPORTED = (
+    "key rotation needs keys in Redis (set ERRAND_KEY_ENCRYPTION_KEY_FILE); "
+    "with ERRAND_SIGNING_KEY_DIR, replace the key files instead"
+)
+
+
 def _rotate(emergency: bool) -> dict[str, object]:
     keyring = services().rotating_keys
     if keyring is None:
-        raise InvalidRequest(
-            "key rotation needs keys in Redis (set ERRAND_KEY_ENCRYPTION_KEY_FILE); "
-            "with ERRAND_SIGNING_KEY_DIR, replace the key files instead",
-            reason="rotation_unsupported",
-        )
+        raise InvalidRequest(ROTATION_UNSUPPORTED, reason="rotation_unsupported")
     try:
         result: dict[str, object] = keyring.rotate(emergency=emergency)
     except Exception as err:  # Redis down while rotating

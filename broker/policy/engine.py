@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 
 from broker.domain.models import (
     BUILTIN_IDENTITY_TYPES,
+    SCOPE_TOKEN,
     BrokerOptions,
     ExchangeRequest,
     Identity,
@@ -24,12 +25,33 @@ from broker.domain.models import (
 )
 from broker.errors import InvalidRequest, InvalidScope, InvalidTarget
 
+# How much of a refused scope list the error_description repeats back: the scopes are the
+# caller's own request, but a long request must not make a long response.
+DENIED_SCOPES_SHOWN = 8
+DENIED_SCOPE_CHARS = 64
+
 
 @dataclass(frozen=True)
 class Decision:
     audiences: tuple[str, ...]
     scopes: tuple[str, ...]
     ttl_seconds: int
+
+
+def denied_scopes_description(denied: list[str]) -> str:
+    """Name the refused scopes, bounded: at most DENIED_SCOPES_SHOWN of them, each cut to
+    DENIED_SCOPE_CHARS characters. The form parser admits only RFC 6749 scope-tokens
+    (printable ASCII, no space, quote or backslash); anything else is not repeated."""
+    shown = [
+        s if len(s) <= DENIED_SCOPE_CHARS else s[: DENIED_SCOPE_CHARS - 3] + "..."
+        for s in denied[:DENIED_SCOPES_SHOWN]
+        if SCOPE_TOKEN.fullmatch(s)
+    ]
+    more = len(denied) - len(shown)
+    if not shown:
+        return InvalidScope.description
+    text = "scope not allowed for this identity: " + ", ".join(shown)
+    return text + (f" (and {more} more)" if more else "")
 
 
 def check_identity_usable(identity: Identity, now: float) -> None:
@@ -119,7 +141,8 @@ def evaluate(
         denied = [s for s in scopes if s not in allow.scopes]
         if denied:
             raise InvalidScope(
-                details={"requested": [s[:128] for s in denied], "rule": "allow.scopes"}
+                denied_scopes_description(denied),
+                details={"requested": [s[:128] for s in denied], "rule": "allow.scopes"},
             )
 
     ttl = min(

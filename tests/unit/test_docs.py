@@ -18,7 +18,10 @@ from marshmallow import Schema, fields
 
 from broker.cli import build_parser
 from broker.config import ConfigSchema, load_config
+from broker.domain.bulk_revocation import check_reason
 from broker.domain.models import IDENTITY_TYPES
+from broker.errors import InvalidRequest
+from broker.http.admin import ROTATION_UNSUPPORTED
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"
@@ -287,6 +290,39 @@ def test_documented_commands_exist() -> None:
         )
     unknown = sorted(used - set(commands))
     assert not unknown, f"documents mention errand commands that do not exist: {unknown}"
+
+
+def _flat(text: str) -> str:
+    return " ".join(text.split())
+
+
+def test_runbook_revoke_all_example_is_what_the_cli_prints(monkeypatch, capsys) -> None:
+    from broker.cli import grants
+
+    runbook = (DOCS / "runbook.md").read_text()
+    record_id = re.search(r"^# revocation record (rev_\S+) ", runbook, flags=re.M)
+    assert record_id, "the runbook's revoke-all example shows no revocation record"
+    body = {"epoch": 7, "revoked": 48213, "record_id": record_id[1], "record": "JWS"}
+    monkeypatch.setattr(grants, "admin_request", lambda *a, **k: body)
+    args = build_parser().parse_args(["revoke-all", "--reason", "INC-43", "--yes"])
+    assert args.fn(args) == 0
+    printed = capsys.readouterr().out.splitlines()[:-1]  # the record itself is an example
+    for line in printed:
+        assert f"# {line}\n" in runbook, f"the runbook does not show: {line}"
+
+
+def test_docs_quote_the_rotation_refusals_as_the_broker_words_them() -> None:
+    with pytest.raises(InvalidRequest) as missing:
+        check_reason("")
+    for name in ("runbook.md", "api.md"):
+        text = _flat((DOCS / name).read_text())
+        assert ROTATION_UNSUPPORTED in text, name
+        assert missing.value.description in text, name
+    # The reason is checked before the key is rotated (broker/http/admin.py revoke_everything).
+    for doc in [*_markdown_files(), OPENAPI]:
+        text = _flat(doc.read_text())
+        assert "rotation runs before" not in text, doc.name
+        assert "before `reason` is validated" not in text, doc.name
 
 
 # -- the container ---------------------------------------------------------------------------

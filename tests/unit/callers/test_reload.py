@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from broker.reload import ConfigReloader
 from tests.support.forms import exchange_form
 from tests.support.platforms import (
     DEPLOY,
@@ -176,6 +178,31 @@ def test_admin_reload_now(world: ReloadingBroker, admin_headers: dict[str, str])
     world.write(new_identity(world.raw))
     body = world.client.post("/admin/identities/reload", headers=admin_headers).get_json()
     assert body["ok"] and body["identities"] == 9
+
+
+def test_status_names_the_file_the_same_way_in_every_process(
+    world: ReloadingBroker, admin_headers: dict[str, str]
+) -> None:
+    def digest() -> str:
+        return hashlib.sha256(world.path.read_bytes()).hexdigest()[:16]
+
+    first = digest()
+    for _ in range(2):  # the same file again: this process counts, the file is unchanged
+        world.client.post("/admin/identities/reload", headers=admin_headers)
+    status = world.client.get("/admin/identities/reload", headers=admin_headers).get_json()
+    assert status["generation"] == status["process_generation"] == 3
+    assert status["config_sha256"] == first
+    assert status["config_mtime"] == world.path.stat().st_mtime_ns / 1e9
+    other = ConfigReloader(world.svc, world.path)  # another web process, on the same file
+    assert other.status["generation"] == 1
+    assert other.status["config_sha256"] == first
+
+    world.write(new_identity(world.raw))
+    body = world.client.post("/admin/identities/reload", headers=admin_headers).get_json()
+    assert body["config_sha256"] == digest() != first
+    world.write(None, text="broker: [this is not yaml")
+    body = world.client.post("/admin/identities/reload", headers=admin_headers).get_json()
+    assert not body["ok"] and body["config_sha256"] != digest()  # still the running one
 
 
 def test_changed_key_source_drops_cached_keys(

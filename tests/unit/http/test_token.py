@@ -307,6 +307,14 @@ def test_replay_is_keyed_on_issuer_and_jti_not_token_bytes(exchange, subject) ->
     assert_oauth_error(exchange(second), 400, "invalid_request")
 
 
+def test_invalid_scope_names_the_refused_scopes(exchange) -> None:
+    resp = exchange(scope="deploy:read admin pay:all")
+    assert_oauth_error(resp, 400, "invalid_scope")
+    assert resp.get_json()["error_description"] == (
+        "scope not allowed for this identity: admin, pay:all"
+    )
+
+
 def test_policy_denial_does_not_burn_the_jti(exchange, subject, svc) -> None:
     token = subject()
     assert_oauth_error(exchange(token, audience="https://evil.example"), 400, "invalid_target")

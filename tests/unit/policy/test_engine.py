@@ -58,6 +58,26 @@ def test_scope_outside_the_allowance_is_invalid_scope_not_narrowed(deploy, confi
             deploy, request(audiences=(DEPLOY_AUD,), scopes=("deploy:read", "admin")), config.broker
         )
     assert info.value.details["requested"] == ["admin"]
+    assert info.value.description == "scope not allowed for this identity: admin"
+
+
+def test_invalid_scope_names_every_refused_scope_in_request_order(deploy, config) -> None:
+    req = request(audiences=(DEPLOY_AUD,), scopes=("pay:all", "deploy:read", "ops:root"))
+    with pytest.raises(InvalidScope) as info:
+        evaluate(deploy, req, config.broker)
+    assert info.value.description == "scope not allowed for this identity: pay:all, ops:root"
+
+
+def test_invalid_scope_description_is_bounded(deploy, config) -> None:
+    scopes = tuple(f"s{i}:" + "x" * 124 for i in range(64))
+    with pytest.raises(InvalidScope) as info:
+        evaluate(deploy, request(audiences=(DEPLOY_AUD,), scopes=scopes), config.broker)
+    text = info.value.description
+    assert len(text) < 700
+    assert text.startswith("scope not allowed for this identity: s0:xxx")
+    assert "s7:" in text and "s8:" not in text
+    assert text.endswith("(and 56 more)")
+    assert text.isprintable()
 
 
 def test_no_scope_gives_the_default_scopes(deploy, config) -> None:
