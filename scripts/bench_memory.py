@@ -130,7 +130,10 @@ def _fill_part(
     epoch = store.preflight(issuer_id=ISSUER_ID, jti=None, task_id=tasks[0]).epoch
     done = 0
     for i in indexes:
-        grant, replay, event = make_grant(now, ttl, tasks[i // grants_per_task], IDENTITIES[i % 3])
+        # A task has one owner: every grant of a task goes to the same identity.
+        grant, replay, event = make_grant(
+            now, ttl, tasks[i // grants_per_task], IDENTITIES[(i // grants_per_task) % 3]
+        )
         grant = dataclasses.replace(grant, epoch=epoch)
         store.save_grant(grant, replay=replay if with_replay else None, audit=event, now=now)
         done += 1
