@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 # ruff: noqa: E501 - report lines are formatted f-strings, easier to read unwrapped
-"""Does Redis memory track live grants only? Issue 10,000 short-lived tokens through the real
+"""Does Redis memory track live grants only? Mint 10,000 short-lived tokens through the real
 HTTP stack, wait past their expiry and a sweep, and count what is left.
 
 Starts privately on 127.0.0.1 (never the Redis on 6379): redis-server on a free port, the dev

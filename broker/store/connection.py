@@ -1,7 +1,7 @@
 """Every Redis client the processes make, and the one place a Redis fault becomes
 StoreUnavailable.
 
-Fail closed (SECURITY.md): whatever Redis answers with, unreachable, read-only, loading,
+Fail closed (docs/security-model.md): whatever Redis answers with, unreachable, read-only, loading,
 out of memory or a script error, the caller gets StoreUnavailable and the HTTP layer a 503
 with Retry-After, never a half-answer.
 

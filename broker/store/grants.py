@@ -3,7 +3,7 @@ introspection's read, revocation, task completion and the expiry sweep.
 
 Every write that makes a token usable happens in one Lua script (lua/save_grant.lua), so a
 grant, its indexes, the replay entry and its audit record exist together or not at all
-(SECURITY.md: fail closed). Any Redis fault surfaces as StoreUnavailable, which the HTTP
+(docs/security-model.md: fail closed). Any Redis fault surfaces as StoreUnavailable, which the HTTP
 layer turns into a 503 with Retry-After.
 
 How a grant is laid out in Redis is in store/grant_record.py."""

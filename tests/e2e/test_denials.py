@@ -231,7 +231,8 @@ def test_malformed_task_id_is_invalid_request(stack, dev_issuer, http, task_id):
 
 
 def test_denial_is_audited_specifically_without_the_token(stack, dev_issuer, http):
-    """SECURITY.md 3-4: the caller gets a short reason; the audit gets the rule and values."""
+    """Short message, specific audit (docs/security-model.md): the caller gets a short
+    reason; the audit gets the rule and values."""
     import hashlib
     import secrets
 

@@ -1,4 +1,4 @@
-"""Slow clients cannot hold the workers (SECURITY.md "Slow or failing neighbours cost little").
+"""Slow clients cannot hold the workers (docs/security-model.md, "Bounded cost").
 
 Against the real gunicorn (config/gunicorn.conf.py) with a small request-read timeout:
 

@@ -1,7 +1,7 @@
 """The grant write on a real Redis: one Lua script, TTLs, indexes, replay, tombstone, epoch.
 
-SECURITY.md, "State and faults" and "Every rejected request" (1, 3): a grant, its indexes,
-the replay entry and the audit record exist together or not at all, and a refused exchange
+docs/security-model.md, "State and faults" and "Every rejected request": a grant, its indexes, the
+replay entry and the audit record exist together or not at all, and a refused exchange
 leaves no state behind except its audit event."""
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """RQ jobs on a real Redis, run by SimpleWorker(burst=True): task clean-up and the sweep.
 
-SECURITY.md: workers clean up, they are not the safety. Jobs take ids, reload state, are
+docs/security-model.md: workers clean up, they are not the safety. Jobs take ids, reload state, are
 idempotent, carry fixed job ids; the sweeper re-enqueues what a dead worker left."""
 
 from __future__ import annotations

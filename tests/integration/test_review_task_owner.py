@@ -1,5 +1,5 @@
 """Task ownership on a real Redis: the owner is recorded once and outlives the owner's
-expired grants, and racing identities get exactly one owner (SECURITY.md: a task has one
+expired grants, and racing identities get exactly one owner (docs/security-model.md: a task has one
 owner for its whole life). Grants are expired with PEXPIRE, never by sleeping."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Suite 5: abuse limits on the token endpoint, against the HTTP contract (issue 5 §4):
+"""Suite 5: abuse limits on the token endpoint, against the HTTP contract:
 
 - 429 with Retry-After (seconds until the window resets), an OAuth JSON error, no-store,
   no token, one audit event;

@@ -45,7 +45,7 @@ RULE_VALUES = ("100200300", "4242", "refs/heads/main", "refs/heads/release")
 
 # Keys a refused request may create: the audit stream, the configured issuer's JWKS mirror
 # and refresh lock (fetching the *configured* JWKS is allowed, at a bounded rate), and rate
-# counters keyed by the client address or a configured issuer (issue 5: limit by the
+# counters keyed by the client address or a configured issuer (limit by the
 # claimed issuer before the signature check). Counters keyed by an identity are checked
 # separately: only a *verified* identity may be counted, never a claimed one.
 ALLOWED_NEW_KEYS = (keys.AUDIT_STREAM, keys.PREFIX + "jwks:", keys.PREFIX + "lock:jwks:")
@@ -156,7 +156,7 @@ class ObservedBroker:
         prefix: str | None = None,
         token_hash: bool = True,
     ) -> Refusal:
-        """Send a request that must be refused, and check SECURITY.md's rules for it:
+        """Send a request that must be refused, and check docs/security-model.md's rules for it:
 
         4xx JSON {error, error_description}, Cache-Control: no-store, no access_token, no
         stack trace; no grant, index, replay or counter key written; exactly one audit event

@@ -1,6 +1,6 @@
 """An exchange in flight across a revoke-all never comes out live: the epoch is taken when
 the request arrives, before any key fetch or signature work, and the grant write refuses a
-moved epoch (SECURITY.md: revoke-all is a cut, not a scan)."""
+moved epoch (docs/security-model.md: revoke-all is a cut, not a scan)."""
 
 from __future__ import annotations
 

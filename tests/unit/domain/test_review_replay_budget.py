@@ -1,5 +1,5 @@
 """Replays of a spent subject token are refused without spending the identity's rate budget:
-whoever holds a victim's used token must not be able to lock the victim out (SECURITY.md:
+whoever holds a victim's used token must not be able to lock the victim out (docs/security-model.md:
 only the identity's own verified requests count toward its limits)."""
 
 from __future__ import annotations

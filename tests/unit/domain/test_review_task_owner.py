@@ -1,4 +1,4 @@
-"""A task has one owner for its whole life, recorded explicitly (SECURITY.md, "State and
+"""A task has one owner for its whole life, recorded explicitly (docs/security-model.md, "State and
 faults"): no other identity joins it, completes it or takes its name, whichever of the
 owner's grants happen to be stored at the time."""
 

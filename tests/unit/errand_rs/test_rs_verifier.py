@@ -225,7 +225,7 @@ def test_unknown_kid_triggers_a_bounded_refetch(broker, keyring, other_key, sign
     for _ in range(20):  # a flood of unknown kids: one refetch per cooldown, not twenty
         assert reason_of(verifier, sign(key=other_key)) == "unknown_kid"
     assert broker.jwks_hits == 2
-    # The broker publishes the new key (before it signs, per SECURITY.md); after the
+    # The broker publishes the new key (before it signs, per docs/security-model.md); after the
     # cooldown an unknown kid is looked up again and found.
     broker.publish(keyring.active, other_key)
     mono.advance(10)
