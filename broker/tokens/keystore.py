@@ -260,7 +260,11 @@ class RedisKeyRing:
         if pending and not emergency:
             nxt = pending[0]
             return {"kid": nxt.kid, "activate_at": nxt.activate_at, "already_scheduled": True}
-        activate_at = now if emergency else now + self.publish_lead_seconds
+        # With no active key there is nothing for verifiers to move away from: a key published
+        # ahead would leave the broker unable to sign (and not ready) for the whole lead time.
+        # This happens when the scheduler's first rotation reaches an empty store before any
+        # broker node has bootstrapped its key.
+        activate_at = now if emergency or current is None else now + self.publish_lead_seconds
         new = make_record(self._keys, now=now, activate_at=activate_at)
         self._store.put(new.kid, seal_record(new, self._keys))
         retired: list[str] = []
@@ -291,8 +295,8 @@ class RedisKeyRing:
             return False
         now = self._now()
         published = [r for r in self._read_records().values() if r.published(now)]
-        if any(r.activate_at > now for r in published):
-            return False
+        if not published or any(r.activate_at > now for r in published):
+            return False  # nothing yet: the first broker node bootstraps the key
         newest = max((r.activate_at for r in published), default=0.0)
         return now - newest >= rotation_days * 86400
 

@@ -15,7 +15,7 @@ from broker.tokens.keyrecord import new_kek
 from broker.tokens.keyring import KeyError_
 from broker.tokens.keystore import RedisKeyRing
 from broker.tokens.verify import verify_access_token
-from tests.support.keyrecords import LEAD, MAX_TTL, kids, node
+from tests.support.keyrecords import LEAD, MAX_TTL, MemoryKeyRecords, kids, node
 
 pytestmark = pytest.mark.regression
 ISSUER = "https://errand.example"
@@ -123,3 +123,15 @@ def test_another_kek_opens_nothing_and_creates_nothing(store, kek, clock) -> Non
     with pytest.raises(KeyError_):
         stranger.active  # noqa: B018
     assert store.raw == before
+
+
+def test_a_rotation_that_finds_no_key_activates_its_key_at_once(kek, clock) -> None:
+    """The scheduler's first rotation can reach an empty store before any broker node has
+    bootstrapped a key: the broker must still be able to sign at once, not after the lead."""
+    store = MemoryKeyRecords()
+    ring = RedisKeyRing(store, kek, max_token_ttl_seconds=MAX_TTL, clock=clock)
+    assert not ring.due_for_rotation(rotation_days=30)  # bootstrapping is the broker's job
+    result = ring.rotate(emergency=False)
+    assert result["previous"] is None
+    assert result["activate_at"] == clock.now()
+    assert node(store, kek, clock).active.kid == result["kid"]
