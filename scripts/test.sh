@@ -8,7 +8,15 @@ if ! command -v redis-server >/dev/null 2>&1; then
   (apt-get update -qq && apt-get install -y -qq redis-server) >&2
 fi
 set +e
-.venv/bin/python -m pytest "$@"
+# Two pytest workers (pytest-xdist), a test file per worker at a time so a module's stack is
+# started once: most of the suite waits on real processes, so two workers halve the wall time
+# even on two cores. ERRAND_TEST_WORKERS=0 runs everything in one process.
+workers="${ERRAND_TEST_WORKERS:-2}"
+if [ "$workers" = "0" ]; then
+  .venv/bin/python -m pytest "$@"
+else
+  .venv/bin/python -m pytest -n "$workers" --dist loadfile "$@"
+fi
 rc=$?
 set -e
 if [ "$rc" -eq 5 ]; then
