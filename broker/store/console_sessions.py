@@ -24,8 +24,9 @@ class RedisConsoleSessions:
     @store_errors()
     def create(self, digest: str, record: Mapping[str, str], *, ttl_seconds: int) -> None:
         key = keys.console_session(digest)
+        fields: dict[Any, Any] = dict(record)
         pipe = self._r.pipeline(transaction=True)
-        pipe.hset(key, mapping=dict(record))
+        pipe.hset(key, mapping=fields)
         pipe.expire(key, ttl_seconds)
         pipe.execute()
 

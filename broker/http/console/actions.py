@@ -7,7 +7,8 @@ revocation record; a redirect then shows the result (a reload does not post agai
 
 from __future__ import annotations
 
-from flask import Response, redirect, request, url_for
+from flask import redirect, request, url_for
+from werkzeug.wrappers import Response
 
 from broker.domain.bulk_revocation import check_reason, revoke_all, revoke_by
 from broker.domain.models import is_safe_id

@@ -10,7 +10,8 @@ import ipaddress
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from flask import Response, current_app, g, redirect, request, url_for
+from flask import current_app, g, redirect, request, url_for
+from werkzeug.wrappers import Response
 
 from broker.http.console import session as rules
 from broker.http.context import client_address, request_id

@@ -11,7 +11,8 @@ from dataclasses import asdict
 from importlib.resources import files
 from typing import Any
 
-from flask import Response, current_app, redirect, render_template, request, url_for
+from flask import current_app, redirect, render_template, request, url_for
+from werkzeug.wrappers import Response
 
 from broker.domain.access_review import access_review
 from broker.domain.models import Grant, is_safe_id
