@@ -125,7 +125,10 @@ def test_forged_posts_are_refused_audited_and_change_nothing(client, svc, issued
     target = "/console/tasks/t-forged/revoke"
     attempts = [
         ({"reason": "x"}, ORIGIN),  # no token
-        ({"reason": "x", "csrf_token": csrf[:-1] + "A"}, ORIGIN),  # a wrong one
+        (
+            {"reason": "x", "csrf_token": csrf[:-1] + ("B" if csrf.endswith("A") else "A")},
+            ORIGIN,
+        ),  # a wrong one
         ({"reason": "x", "csrf_token": csrf}, {"Origin": "https://attacker.example"}),
         ({"reason": "x", "csrf_token": csrf}, {"Origin": "null"}),
         ({"reason": "x", "csrf_token": csrf}, {}),  # neither Origin nor Referer
