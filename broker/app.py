@@ -19,6 +19,7 @@ from broker.http import (
     token,
     wellknown,
 )
+from broker.http.console import bp as console_bp
 from broker.http.context import request_id
 from broker.http.responses import register_error_handlers
 from broker.logging_json import configure_logging
@@ -92,4 +93,7 @@ def create_app(settings: Settings | None = None, services: Runtime | None = None
         inventory,
     ):
         app.register_blueprint(module.bp)
+    # The console signs in with the admin credential: without one it has no door.
+    if settings.console and app.config["ERRAND_ADMIN_TOKEN_SHA256"] is not None:
+        app.register_blueprint(console_bp)
     return app

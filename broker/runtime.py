@@ -43,6 +43,16 @@ class Reloader(Protocol):
     def request_reload(self) -> None: ...
 
 
+class ConsoleSessionStore(Protocol):
+    """Web-console sessions, by the digest of their id (broker/store/console_sessions.py)."""
+
+    def create(self, digest: str, record: Mapping[str, str], *, ttl_seconds: int) -> None: ...
+
+    def touch(self, digest: str, *, now: float, ttl_seconds: int) -> dict[str, str] | None: ...
+
+    def delete(self, digest: str) -> None: ...
+
+
 @dataclass(eq=False)
 class Runtime(Services):
     settings: Settings
@@ -51,3 +61,4 @@ class Runtime(Services):
     jwks: JwksCache  # issuers' keys, shared by every verifier this process builds
     health: StoreHealth
     reloader: Reloader | None = None  # web processes whose configuration came from a file
+    console_sessions: ConsoleSessionStore | None = None  # the web console's (broker/http/console)

@@ -19,6 +19,7 @@ from broker.runtime import Runtime
 from broker.settings import Settings
 from broker.store.auth_failures import RedisAuthFailures
 from broker.store.connection import RedisLocation, ReplicaWait, connect
+from broker.store.console_sessions import RedisConsoleSessions
 from broker.store.jwks_mirror import JwksMirror
 from broker.store.limits import RedisLimits
 from broker.store.redis import RedisGrantStore
@@ -74,6 +75,7 @@ def build_services(
         rq_redis=r_rq,
         jwks=jwks,
         health=store,
+        console_sessions=RedisConsoleSessions(r),
     )
 
 

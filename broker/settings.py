@@ -60,6 +60,13 @@ class Settings:
     redis_wait_replicas: int = 0
     # ERRAND_REDIS_WAIT_TIMEOUT_MS: how long one such write waits for its replicas
     redis_wait_timeout_ms: int = 100
+    # ERRAND_CONSOLE: on | off. The web console under /console (docs/console.md). Default: on
+    # when an admin credential is configured (it is the console's login), off otherwise.
+    console: bool = True
+    # ERRAND_CONSOLE_IDLE_SECONDS: a console session unused this long ends
+    console_idle_seconds: int = 900
+    # ERRAND_CONSOLE_MAX_SECONDS: and every console session ends this long after its login
+    console_max_seconds: int = 28800
     # Values for ${NAME} / ${NAME:-default} references in the YAML configuration.
     config_vars: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 
@@ -142,6 +149,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     proxies, hops, header = _proxy_trust(env)
     server = load_server_settings(env)
     redis_where = _redis_where(env, redis_url, sentinels)
+    console = _console(env, admin_configured=bool(admin))
     try:
         return Settings(
             config_path=Path(config_path),
@@ -162,9 +170,38 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             trusted_proxy_header=header,
             config_vars=dict(env),
             **redis_where,
+            **console,
         )
     except ValueError as err:
         raise SettingsError(f"bad numeric environment setting: {err}") from err
+
+
+def _console(env: Mapping[str, str], *, admin_configured: bool) -> dict[str, Any]:
+    """ERRAND_CONSOLE and its session lifetimes; on by default when the admin credential (its
+    login) is configured, and refused when asked for without one."""
+    raw = env.get("ERRAND_CONSOLE", "").strip().lower()
+    if raw not in ("", "on", "off"):
+        raise SettingsError(f"ERRAND_CONSOLE must be 'on' or 'off', not {raw!r}")
+    if raw == "on" and not admin_configured:
+        raise SettingsError(
+            "ERRAND_CONSOLE=on needs ERRAND_ADMIN_TOKEN_FILE: the admin credential is the "
+            "console's login"
+        )
+    try:
+        idle = int(env.get("ERRAND_CONSOLE_IDLE_SECONDS", "900").strip() or "900")
+        most = int(env.get("ERRAND_CONSOLE_MAX_SECONDS", "28800").strip() or "28800")
+    except ValueError as err:
+        raise SettingsError(f"bad numeric environment setting: {err}") from err
+    if not 60 <= idle <= most <= 7 * 86400:
+        raise SettingsError(
+            "ERRAND_CONSOLE_IDLE_SECONDS must be at least 60 and at most "
+            "ERRAND_CONSOLE_MAX_SECONDS, itself at most 7 days (604800)"
+        )
+    return {
+        "console": admin_configured if raw == "" else raw == "on",
+        "console_idle_seconds": idle,
+        "console_max_seconds": most,
+    }
 
 
 MAX_PROXY_HOPS = 10

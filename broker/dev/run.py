@@ -417,4 +417,5 @@ errand is running at {url} (development mode), with an RQ worker and a dev OIDC 
   # operator views (admin credential in {state_dir}/admin-token):
   .venv/bin/errand grants --url {url} --admin-token-file {state_dir}/admin-token
   .venv/bin/errand audit <task_id> --url {url} --admin-token-file {state_dir}/admin-token
+  # or in a browser: {url}/console (sign in with the contents of {state_dir}/admin-token)
 """

@@ -83,3 +83,9 @@ def jwks_lock(issuer_id: str) -> str:
 # by itself, and offboarding is permanent (it is also the audit's answer to "who removed it").
 IDENTITY_STATE = PREFIX + "identity:state"  # hash identity -> JSON {state, at, actor, reason}
 LAST_EXCHANGE = PREFIX + "identity:last-exchange"  # hash identity -> unix time of last issue
+
+
+def console_session(session_digest: str) -> str:
+    """A web-console session (broker/store/console_sessions.py), under the SHA-256 of its
+    cookie's id, never the id itself; it expires with the session's idle timeout."""
+    return f"{PREFIX}console:session:{session_digest}"

@@ -71,3 +71,5 @@ REVOKE_MANY = load("revoke_many")
 FANOUT_BATCH = load("fanout_batch")
 # store/limits.py
 HIT_MANY = load("hit_many")
+# store/console_sessions.py
+CONSOLE_TOUCH = load("console_touch")

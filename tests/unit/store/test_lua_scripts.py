@@ -28,6 +28,7 @@ SCRIPTS = {
     "revoke_many": lua_scripts.REVOKE_MANY,
     "fanout_batch": lua_scripts.FANOUT_BATCH,
     "hit_many": lua_scripts.HIT_MANY,
+    "console_touch": lua_scripts.CONSOLE_TOUCH,
 }
 
 
@@ -110,3 +111,6 @@ def test_the_package_data_ships_the_scripts(tmp_path: Path) -> None:
     )
     built = {p.stem for p in (out / "broker" / "store" / "lua").glob("*.lua")}
     assert built == {*SCRIPTS, "prelude"}
+    # and the web console's templates (broker/http/console/templates)
+    templates = out / "broker" / "http" / "console" / "templates" / "console"
+    assert (templates / "base.html").is_file() and (templates / "login.html").is_file()

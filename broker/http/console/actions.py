@@ -1,0 +1,74 @@
+"""The console's actions, each a POST behind the gate (session, origin, CSRF token):
+revoke a task's or an identity's live grants, and revoke-all behind a typed confirmation.
+
+They call the same domain functions as POST /admin/revoke and /admin/revoke-all, so each
+takes a reason, is audited with who asked (the console session's label) and leaves a signed
+revocation record; a redirect then shows the result (a reload does not post again)."""
+
+from __future__ import annotations
+
+from flask import redirect, request, url_for
+from werkzeug.wrappers import Response
+
+from broker.domain.bulk_revocation import check_reason, revoke_all, revoke_by
+from broker.domain.models import is_safe_id
+from broker.errors import InvalidRequest
+from broker.http.console import guard
+from broker.http.console.blueprint import bp
+from broker.http.console.views import CONFIRM_WORDS
+from broker.http.context import services
+
+
+def _actor() -> str:
+    session = guard.current()
+    assert session is not None  # the gate let no POST through without one
+    return session.actor
+
+
+def _checked_id(value: str, what: str) -> str:
+    if not is_safe_id(value):
+        raise InvalidRequest(f"{what}: not a valid identifier", reason="bad_parameter")
+    return value
+
+
+@bp.post("/tasks/<task_id>/revoke")
+def revoke_task(task_id: str) -> Response:
+    result = revoke_by(
+        services(),
+        kind="task",
+        value=_checked_id(task_id, "task"),
+        reason=request.form.get("reason", ""),
+        actor=_actor(),
+    )
+    return redirect(url_for("console.task", task_id=task_id, revoked=result.revoked), code=303)
+
+
+@bp.post("/identities/<identity_id>/revoke")
+def revoke_identity(identity_id: str) -> Response:
+    result = revoke_by(
+        services(),
+        kind="identity",
+        value=_checked_id(identity_id, "identity"),
+        reason=request.form.get("reason", ""),
+        actor=_actor(),
+    )
+    return redirect(
+        url_for("console.identities", identity=identity_id, revoked=result.revoked), code=303
+    )
+
+
+@bp.post("/revoke-all")
+def revoke_everything() -> Response:
+    """The incident switch. The typed word guards against a slip of the hand, not against an
+    attacker (the session and the CSRF token do that): it must be the word the form showed."""
+    reason = check_reason(request.form.get("reason", ""))  # before anything changes
+    word, typed = request.form.get("word", ""), request.form.get("confirm", "").strip()
+    if word not in CONFIRM_WORDS or typed != word:
+        raise InvalidRequest(
+            "type the word shown on the form to confirm revoke-all", reason="not_confirmed"
+        )
+    result = revoke_all(services(), reason=reason, actor=_actor())
+    assert result.epoch is not None
+    return redirect(
+        url_for("console.revoke_all_status", epoch=result.epoch, revoked=result.revoked), code=303
+    )
