@@ -83,3 +83,10 @@ def jwks_lock(issuer_id: str) -> str:
 # by itself, and offboarding is permanent (it is also the audit's answer to "who removed it").
 IDENTITY_STATE = PREFIX + "identity:state"  # hash identity -> JSON {state, at, actor, reason}
 LAST_EXCHANGE = PREFIX + "identity:last-exchange"  # hash identity -> unix time of last issue
+
+
+def dpop_jti(jkt: str, jti: str) -> str:
+    """A spent DPoP proof (RFC 9449 §11.1), per key: jkt is a base64url thumbprint we
+    computed; the caller's jti is hashed. Expires when the proof's iat leaves the window."""
+    digest = hashlib.sha256(jti.encode("utf-8", "replace")).hexdigest()[:32]
+    return f"{PREFIX}dpop:{jkt}:{digest}"
