@@ -114,7 +114,7 @@ ES = make_key("ES256")
         (
             lambda: raw_proof(ES, htu=URL, iat=NOW, header={"jwk": public_jwk(make_key("ES384"))}),
             "bad_jwk",
-        ),  # fmt: skip
+        ),
         (
             lambda: jwt.encode(
                 {"jti": "j", "htm": "POST", "htu": URL, "iat": int(NOW)},
@@ -123,7 +123,7 @@ ES = make_key("ES256")
                 headers={"typ": "dpop+jwt", "jwk": public_jwk(ES)},
             ),
             "bad_alg",
-        ),  # fmt: skip
+        ),
         (
             lambda: jwt.encode(
                 {"jti": "j", "htm": "POST", "htu": URL, "iat": int(NOW)},
@@ -132,7 +132,7 @@ ES = make_key("ES256")
                 headers={"typ": "dpop+jwt"},
             ),
             "malformed",
-        ),  # fmt: skip
+        ),
         (lambda: "", "malformed"),
         (lambda: "a.b.c", "malformed"),
     ],
