@@ -150,3 +150,28 @@ class TemporarilyUnavailable(BrokerError):
 
     def headers(self) -> dict[str, str]:
         return {"Retry-After": str(self.retry_after_seconds)}
+
+
+class InvalidDpopProof(BrokerError):
+    """RFC 9449 §5: the DPoP proof is missing where required, malformed, or fails a check."""
+
+    error = "invalid_dpop_proof"
+    status_code = 400
+    description = "The DPoP proof is invalid."
+    reason = "invalid_dpop_proof"
+
+
+class UseDpopNonce(BrokerError):
+    """RFC 9449 §8: the proof must carry the nonce in the DPoP-Nonce header; retry with it."""
+
+    error = "use_dpop_nonce"
+    status_code = 400
+    description = "Authorization server requires nonce in DPoP proof."
+    reason = "use_dpop_nonce"
+
+    def __init__(self, nonce: str, **kw: object) -> None:
+        super().__init__(**kw)  # type: ignore[arg-type]
+        self.nonce = nonce
+
+    def headers(self) -> dict[str, str]:
+        return {"DPoP-Nonce": self.nonce}

@@ -20,6 +20,7 @@ from broker.settings import Settings
 from broker.store.auth_failures import RedisAuthFailures
 from broker.store.connection import RedisLocation, ReplicaWait, connect
 from broker.store.console_sessions import RedisConsoleSessions
+from broker.store.dpop_replay import RedisDpopReplay
 from broker.store.jwks_mirror import JwksMirror
 from broker.store.limits import RedisLimits
 from broker.store.redis import RedisGrantStore
@@ -70,6 +71,7 @@ def build_services(
         audit=AuditLog(store),
         jobs=RqScheduler(r_rq),
         clock=clock,
+        dpop_replay=RedisDpopReplay(r),
         settings=settings,
         redis=r,
         rq_redis=r_rq,

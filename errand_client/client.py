@@ -22,6 +22,7 @@ from typing import Any
 
 import requests
 
+from errand_client.dpop import DpopKey, wants_nonce
 from errand_client.errors import CompletionError, ErrandError, TokenRequestError
 from errand_client.retry import Retryable, RetryPolicy, call_with_retry
 from errand_client.task import TaskToken, refresh_margin
@@ -76,6 +77,7 @@ class ErrandClient:
         allow_http: bool = False,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
+        dpop: bool | DpopKey = False,
     ) -> None:
         if grant not in GRANTS:
             raise ValueError(f"grant must be one of {', '.join(GRANTS)}")
@@ -87,6 +89,11 @@ class ErrandClient:
         self._session = session or requests.Session()
         self._clock = clock
         self._sleep = sleep
+        # DPoP (RFC 9449): tokens bound to this key (`token_type: DPoP`); True makes a new
+        # EC P-256 key that lives as long as this client.
+        self.dpop_key: DpopKey | None = (
+            dpop if isinstance(dpop, DpopKey) else DpopKey.generate(clock=clock) if dpop else None
+        )
 
     def __repr__(self) -> str:
         return f"ErrandClient(url={self.url!r}, provider={self._provider!r}, grant={self.grant!r})"
@@ -179,19 +186,19 @@ class ErrandClient:
                 lifetime=None if lifetime is None else int(lifetime),
             )
             started = self._clock()
-            try:
-                resp = self._session.post(
-                    self.token_endpoint,
-                    data=form,
-                    headers={"Accept": "application/json"},
-                    timeout=(self.retry.timeout_seconds, self.retry.timeout_seconds),
-                    allow_redirects=False,  # never re-send a subject token to another place
-                )
-            except RETRYABLE_TRANSPORT as err:
-                raise Retryable(f"cannot reach the broker ({type(err).__name__})") from None
-            except requests.RequestException as err:
-                raise TokenRequestError("request_failed", type(err).__name__) from None
-            return read_token_response(resp, started, tid)
+            resp = self._post_token(form)
+            key = self.dpop_key
+            nonce = self._dpop_nonce_wanted(resp)
+            if key is not None and nonce is not None:
+                # RFC 9449 §8: the broker wants its nonce in the proof; one retry with it.
+                # The subject token was not spent (a refused request writes nothing).
+                key.remember_nonce(self.token_endpoint, nonce)
+                resp = self._post_token(form)
+            if key is not None:
+                key.remember_nonce(self.token_endpoint, resp.headers.get("DPoP-Nonce"))
+            return read_token_response(
+                resp, started, tid, token_type="DPoP" if key is not None else "Bearer"
+            )
 
         issued = call_with_retry(attempt, self.retry, sleep=self._sleep, on_retry=log_retry)
         log.info(
@@ -201,6 +208,32 @@ class ErrandClient:
             issued.expires_in,
         )
         return issued
+
+    def _post_token(self, form: list[tuple[str, str]]) -> requests.Response:
+        headers = {"Accept": "application/json"}
+        if self.dpop_key is not None:
+            headers["DPoP"] = self.dpop_key.proof("POST", self.token_endpoint)  # fresh each time
+        try:
+            return self._session.post(
+                self.token_endpoint,
+                data=form,
+                headers=headers,
+                timeout=(self.retry.timeout_seconds, self.retry.timeout_seconds),
+                allow_redirects=False,  # never re-send a subject token to another place
+            )
+        except RETRYABLE_TRANSPORT as err:
+            raise Retryable(f"cannot reach the broker ({type(err).__name__})") from None
+        except requests.RequestException as err:
+            raise TokenRequestError("request_failed", type(err).__name__) from None
+
+    def _dpop_nonce_wanted(self, resp: requests.Response) -> str | None:
+        if self.dpop_key is None or resp.status_code != 400:
+            return None
+        try:
+            body = resp.json()
+        except ValueError:
+            return None
+        return wants_nonce(resp.status_code, resp.headers, body)
 
     def complete(self, token: str | IssuedToken | TaskToken) -> bool:
         """End the task the token belongs to; False when it had already ended."""

@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 import requests
 
-from errand_client.errors import TokenRequestError
+from errand_client.errors import ErrandError, TokenRequestError
 from errand_client.retry import Retryable, RetryPolicy, call_with_retry, parse_retry_after
 
 log = logging.getLogger("errand_client")
@@ -113,12 +113,19 @@ class IssuedToken:
     scopes: tuple[str, ...]
     issued_token_type: str
     obtained_at: float
+    # "Bearer", or "DPoP" for a token bound to the client's key (RFC 9449 §5): every request
+    # with it needs a fresh proof (errand_client.dpop.DpopKey.headers).
+    token_type: str = "Bearer"
 
     @property
     def expires_at(self) -> float:
         return self.obtained_at + self.expires_in
 
     def headers(self) -> dict[str, str]:
+        if self.token_type != "Bearer":
+            raise ErrandError(
+                "a DPoP-bound token needs a proof per request: use DpopKey.headers(token, ...)"
+            )
         return {"Authorization": f"Bearer {self.access_token}"}
 
     def __repr__(self) -> str:
@@ -128,7 +135,13 @@ class IssuedToken:
         )
 
 
-def read_token_response(resp: requests.Response, obtained_at: float, task_id: str) -> IssuedToken:
+def read_token_response(
+    resp: requests.Response,
+    obtained_at: float,
+    task_id: str,
+    *,
+    token_type: str = "Bearer",  # noqa: S107 (a token type, not a secret)
+) -> IssuedToken:
     if resp.status_code in RETRYABLE_STATUS:
         raise _retryable_503(resp, "the broker")
     if resp.status_code != 200:
@@ -146,8 +159,11 @@ def read_token_response(resp: requests.Response, obtained_at: float, task_id: st
         raise TokenRequestError(
             "invalid_response", "the token response has no usable access_token", status=200
         )
-    if str(body.get("token_type", "")).lower() != "bearer":
-        raise TokenRequestError("invalid_response", "the token_type is not Bearer", status=200)
+    if str(body.get("token_type", "")).lower() != token_type.lower():
+        # Asked for DPoP and got Bearer: the broker did not bind the token to our key.
+        raise TokenRequestError(
+            "invalid_response", f"the token_type is not {token_type}", status=200
+        )
     if isinstance(expires_in, bool) or not isinstance(expires_in, int) or expires_in <= 0:
         raise TokenRequestError(
             "invalid_response", "the token response has no usable expires_in", status=200
@@ -164,6 +180,7 @@ def read_token_response(resp: requests.Response, obtained_at: float, task_id: st
         scopes=tuple(scope.split()) if isinstance(scope, str) else (),
         issued_token_type=str(body.get("issued_token_type", "")),
         obtained_at=obtained_at,
+        token_type=token_type,
     )
 
 

@@ -6,11 +6,19 @@ revocations within a second from the broker's revocation feed. See docs/resource
     from errand_rs import ErrandVerifier, RevocationFeed
     from errand_rs.flask import ErrandAuth          # Flask
     from errand_rs.wsgi import ErrandMiddleware     # any WSGI app
+    from errand_rs import DpopChecker               # DPoP-bound tokens (RFC 9449)
 
 This package imports nothing from `broker`: a resource server needs only PyJWT, cryptography
 and requests (and Flask for the Flask extension)."""
 
 from errand_rs.bearer import authenticate, bearer_token
+from errand_rs.dpop import (
+    DpopChallenge,
+    DpopChecker,
+    InvalidDpopProof,
+    MemoryReplayCache,
+    authenticate_dpop,
+)
 from errand_rs.errors import (
     BearerError,
     FeedUnavailable,
@@ -28,17 +36,22 @@ from errand_rs.wsgi import ErrandMiddleware
 __all__ = [
     "ALLOWED_ALGORITHMS",
     "BearerError",
+    "DpopChallenge",
+    "DpopChecker",
     "ErrandMiddleware",
     "ErrandVerifier",
     "FeedUnavailable",
     "InsufficientScope",
+    "InvalidDpopProof",
     "InvalidRequest",
     "InvalidToken",
     "KeysUnavailable",
+    "MemoryReplayCache",
     "MissingToken",
     "RevocationFeed",
     "TokenRevoked",
     "VerifiedToken",
     "authenticate",
+    "authenticate_dpop",
     "bearer_token",
 ]

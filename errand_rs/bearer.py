@@ -6,7 +6,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 
-from errand_rs.errors import BearerError, InvalidRequest, MissingToken
+from errand_rs.dpop import bound_jkt
+from errand_rs.errors import BearerError, InvalidRequest, InvalidToken, MissingToken
 from errand_rs.feed import RevocationFeed
 from errand_rs.verifier import ErrandVerifier, VerifiedToken, token_fingerprint
 
@@ -42,7 +43,14 @@ def authenticate(
     token: str | None = None
     try:
         token = bearer_token(authorization)
-        return verifier.verify(token, require_scopes=required_scopes, feed=feed)
+        verified = verifier.verify(token, require_scopes=required_scopes, feed=feed)
+        if bound_jkt(verified) is not None:
+            # RFC 9449 §7.1: a DPoP-bound token is never good as a bearer token, whoever holds it.
+            raise InvalidToken(
+                "The access token is bound to a key: use the DPoP scheme with a proof.",
+                reason="dpop_bound_as_bearer",
+            )
+        return verified
     except BearerError as err:
         log.info(
             "errand_rs: bearer token rejected",

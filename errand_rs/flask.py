@@ -19,9 +19,10 @@ from typing import Any, TypeVar, cast
 from flask import Flask, Response, g, request
 
 from errand_rs.bearer import authenticate
+from errand_rs.dpop import DpopChecker, authenticate_dpop
 from errand_rs.errors import BearerError
 from errand_rs.feed import RevocationFeed
-from errand_rs.verifier import ErrandVerifier, normalize_scopes
+from errand_rs.verifier import ErrandVerifier, VerifiedToken, normalize_scopes
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -34,8 +35,10 @@ class ErrandAuth:
         verifier: ErrandVerifier,
         feed: RevocationFeed | None,
         realm: str | None = None,
+        dpop: DpopChecker | None = None,
     ) -> None:
         self.verifier = verifier
+        self.dpop = dpop  # DPoP-bound tokens too (errand_rs.dpop); None: Bearer only
         self.feed = feed
         self.realm = realm
         if app is not None:
@@ -58,13 +61,7 @@ class ErrandAuth:
             @functools.wraps(view)
             def wrapped(*args: Any, **kwargs: Any) -> Any:
                 try:
-                    token = authenticate(
-                        self.verifier,
-                        self.feed,
-                        request.headers.get("Authorization"),
-                        required,
-                        context=f"{request.method} {request.path}",
-                    )
+                    token = self._authenticate(required)
                 except BearerError as err:
                     return self.error_response(err)
                 g.errand_token = token
@@ -73,6 +70,32 @@ class ErrandAuth:
             return cast(F, wrapped)
 
         return decorator
+
+    def _authenticate(self, required: tuple[str, ...]) -> VerifiedToken:
+        context = f"{request.method} {request.path}"
+        if self.dpop is None:
+            return authenticate(
+                self.verifier,
+                self.feed,
+                request.headers.get("Authorization"),
+                required,
+                context=context,
+            )
+        length = request.content_length or 0
+        body = request.get_data(cache=True) if length <= self.dpop.max_body_bytes else None
+        return authenticate_dpop(
+            self.verifier,
+            self.feed,
+            self.dpop,
+            authorization=request.headers.get("Authorization"),
+            proofs=request.headers.getlist("DPoP"),
+            method=request.method,
+            url=self.dpop.request_url(request.script_root + request.path, request.base_url),
+            body=body,
+            content_digest_header=request.headers.get("Content-Digest"),
+            required_scopes=required,
+            context=context,
+        )
 
     def error_response(self, err: BearerError) -> Response:
         """RFC 6750 §3 response; override to change the body."""

@@ -156,7 +156,7 @@ def type_rules_from(
         if default is not None and default > max_ttl:
             errors.append(f"{where}.default_ttl_seconds: must not exceed max_ttl_seconds")
         flags = {}
-        for flag in ("require_task", "require_purpose", "single_audience"):
+        for flag in ("require_task", "require_purpose", "single_audience", "require_dpop"):
             value = given.get(flag)
             if value is None:
                 value = getattr(base, flag)

@@ -10,6 +10,7 @@ from typing import Any
 
 from marshmallow import ValidationError
 
+from broker.config.dpop import dpop_options_from
 from broker.config.identities import identities_from, type_rules_from
 from broker.config.issuers import issuers_from
 from broker.config.schema import ConfigSchema
@@ -52,6 +53,7 @@ def parse_config(raw: Any, base_dir: Path = Path(".")) -> Config:
             digest = _read_secret_hash(item["secret_file"], base_dir, where, errors)
         clients[item["client_id"]] = Client(client_id=item["client_id"], secret_sha256=digest)
 
+    dpop = dpop_options_from(data["dpop"], base_dir, errors)
     if errors:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(errors))
     return Config(
@@ -62,6 +64,7 @@ def parse_config(raw: Any, base_dir: Path = Path(".")) -> Config:
         identity_types=type_rules,
         agent_issuers=agent_issuers,
         warnings=tuple(warnings),
+        dpop=dpop,
     )
 
 

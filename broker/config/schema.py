@@ -24,6 +24,7 @@ from broker.config.values import (
     _url,
 )
 from broker.domain.models import (
+    DPOP_ALGORITHMS,
     IDENTITY_TYPES,
     PROFILES,
     REPLAY_POLICIES,
@@ -246,6 +247,7 @@ class TypeRulesSchema(_Strict):
     require_task = _flag(None)
     require_purpose = _flag(None)
     single_audience = _flag(None)
+    require_dpop = _flag(None)  # every token of the type bound to a key (RFC 9449)
     audiences = fields.List(
         fields.String(validate=validate.Length(min=1, max=512)),
         load_default=None,
@@ -267,6 +269,36 @@ class ClientSchema(_Strict):
             raise ValidationError("give exactly one of secret_sha256 or secret_file", "client_id")
 
 
+class DpopSchema(_Strict):
+    """Sender-constrained tokens (RFC 9449); DpopOptions in broker/domain/models.py. The
+    nonce secret is read from `nonce_secret_file` by config/parse.py, like a client secret."""
+
+    proof_max_age_seconds = fields.Integer(
+        load_default=60, validate=validate.Range(min=5, max=300), strict=True
+    )
+    algorithms = fields.List(
+        fields.String(validate=validate.OneOf(DPOP_ALGORITHMS)),
+        load_default=lambda: list(DPOP_ALGORITHMS),
+        validate=validate.Length(min=1),
+    )
+    require_nonce = _flag(False)
+    nonce_secret_file = fields.String(load_default=None, validate=validate.Length(min=1, max=4096))
+    nonce_lifetime_seconds = fields.Integer(
+        load_default=300, validate=validate.Range(min=10, max=3600), strict=True
+    )
+    required_audiences = fields.List(
+        fields.String(validate=validate.Length(min=1, max=512)), load_default=list
+    )
+
+    @validates_schema
+    def _secret(self, data: dict[str, Any], **_: Any) -> None:
+        if data.get("require_nonce") and not data.get("nonce_secret_file"):
+            raise ValidationError(
+                "nonces need a secret every node shares: set nonce_secret_file",
+                "nonce_secret_file",
+            )
+
+
 class ConfigSchema(_Strict):
     broker = fields.Nested(BrokerSchema, required=True)
     issuers = fields.List(fields.Nested(IssuerSchema), required=True)
@@ -277,3 +309,4 @@ class ConfigSchema(_Strict):
     )
     identities = fields.List(fields.Nested(IdentitySchema), load_default=list)
     clients = fields.List(fields.Nested(ClientSchema), load_default=list)
+    dpop = fields.Nested(DpopSchema, load_default=None)

@@ -78,6 +78,8 @@ class ExchangeAudit:
             exp=grant.exp,
             ts=now,
         )
+        if grant.dpop_jkt:
+            self._fields["dpop_jkt"] = grant.dpop_jkt  # the key the token is bound to
 
     def denied(self, err: BrokerError, now: float) -> None:
         """The refusal and why (the reason, and for audit only its debug text and details)."""

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from broker.domain.audit_event import ExchangeAudit
 from broker.domain.audit_shape import bounded_event
+from broker.domain.dpop import check_dpop_required, claim_proof
 from broker.domain.exchange_refusals import Refused, error_for, record_refusal
 from broker.domain.identity_state import state_name
 from broker.domain.limits import check_before_signature, check_identity_rate, identity_window
@@ -110,6 +111,7 @@ def exchange_token(
         decision = decide(req, config, caller, state, epoch, now)
         grant, token = mint(req, caller, decision, epoch, now, svc.keyring, config)
         audit.issued(grant, now)
+        claim_proof(svc.dpop_replay, req.dpop, config.dpop)  # last check before the write
         write(svc, config, caller, grant, audit)
     except _REFUSALS as err:
         refusal = record_refusal(
@@ -211,6 +213,7 @@ def decide(
     rules = config.type_rules(identity.type)
     check_type_requirements(identity, req, rules)
     decision = evaluate(identity, req, config.broker, rules)
+    check_dpop_required(req, rules, decision.audiences, config.dpop)
     if state.epoch != epoch:
         raise Refused("epoch_changed")
     return decision
@@ -242,6 +245,7 @@ def mint(
         issuer_id=caller.subject.issuer.id,
         epoch=epoch,
         purpose=req.purpose or "",
+        dpop_jkt=req.dpop.jkt if req.dpop else None,
     )
     try:
         # tokens/ names KeyRing; any SigningKeys do

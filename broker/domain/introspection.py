@@ -82,7 +82,7 @@ def introspect(
             }
             _audit_used_after_completion(svc, claims, context)
         return dict(INACTIVE)
-    return {
+    body: dict[str, Any] = {
         "active": True,
         "iss": svc.config.broker.issuer,
         "sub": grant.identity_id,
@@ -92,8 +92,11 @@ def introspect(
         "exp": grant.exp,
         "iat": grant.iat,
         "jti": grant.jti,
-        "token_type": "Bearer",
+        "token_type": grant.token_type,
         "task_id": grant.task_id,
         "identity_type": grant.identity_type,
         "owner": grant.owner,
     }
+    if grant.dpop_jkt:
+        body["cnf"] = {"jkt": grant.dpop_jkt}  # RFC 9449 §6.2: the RS checks the proof's key
+    return body

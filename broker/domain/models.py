@@ -149,6 +149,7 @@ class IdentityTypeRules:
     require_purpose: bool = False  # the request must name purpose
     single_audience: bool = False  # a token carries exactly one audience
     audiences: tuple[str, ...] | None = None  # if set, identities of the type may use only these
+    require_dpop: bool = False  # every token of the type is bound to a key (RFC 9449)
 
 
 # The built-in rules and why (docs/identities.md, "Identity types"):
@@ -207,6 +208,27 @@ class BrokerOptions:
     limits: LimitOptions = field(default_factory=LimitOptions)
 
 
+# RFC 9449 §4.2: asymmetric only; what errand_jose verifies (kept equal to its DPOP_ALGORITHMS).
+DPOP_ALGORITHMS: tuple[str, ...] = ("ES256", "ES384", "ES512", "EdDSA", "RS256", "PS256")
+
+
+@dataclass(frozen=True)
+class DpopOptions:
+    """Sender-constrained tokens (config `dpop:`; broker/domain/dpop.py)."""
+
+    # A proof's iat may be at most this old (RFC 9449 §11.1), and 5 s in the future; its jti
+    # is remembered in Redis for as long.
+    proof_max_age_seconds: int = 60
+    algorithms: tuple[str, ...] = DPOP_ALGORITHMS  # advertised as dpop_signing_alg_values_supported
+    # RFC 9449 §8: proofs must carry a nonce the broker issued (stateless: an HMAC of the
+    # time window under nonce_secret, so every node accepts every node's nonces).
+    require_nonce: bool = False
+    nonce_secret: bytes = field(default=b"", repr=False)
+    nonce_lifetime_seconds: int = 300  # a nonce is good for this long, up to twice as long
+    # Tokens for these audiences are always DPoP-bound: a request without a proof is refused.
+    required_audiences: tuple[str, ...] = ()
+
+
 @dataclass(frozen=True)
 class Config:
     broker: BrokerOptions
@@ -219,6 +241,7 @@ class Config:
     # One synthetic issuer per identity that registered its own keys, by identity id.
     agent_issuers: Mapping[str, TrustedIssuer] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()  # accepted but risky settings, shown by `errand config check`
+    dpop: DpopOptions = field(default_factory=DpopOptions)
 
     def issuer_by_url(self, iss: str) -> TrustedIssuer | None:
         """The issuer an unverified `iss` selects: a configured issuer, or an agent's keys."""
@@ -260,6 +283,16 @@ class Config:
 
 
 @dataclass(frozen=True)
+class DpopBinding:
+    """A checked DPoP proof sent with a token request (RFC 9449 §5): the key the token will
+    be bound to, and the proof's jti to spend."""
+
+    jkt: str  # RFC 7638 SHA-256 thumbprint of the proof's public key
+    jti: str = field(repr=False)
+    iat: int
+
+
+@dataclass(frozen=True)
 class ExchangeRequest:
     """An RFC 8693 §2.1 request after form parsing, plus Errand's extension parameters."""
 
@@ -276,6 +309,7 @@ class ExchangeRequest:
     # How the workload JWT arrived: RFC 8693 `subject_token`, or the RFC 7523 jwt-bearer
     # `assertion`. One verification path; only the error code differs (invalid_grant there).
     grant_type: str = GRANT_TYPE_TOKEN_EXCHANGE
+    dpop: DpopBinding | None = None  # a checked `DPoP` header: bind the token to its key
 
 
 @dataclass(frozen=True)
@@ -316,6 +350,12 @@ class Grant:
     issuer_id: str
     epoch: int
     purpose: str = ""
+    dpop_jkt: str | None = None  # RFC 9449 §6: the token is bound to this key (cnf.jkt)
+
+    @property
+    def token_type(self) -> str:
+        """RFC 9449 §5 / RFC 6750: how the token must be presented."""
+        return "DPoP" if self.dpop_jkt else "Bearer"
 
 
 @dataclass(frozen=True)

@@ -178,6 +178,13 @@ class RevocationStore(Protocol):
     def list_evidence(self, limit: int) -> list[dict[str, str]]: ...
 
 
+class DpopReplayCache(Protocol):
+    """DPoP proof jtis already used, per key (RFC 9449 §11.1), shared by every node."""
+
+    def claim_dpop_jti(self, jkt: str, jti: str, expires_at: int) -> bool:
+        """True if this (key, jti) was unused and is now spent until `expires_at`."""
+
+
 class RateLimiter(Protocol):
     """Fixed-window counters: (events in the current window, seconds until it resets)."""
 
@@ -278,3 +285,4 @@ class Services:
     audit: AuditSink
     jobs: JobScheduler
     clock: Clock
+    dpop_replay: DpopReplayCache

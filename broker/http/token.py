@@ -28,6 +28,7 @@ from broker.domain.models import (
 )
 from broker.errors import BrokerError, InvalidRequest, UnsupportedGrantType
 from broker.http.context import client_address, request_id, services
+from broker.http.dpop import nonce_headers, with_dpop
 from broker.http.forms import JwtBearerForm, TokenExchangeForm, load, parse_scope, read_form
 from broker.http.responses import json_response
 
@@ -120,18 +121,21 @@ def token() -> Response:
     )
     try:
         req, handler = _read()
+        req = with_dpop(req, svc)  # RFC 9449 §5: checked before the exchange spends anything
     except BrokerError as err:
         refusal = record_refusal(svc, audit, err, address_counted=False, now=svc.clock.now())
         if refusal is err:
             raise
         raise refusal from err
-    return _token_response(exchange_token(req, svc, audit), handler.with_issued_type)
+    resp = _token_response(exchange_token(req, svc, audit), handler.with_issued_type)
+    resp.headers.update(nonce_headers(svc))
+    return resp
 
 
 def _token_response(issued: IssuedToken, with_issued_type: bool) -> Response:
     body: dict[str, Any] = {
         "access_token": issued.access_token,
-        "token_type": "Bearer",
+        "token_type": issued.grant.token_type,  # DPoP when bound to the proof's key
         "expires_in": issued.expires_in,
         "scope": " ".join(issued.grant.scopes),
         "task_id": issued.grant.task_id,  # Errand's extension: the task the token is bound to

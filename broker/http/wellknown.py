@@ -41,6 +41,8 @@ def metadata() -> Response:
             "subject_token_signing_alg_values_supported": list(ASYMMETRIC_ALGORITHMS),
             "access_token_signing_alg_values_supported": [svc.keyring.active.alg],
             "task_completion_endpoint": f"{base}/tasks/complete",
+            # RFC 9449 §5.1: asymmetric algorithms only
+            "dpop_signing_alg_values_supported": list(svc.config.dpop.algorithms),
         }
     )
     resp.headers["Cache-Control"] = "public, max-age=300"

@@ -32,7 +32,7 @@ def grant_fields(grant: Grant) -> list[str]:
         "u", grant.issuer_id,
         "p", str(grant.epoch),
         "r", grant.purpose,
-    ]  # fmt: skip
+    ] + (["k", grant.dpop_jkt] if grant.dpop_jkt else [])  # fmt: skip
 
 
 def grant_from(jti: str, h: Mapping[str, str]) -> Grant | None:
@@ -51,6 +51,7 @@ def grant_from(jti: str, h: Mapping[str, str]) -> Grant | None:
             issuer_id=h["u"],
             epoch=int(h["p"]),
             purpose=h.get("r", ""),
+            dpop_jkt=h.get("k") or None,
         )
     except (KeyError, ValueError):
         log.error("malformed grant record", extra={"jti": jti})

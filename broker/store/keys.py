@@ -89,3 +89,10 @@ def console_session(session_digest: str) -> str:
     """A web-console session (broker/store/console_sessions.py), under the SHA-256 of its
     cookie's id, never the id itself; it expires with the session's idle timeout."""
     return f"{PREFIX}console:session:{session_digest}"
+
+
+def dpop_jti(jkt: str, jti: str) -> str:
+    """A spent DPoP proof (RFC 9449 §11.1), per key: jkt is a base64url thumbprint we
+    computed; the caller's jti is hashed. Expires when the proof's iat leaves the window."""
+    digest = hashlib.sha256(jti.encode("utf-8", "replace")).hexdigest()[:32]
+    return f"{PREFIX}dpop:{jkt}:{digest}"

@@ -28,6 +28,8 @@ def access_token_claims(grant: Grant, issuer: str) -> dict[str, Any]:
         "owner": grant.owner,
         "epoch": grant.epoch,
     }
+    if grant.dpop_jkt:
+        claims["cnf"] = {"jkt": grant.dpop_jkt}  # RFC 9449 §6.1: bound to the client's key
     return claims
 
 

@@ -15,4 +15,5 @@ keyrecords  key records of the key ring, in memory and in the old format
 fake_broker FakeBroker: the broker as resource servers and the CI client see it
 servers     FaultIssuer (JWKS faults on demand) and CountingListener (proof of no egress)
 stack       Stack: gunicorn + worker on 127.0.0.1, and HTTP helpers for it
+dpop        DPoP proofs: honest (DpopKey) and hand-made with any header, claim or key
 """

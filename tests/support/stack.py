@@ -32,6 +32,7 @@ GUNICORN_CONF = str(ROOT / "config" / "gunicorn.conf.py")
 
 AUDIENCE = "errand-e2e"  # what subject tokens must name
 DEPLOY_AUD = "https://deploy.acme.example"
+DPOP_AUD = "https://dpop-only.acme.example"  # the inventory requires DPoP for it
 CLIENT_ID = "demo-rs"
 EXPIRY_IDENTITY = "acme-app-expiry"
 EXPIRY_OWNER = "expiry-team"
@@ -95,7 +96,7 @@ def config_doc(broker_url: str, issuer_url: str, secret_file: Path) -> dict[str,
                     }
                 ],
                 "allow": {
-                    "audiences": [DEPLOY_AUD],
+                    "audiences": [DEPLOY_AUD, DPOP_AUD],
                     "scopes": ["deploy:read", "deploy:write"],
                     "default_scopes": ["deploy:read"],
                     "max_ttl_seconds": 600,
@@ -126,6 +127,7 @@ def config_doc(broker_url: str, issuer_url: str, secret_file: Path) -> dict[str,
             },
         ],
         "clients": [{"client_id": CLIENT_ID, "secret_file": str(secret_file)}],
+        "dpop": {"required_audiences": [DPOP_AUD]},
     }
 
 
@@ -254,10 +256,14 @@ def mint(dev_issuer: Any, **overrides: Any) -> str:
 
 
 def post_token(
-    stack: Stack, subject_token: str, session: Any = None, **extra: Any
+    stack: Stack,
+    subject_token: str,
+    session: Any = None,
+    headers: dict[str, str] | None = None,
+    **extra: Any,
 ) -> requests.Response:
     return (session or LOCAL).post(
-        stack.url + "/token", data=deploy_form(subject_token, **extra), timeout=10
+        stack.url + "/token", data=deploy_form(subject_token, **extra), headers=headers, timeout=10
     )
 
 

@@ -1,0 +1,89 @@
+"""ErrandClient(dpop=...): a fresh proof on every token request, one retry with the broker's
+nonce (RFC 9449 §8), and a token that must come back as DPoP."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import jwt
+import pytest
+import requests
+
+from errand_client import ErrandClient
+from errand_client.errors import ErrandError, TokenRequestError
+from tests.support.dpop import DpopKey
+
+URL = "https://errand.example"
+
+
+class ScriptedSession(requests.Session):
+    """Answers POSTs from a script and keeps what was sent."""
+
+    def __init__(self, *answers: tuple[int, dict[str, Any], dict[str, str]]) -> None:
+        super().__init__()
+        self.answers = list(answers)
+        self.sent: list[dict[str, str]] = []
+
+    def post(self, url: str, **kw: Any) -> requests.Response:  # type: ignore[override]
+        self.sent.append(dict(kw["headers"]))
+        status, body, headers = self.answers.pop(0)
+        resp = requests.Response()
+        resp.status_code = status
+        resp._content = json.dumps(body).encode()
+        resp.headers.update({"Content-Type": "application/json", **headers})
+        return resp
+
+
+def ok(token_type: str = "DPoP", **headers: str) -> tuple[int, dict[str, Any], dict[str, str]]:
+    body = {"access_token": "eyJ.at", "token_type": token_type, "expires_in": 300,
+            "scope": "s", "task_id": "t1"}  # fmt: skip
+    return 200, body, headers
+
+
+def client(session: ScriptedSession, dpop: Any = True) -> ErrandClient:
+    return ErrandClient(URL, lambda: "subject", session=session, dpop=dpop)
+
+
+def test_each_request_carries_a_fresh_proof_for_the_token_endpoint() -> None:
+    session = ScriptedSession(ok(), ok())
+    c = client(session)
+    issued = c.exchange(task_id="t1")
+    c.exchange(task_id="t1")
+    assert issued.token_type == "DPoP"
+    proofs = [h["DPoP"] for h in session.sent]
+    assert proofs[0] != proofs[1]
+    claims = jwt.decode(proofs[0], options={"verify_signature": False})
+    assert claims["htm"] == "POST" and claims["htu"] == URL + "/token"
+    assert jwt.get_unverified_header(proofs[0])["typ"] == "dpop+jwt"
+    with pytest.raises(ErrandError):
+        issued.headers()  # a bound token is never sent as Bearer
+
+
+def test_nonce_retry() -> None:
+    want = (400, {"error": "use_dpop_nonce", "error_description": "nonce"}, {"DPoP-Nonce": "n1"})
+    session = ScriptedSession(want, ok(**{"DPoP-Nonce": "n2"}), ok())
+    c = client(session)
+    c.exchange(task_id="t1")
+    first, retry = (
+        jwt.decode(h["DPoP"], options={"verify_signature": False}) for h in session.sent
+    )
+    assert "nonce" not in first and retry["nonce"] == "n1"
+    c.exchange(task_id="t1")  # the nonce of the last answer goes into the next proof
+    assert jwt.decode(session.sent[2]["DPoP"], options={"verify_signature": False})["nonce"] == "n2"
+
+
+def test_a_bearer_answer_to_a_dpop_request_is_refused() -> None:
+    with pytest.raises(TokenRequestError, match="DPoP"):
+        client(ScriptedSession(ok("Bearer"))).exchange(task_id="t1")
+
+
+def test_a_given_key_is_used_and_no_key_sends_no_proof() -> None:
+    key = DpopKey.generate()
+    session = ScriptedSession(ok())
+    client(session, key).exchange(task_id="t1")
+    assert jwt.get_unverified_header(session.sent[0]["DPoP"])["jwk"] == key.public_jwk
+    plain = ScriptedSession(ok("Bearer"))
+    client(plain, False).exchange(task_id="t1")
+    assert "DPoP" not in plain.sent[0]
+    assert "DpopKey(jkt=" in repr(key) and "private" not in repr(key).lower()
