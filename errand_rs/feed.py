@@ -9,9 +9,10 @@
 
 A background thread polls every `poll_interval_seconds` and follows `more` at once. A token
 is revoked when its `epoch` is below the feed's epoch (revoke-all is a cut), its `jti` is
-listed, or its task / subject / owner / identity type is listed with `iat <= not_after`, or its task is suspended: a `task_suspended` entry
-not followed by a `task_resumed` one for the task (entries apply in feed order; a resumed
-task's tokens are good again).
+listed, or its task / subject / owner / identity type is listed with `iat <= not_after`;
+it is held (refused) while its task is suspended: a `task_suspended` entry not followed by a
+`task_resumed` one for the task (entries apply in feed order; a resumed task's tokens are
+good again).
 `not_after` and `iat` both come from the broker's clock, so node clocks need not agree.
 
 Fail closed: with no successful sync for `feed_grace_seconds`, `check()` raises
