@@ -83,7 +83,7 @@ def transition(
     event: dict[str, Any] = {
         "ts": now,
         "event": EVENTS[target],
-        "outcome": "changed",
+        "outcome": target,  # a change's outcome is the state reached (task.completed: completed)
         "task": task_id,
         "identity": caller.identity,
         "actor": caller.actor,
@@ -120,9 +120,9 @@ def transition(
             reason="task_state_conflict",
         )
     changed = result.outcome == "changed"
-    event.update(outcome="changed" if changed else "unchanged", state=result.before)
+    event.update(outcome=target if changed else "unchanged", state=result.before)
     svc.audit.record(event, stored=True)  # a change is in the stream already; a repeat is not
-    if target in TERMINAL:
+    if changed and target in TERMINAL:  # a repeat queues nothing; the sweeper re-enqueues
         schedule_cleanup(task_id, svc)
     return {"task_id": task_id, "state": target, "previous": result.before, "changed": changed}
 
