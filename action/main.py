@@ -48,6 +48,13 @@ def exchange_argv(env: Mapping[str, str]) -> list[str]:
         if value:
             argv.append(f"{flag}={value}")  # `=` form: a value may start with "-"
     argv += [f"--audience={aud}" for aud in read_input(env, "audience").split()]
+    # The task is bound to this run: its labels say which workflow run and job opened it.
+    labels = read_input(env, "labels").split()
+    for name, var in (("github_run_id", "GITHUB_RUN_ID"), ("github_job", "GITHUB_JOB")):
+        value = env.get(var, "")
+        if value and not any(label.startswith(name + "=") for label in labels):
+            labels.append(f"{name}={value}")
+    argv += [f"--label={label}" for label in labels]
     return argv
 
 

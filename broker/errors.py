@@ -119,6 +119,16 @@ class NotFound(BrokerError):
     reason = "not_found"
 
 
+class Conflict(BrokerError):
+    """The resource is in a state that does not allow the request (HTTP 409), e.g. resuming
+    a task that has ended. The OAuth code stays a standard one; the status says why."""
+
+    error = "invalid_request"
+    status_code = 409
+    description = "The request conflicts with the resource's state."
+    reason = "conflict"
+
+
 class TooManyRequests(BrokerError):
     """A rate limit or quota: retryable after Retry-After seconds (HTTP 429, RFC 6585).
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -39,6 +39,7 @@ from errand_client.wire import (
     complete_task,
     is_loopback_host,
     log_retry,
+    move_task,
     new_task_id,
     read_token_response,
 )
@@ -118,6 +119,8 @@ class ErrandClient:
         task_id: str,
         purpose: str | None,
         lifetime: int | None,
+        deadline: int | None = None,
+        labels: Mapping[str, str] | None = None,
     ) -> list[tuple[str, str]]:
         if self.grant == "jwt-bearer":
             form = [("grant_type", GRANT_JWT_BEARER), ("assertion", subject_token)]
@@ -136,6 +139,9 @@ class ErrandClient:
             form.append(("purpose", purpose))
         if lifetime is not None:
             form.append(("requested_lifetime", str(lifetime)))
+        if deadline is not None:
+            form.append(("task_deadline", str(int(deadline))))
+        form += [("task_label", f"{k}={v}") for k, v in sorted((labels or {}).items())]
         return form
 
     def exchange(
@@ -147,6 +153,8 @@ class ErrandClient:
         task_id: str | None = None,
         purpose: str | None = None,
         lifetime: int | None = None,
+        deadline: int | None = None,
+        labels: Mapping[str, str] | None = None,
     ) -> IssuedToken:
         """One token for `task_id` (a new task id when None). Every attempt asks the provider
         for a fresh subject token. We always send a task id, so a grant issued for an attempt
@@ -184,6 +192,8 @@ class ErrandClient:
                 task_id=tid,
                 purpose=purpose,
                 lifetime=None if lifetime is None else int(lifetime),
+                deadline=deadline,
+                labels=labels,
             )
             started = self._clock()
             resp = self._post_token(form)
@@ -248,6 +258,34 @@ class ErrandClient:
             self.url, value, retry=self.retry, session=self._session, sleep=self._sleep
         )
 
+    def move(self, token: TaskToken | IssuedToken, action: str) -> dict[str, Any] | None:
+        """suspend, resume, complete, fail or cancel the token's task (docs/agents.md). The
+        broker's answer; None when the token is no longer good or the task already ended."""
+        value = token.current_token() if isinstance(token, TaskToken) else token.access_token
+        return move_task(
+            self.url,
+            value,
+            token.task_id,
+            action,
+            retry=self.retry,
+            session=self._session,
+            sleep=self._sleep,
+        )
+
+    def suspend(self, token: TaskToken | IssuedToken) -> dict[str, Any] | None:
+        """Every token of the task answers inactive until `resume`; grants are kept."""
+        return self.move(token, "suspend")
+
+    def resume(self, token: TaskToken | IssuedToken) -> dict[str, Any] | None:
+        """Unexpired tokens of the task are good again; a TaskToken re-mints as usual."""
+        return self.move(token, "resume")
+
+    def fail(self, token: TaskToken | IssuedToken) -> dict[str, Any] | None:
+        return self.move(token, "fail")
+
+    def cancel(self, token: TaskToken | IssuedToken) -> dict[str, Any] | None:
+        return self.move(token, "cancel")
+
     # -- tasks -------------------------------------------------------------------------------
     @contextmanager
     def task(
@@ -260,10 +298,14 @@ class ErrandClient:
         purpose: str | None = None,
         lifetime: int | None = None,
         task_id: str | None = None,
+        deadline: int | None = None,
+        labels: Mapping[str, str] | None = None,
     ) -> Iterator[TaskToken]:
-        """Run a task: a token for it now, renewed while the task outlives it, and the task
-        completed on exit. When the body raises, a completion failure is logged and the
-        body's exception propagates; on a clean exit it raises CompletionError."""
+        """Run a task: a token for it now, renewed while the task outlives it (never past
+        `deadline`, a unix time), and the task completed on a clean exit or marked `failed`
+        when the body raises. When the body raises, a failure to mark it is logged and the
+        body's exception propagates; on a clean exit a completion failure raises
+        CompletionError. `labels` bind the task to the outside run (docs/agents.md)."""
         tid = task_id or new_task_id(name)
         request: dict[str, Any] = {
             "audience": audience,
@@ -272,16 +314,18 @@ class ErrandClient:
             "purpose": purpose,
             "lifetime": lifetime,
             "task_id": tid,
+            "deadline": deadline,
+            "labels": dict(labels) if labels else None,
         }
         tok = TaskToken(self, request, self.exchange(**request))
         try:
             yield tok
         except BaseException:
             try:
-                self.complete(tok)
+                self.fail(tok)
             except ErrandError as err:
                 log.error(
-                    "task %s: could not complete it (%s); its tokens live until they expire",
+                    "task %s: could not mark it failed (%s); its tokens live until they expire",
                     tid,
                     err,
                 )

@@ -222,5 +222,54 @@ def complete_task(
     return call_with_retry(attempt, policy, sleep=sleep, on_retry=log_retry)
 
 
+def move_task(
+    url: str,
+    access_token: str,
+    task_id: str,
+    action: str,
+    *,
+    retry: RetryPolicy | None = None,
+    session: requests.Session | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> dict[str, Any] | None:
+    """POST {url}/tasks/{task_id}/{action} (suspend, resume, complete, fail, cancel) with a
+    token of the task. The broker's answer; None when the token is no longer good (401) or
+    the task already ended another way (409). Retries 503 and connection errors."""
+    if not SAFE_ID.fullmatch(task_id) or action not in (
+        "suspend",
+        "resume",
+        "complete",
+        "fail",
+        "cancel",
+    ):
+        raise ValueError("not a task id or a task action")
+    policy = retry or RetryPolicy()
+    http = session or requests.Session()
+    endpoint = f"{url.rstrip('/')}/tasks/{task_id}/{action}"
+
+    def attempt() -> dict[str, Any] | None:
+        try:
+            resp = http.post(
+                endpoint,
+                headers={"Authorization": f"Bearer {access_token}", "Accept": "application/json"},
+                timeout=(policy.timeout_seconds, policy.timeout_seconds),
+                allow_redirects=False,
+            )
+        except RETRYABLE_TRANSPORT as err:
+            raise Retryable(f"cannot reach the broker ({type(err).__name__})") from None
+        except requests.RequestException as err:
+            raise TokenRequestError("request_failed", type(err).__name__) from None
+        if resp.status_code == 200:
+            body = resp.json()
+            return body if isinstance(body, dict) else {}
+        if resp.status_code in (401, 409):
+            return None
+        if resp.status_code in RETRYABLE_STATUS:
+            raise _retryable_503(resp, "the broker")
+        raise _error_from(resp)
+
+    return call_with_retry(attempt, policy, sleep=sleep, on_retry=log_retry)
+
+
 def log_retry(number: int, signal: Retryable, wait: float) -> None:
     log.warning("attempt %d failed (%s); retrying in %.1f s", number, signal.reason, wait)

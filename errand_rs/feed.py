@@ -3,12 +3,16 @@
 `GET {issuer}/revocations?since=<cursor>&limit=<n>` (client_secret_basic) answers
 
     {"cursor": "<opaque>", "epoch": <int>, "more": <bool>, "server_time": <int>,
-     "entries": [{"kind": "jti"|"task"|"identity"|"owner"|"identity_type",
+     "entries": [{"kind": "jti"|"task"|"identity"|"owner"|"identity_type"
+                          |"task_suspended"|"task_resumed",
                   "value": "<string>", "not_after": <int>, "exp": <int>}, ...]}
 
 A background thread polls every `poll_interval_seconds` and follows `more` at once. A token
 is revoked when its `epoch` is below the feed's epoch (revoke-all is a cut), its `jti` is
-listed, or its task / subject / owner / identity type is listed with `iat <= not_after`.
+listed, or its task / subject / owner / identity type is listed with `iat <= not_after`;
+it is held (refused) while its task is suspended: a `task_suspended` entry not followed by a
+`task_resumed` one for the task (entries apply in feed order; a resumed task's tokens are
+good again).
 `not_after` and `iat` both come from the broker's clock, so node clocks need not agree.
 
 Fail closed: with no successful sync for `feed_grace_seconds`, `check()` raises
@@ -50,7 +54,9 @@ CUTOFF_KINDS: dict[str, str] = {
     "owner": "owner",
     "identity_type": "identity_type",
 }
-KINDS = ("jti", *CUTOFF_KINDS)
+# A task's suspension holds its tokens (issued before it) until a resume entry lifts it.
+SUSPENSION_KINDS = ("task_suspended", "task_resumed")
+KINDS = ("jti", *CUTOFF_KINDS, *SUSPENSION_KINDS)
 MAX_PAGE_BYTES = 8 * 1024 * 1024
 MAX_PAGES_PER_SYNC = 1000
 MAX_CURSOR_LENGTH = 512
@@ -190,6 +196,7 @@ class RevocationFeed:
         self._epoch = 0
         self._jti: dict[str, int] = {}  # jti -> exp
         self._cutoffs: dict[str, dict[str, tuple[int, int]]] = {k: {} for k in CUTOFF_KINDS}
+        self._suspended: dict[str, tuple[int, int]] = {}  # task -> (not_after, exp)
         self._last_success: float | None = None  # monotonic start of the last page of a full sync
         self._last_success_wall: float | None = None
         self._server_time: int | None = None
@@ -276,6 +283,9 @@ class RevocationFeed:
                 cutoff = self._cutoffs[kind].get(value)
                 if cutoff is not None and token.iat <= cutoff[0]:
                     raise TokenRevoked(reason=f"revoked_{kind}")
+            suspension = self._suspended.get(token.task_id)
+            if suspension is not None and token.iat <= suspension[0]:
+                raise TokenRevoked(reason="task_suspended")
 
     # -- status -----------------------------------------------------------------------------
     @property
@@ -298,7 +308,8 @@ class RevocationFeed:
 
     def entry_count(self) -> int:
         with self._lock:
-            return len(self._jti) + sum(len(v) for v in self._cutoffs.values())
+            cutoffs = sum(len(v) for v in self._cutoffs.values())
+            return len(self._jti) + cutoffs + len(self._suspended)
 
     def status(self) -> dict[str, Any]:
         """For a readiness endpoint: no secrets, no entry values. Starts polling in this
@@ -362,6 +373,12 @@ class RevocationFeed:
                 if entry.kind == "jti":
                     self._jti[entry.value] = max(entry.exp, self._jti.get(entry.value, entry.exp))
                     continue
+                if entry.kind == "task_suspended":
+                    self._suspended[entry.value] = (entry.not_after, entry.exp)
+                    continue
+                if entry.kind == "task_resumed":
+                    self._suspended.pop(entry.value, None)
+                    continue
                 table = self._cutoffs[entry.kind]
                 old = table.get(entry.value)
                 if old is None:
@@ -375,6 +392,7 @@ class RevocationFeed:
         self._jti = {k: exp for k, exp in self._jti.items() if exp >= horizon}
         for kind, table in self._cutoffs.items():
             self._cutoffs[kind] = {k: v for k, v in table.items() if v[1] >= horizon}
+        self._suspended = {k: v for k, v in self._suspended.items() if v[1] >= horizon}
 
     def _run(self) -> None:
         failures = 0

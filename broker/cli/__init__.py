@@ -74,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
         inventory,
         keys,
         processes,
+        tasks,
     )
 
     p = argparse.ArgumentParser(prog="errand", description="Errand credential broker")
@@ -84,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="print the installed version and exit",
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for group in (processes, grants, evidence, configuration, keys, dev, inventory):
+    for group in (processes, grants, tasks, evidence, configuration, keys, dev, inventory):
         group.register(sub)
     register_ci_commands(sub)
     completion.register(sub, p)

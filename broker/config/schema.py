@@ -73,6 +73,9 @@ class BrokerSchema(_Strict):
     )
     audit_stream_maxlen = fields.Integer(load_default=100_000, validate=_positive, strict=True)
     task_tombstone_seconds = fields.Integer(load_default=3600, validate=_positive, strict=True)
+    task_retention_seconds = fields.Integer(
+        load_default=604800, validate=validate.Range(min=60, max=31 * 86400), strict=True
+    )
     config_reload_seconds = fields.Float(load_default=5.0, validate=validate.Range(min=0, max=3600))
 
     limits = fields.Nested(LimitsSchema, load_default=lambda: LimitOptions())

@@ -41,6 +41,8 @@ from broker.domain.ports import (
     SubjectVerifier,
     WriteRefused,
 )
+from broker.domain.task_exchange import cap_to_deadline, check_task_state, task_spec
+from broker.domain.tasks import TaskSpec
 from broker.errors import BrokerError, InvalidTarget
 from broker.identity.errors import VerificationError
 from broker.policy.engine import (
@@ -100,6 +102,7 @@ def exchange_token(
     audit.begin(req)
     arrival = _Arrival()
     try:
+        spec = task_spec(req, config, now)
         subject, epoch = verify(req, svc, verifier, arrival, now)
         audit.verified(subject)
         task_id = req.task_id or new_id("task_")
@@ -108,11 +111,11 @@ def exchange_token(
         audit.matched(identity, rule)
         caller = _Caller(subject, identity, task_id)
         state = preflight(svc, caller)
-        decision = decide(req, config, caller, state, epoch, now)
+        decision = cap_to_deadline(decide(req, config, caller, state, epoch, now), spec, state, now)
         grant, token = mint(req, caller, decision, epoch, now, svc.keyring, config)
         audit.issued(grant, now)
         claim_proof(svc.dpop_replay, req.dpop, config.dpop)  # last check before the write
-        write(svc, config, caller, grant, audit)
+        write(svc, config, caller, grant, audit, spec)
     except _REFUSALS as err:
         refusal = record_refusal(
             svc,
@@ -189,6 +192,7 @@ def preflight(svc: Services, caller: _Caller) -> PreflightState:
         raise Refused("task_foreign")
     if state.task_completed:
         raise Refused("task_completed")
+    check_task_state(state, svc.clock.now())
     return state
 
 
@@ -259,7 +263,12 @@ def mint(
 
 
 def write(
-    svc: Services, config: Config, caller: _Caller, grant: Grant, audit: ExchangeAudit
+    svc: Services,
+    config: Config,
+    caller: _Caller,
+    grant: Grant,
+    audit: ExchangeAudit,
+    task: TaskSpec | None = None,
 ) -> None:
     """The atomic grant write (store/lua/save_grant.lua): the grant, its indexes, the replay
     entry and the issued event together, or nothing (WriteRefused says why). The script
@@ -276,5 +285,6 @@ def write(
         audit=bounded_event(audit.event),
         now=grant.iat,
         quota=config.broker.limits.max_live_grants_per_identity,
+        task=task,
     )
     audit.record(svc.audit, stored=True)

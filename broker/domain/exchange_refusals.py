@@ -109,6 +109,21 @@ REFUSALS: dict[str, Answer] = {
     "task_completed": lambda _, __: InvalidRequest(
         "task_id: the task is already complete", reason="task_completed"
     ),
+    # The task's lifecycle (docs/agents.md): not retryable until someone moves the task.
+    "task_suspended": lambda _, __: InvalidRequest(
+        "task_id: the task is suspended; resume it first", reason="task_suspended"
+    ),
+    "task_expired": lambda _, __: InvalidRequest(
+        "task_id: the task has passed its deadline", reason="task_expired"
+    ),
+    "task_spec_mismatch": lambda _, __: InvalidRequest(
+        "task_deadline, task_label: set when the task opens; they cannot change",
+        reason="task_spec_mismatch",
+    ),
+    # The task opened with an earlier deadline while this exchange ran: a retry reads it.
+    "task_deadline": lambda _, __: TemporarilyUnavailable(
+        "the task opened with a deadline while the exchange ran; retry", reason="task_deadline"
+    ),
     "identity_suspended": _blocked("suspended"),
     "identity_offboarded": _blocked("offboarded"),
     # Suspended between the preflight read and the write: the write saw it atomically.

@@ -1,7 +1,8 @@
 """Token introspection (RFC 7662).
 
 `active: true` only for a token whose signature is ours, that has not expired, whose grant
-is live in Redis, stamped with the current revocation epoch, and whose task is not complete.
+is live in Redis, stamped with the current revocation epoch, and whose task is neither ended
+(completed, failed, cancelled) nor suspended (docs/agents.md).
 RFC 7662 §2.2: an inactive token reveals nothing else. If Redis cannot be read the caller
 gets an error (StoreUnavailable -> 503), never `active: true`.
 
@@ -27,11 +28,12 @@ def grant_state(claims: dict[str, Any], svc: Services) -> GrantState:
 
 def is_live(state: GrantState, claims: dict[str, Any], now: float) -> bool:
     """Live: the grant exists, carries the current epoch, has not expired, matches the token,
-    and its task is not complete."""
+    and its task has not ended and is not suspended."""
     grant = state.grant
     return not (
         grant is None
         or state.task_completed
+        or state.task_suspended
         or grant.epoch != state.current_epoch
         or grant.exp <= now
         or grant.task_id != claims["task_id"]

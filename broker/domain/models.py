@@ -204,6 +204,9 @@ class BrokerOptions:
     max_subject_token_bytes: int = 8192
     audit_stream_maxlen: int = 100_000
     task_tombstone_seconds: int = 3600  # how long a completed task stays refused
+    # The longest Errand keeps a task's record without live grants: a suspended task is kept
+    # this long, and a deadline may be at most this far ahead (docs/agents.md).
+    task_retention_seconds: int = 604800
     config_reload_seconds: float = 5.0  # how often the file's mtime is checked; 0: never
     limits: LimitOptions = field(default_factory=LimitOptions)
 
@@ -306,6 +309,9 @@ class ExchangeRequest:
     requested_token_type: str | None = None
     client_address: str = ""
     request_id: str = ""
+    # Errand's task lifecycle parameters: read when the exchange opens the task.
+    task_deadline: int | None = None  # unix time; no grant of the task lives past it
+    task_labels: tuple[tuple[str, str], ...] = ()  # (key, value), sorted by key
     # How the workload JWT arrived: RFC 8693 `subject_token`, or the RFC 7523 jwt-bearer
     # `assertion`. One verification path; only the error code differs (invalid_grant there).
     grant_type: str = GRANT_TYPE_TOKEN_EXCHANGE
@@ -373,3 +379,4 @@ class GrantState:
     grant: Grant | None  # None: unknown, expired or revoked
     current_epoch: int
     task_completed: bool
+    task_suspended: bool = False  # its tokens are inactive until the task resumes

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from broker.domain.models import Config, Grant, GrantState, TrustedIssuer, VerifiedSubject
+from broker.domain.tasks import TaskRecord, TaskSpec, TransitionResult
 from broker.errors import TemporarilyUnavailable
 from broker.policy.matcher import Match, Miss
 from broker.tokens.keyring import SigningKey
@@ -35,8 +36,9 @@ class StoreUnavailable(TemporarilyUnavailable):
 class WriteRefused(Exception):
     """An atomic write refused; `reason` says why.
 
-    Grant write (store/lua/save_grant.lua): task_completed, task_foreign, identity_blocked,
-    quota_exceeded, epoch_changed, replayed. Task completion: task_foreign."""
+    Grant write (store/lua/save_grant.lua): task_completed, task_foreign, task_suspended,
+    task_expired, task_spec_mismatch, task_deadline, identity_blocked, quota_exceeded,
+    epoch_changed, replayed. Task completion: task_foreign."""
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
@@ -52,9 +54,33 @@ class PreflightState:
     identity_requests: int = 0  # exchanges by the identity in the current rate window
     identity_window_reset: int = 0  # seconds until that window resets
     task_owner: str | None = None  # the identity that opened the task, if it is open
+    task_suspended: bool = False  # the task is suspended: no new grants until it resumes
+    task_deadline: int | None = None  # the task's hard deadline, if it has one
 
 
-class GrantStore(Protocol):
+class TaskStore(Protocol):
+    """A task's lifecycle (domain/task_lifecycle.py, store/task_lifecycle.py)."""
+
+    def transition_task(
+        self,
+        task_id: str,
+        *,
+        target: str,
+        identity_id: str | None,
+        audit: Mapping[str, Any],
+        now: int,
+        tombstone_seconds: int,
+        suspension_seconds: int,
+        feed_expiry: int,
+        skew_seconds: int,
+    ) -> TransitionResult: ...
+
+    def task_record(self, task_id: str, *, now: int, limit: int) -> TaskRecord | None: ...
+
+    def task_terminal_state(self, task_id: str) -> str | None: ...
+
+
+class GrantStore(TaskStore, Protocol):
     def current_epoch(self) -> int: ...
 
     def preflight(
@@ -75,6 +101,7 @@ class GrantStore(Protocol):
         audit: Mapping[str, Any],
         now: int,
         quota: int = 0,
+        task: TaskSpec | None = None,
     ) -> None: ...
 
     def grant_state(self, jti: str, task_id: str) -> GrantState: ...

@@ -150,6 +150,12 @@ class TokenExchangeForm(_Strict):
         load_default=None,
         validate=validate.Regexp(r"[1-9][0-9]{0,5}\Z", error="must be a whole number of seconds"),
     )
+    # The task lifecycle (docs/agents.md): read when the exchange opens the task.
+    task_deadline = fields.String(
+        load_default=None,
+        validate=validate.Regexp(r"[1-9][0-9]{0,11}\Z", error="must be a unix time in seconds"),
+    )
+    task_label = fields.List(fields.String(validate=validate.Length(max=200)), load_default=list)
 
     @validates("resource")
     def _absolute(self, value: list[str], **_: Any) -> None:
@@ -181,6 +187,12 @@ class JwtBearerForm(_Strict):
         load_default=None,
         validate=validate.Regexp(r"[1-9][0-9]{0,5}\Z", error="must be a whole number of seconds"),
     )
+    # The task lifecycle (docs/agents.md): read when the exchange opens the task.
+    task_deadline = fields.String(
+        load_default=None,
+        validate=validate.Regexp(r"[1-9][0-9]{0,11}\Z", error="must be a unix time in seconds"),
+    )
+    task_label = fields.List(fields.String(validate=validate.Length(max=200)), load_default=list)
     client_id = fields.String(load_default=None, validate=validate.Length(min=1, max=256))
 
     @validates("resource")

@@ -1,11 +1,24 @@
-"""POST /tasks/complete: a holder of a live token of a task declares the task complete."""
+"""A task's lifecycle over HTTP (docs/api.md, "Tasks"; docs/agents.md).
+
+    POST /tasks/complete                  a token of the task completes its own task
+    GET  /tasks/{task_id}                 state, owner, deadline, labels, live grants
+    POST /tasks/{task_id}/{action}        suspend | resume | complete | fail | cancel
+
+The caller is the task's owner, with a token of the task as `Authorization: Bearer`
+(RFC 6750 §2.1, never in the body), or an operator with the admin credential in the same
+header. A token of ours is a JWT (three dot-separated parts); the admin credential is not,
+so the header's shape alone picks the check, and each check is the one it always is."""
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, request
+from flask import Blueprint, Response, current_app, request
 
+from broker.domain.models import is_safe_id
 from broker.domain.task_completion import complete_task
-from broker.http.client_auth import bearer_token
+from broker.domain.task_lifecycle import TaskCaller, owner_from_token, show, transition
+from broker.domain.tasks import ACTIONS
+from broker.errors import InvalidRequest, NotFound
+from broker.http.client_auth import bearer_token, check_admin, operator_label
 from broker.http.context import client_address, request_id, services
 from broker.http.responses import json_response
 
@@ -18,4 +31,37 @@ def complete_view() -> Response:
     token = bearer_token(request)
     return json_response(
         complete_task(token, services(), request_id=request_id(), client_address=client_address())
+    )
+
+
+def _caller(task_id: str) -> TaskCaller:
+    if not is_safe_id(task_id):
+        raise InvalidRequest("task_id: not a valid task id", reason="bad_parameter")
+    token = bearer_token(request)
+    if token.count(".") == 2:
+        caller, _ = owner_from_token(token, task_id, services())
+        return caller
+    check_admin(request, current_app.config.get("ERRAND_ADMIN_TOKEN_SHA256"))
+    return TaskCaller.operator(operator_label(request))
+
+
+@bp.get("/tasks/<task_id>")
+def show_view(task_id: str) -> Response:
+    return json_response(show(task_id, _caller(task_id), services()))
+
+
+@bp.post("/tasks/<task_id>/<action>")
+def transition_view(task_id: str, action: str) -> Response:
+    if action not in ACTIONS:
+        raise NotFound("No such endpoint.", reason="not_found")
+    caller = _caller(task_id)
+    return json_response(
+        transition(
+            task_id,
+            action,
+            caller,
+            services(),
+            request_id=request_id(),
+            client_address=client_address(),
+        )
     )

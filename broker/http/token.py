@@ -26,6 +26,7 @@ from broker.domain.models import (
     ExchangeRequest,
     IssuedToken,
 )
+from broker.domain.tasks import parse_labels
 from broker.errors import BrokerError, InvalidRequest, UnsupportedGrantType
 from broker.http.context import client_address, request_id, services
 from broker.http.dpop import nonce_headers, with_dpop
@@ -51,6 +52,15 @@ def _lifetime(data: Mapping[str, Any]) -> int | None:
     return int(data["requested_lifetime"]) if data["requested_lifetime"] else None
 
 
+def _task(data: Mapping[str, Any]) -> dict[str, Any]:
+    """The task lifecycle parameters (docs/agents.md), as ExchangeRequest fields."""
+    deadline = data["task_deadline"]
+    return {
+        "task_deadline": int(deadline) if deadline else None,
+        "task_labels": parse_labels(data["task_label"]),
+    }
+
+
 def _token_exchange(form: dict[str, Any]) -> ExchangeRequest:
     data = load(EXCHANGE_FORM, form)
     _refuse_delegation(form)
@@ -65,6 +75,7 @@ def _token_exchange(form: dict[str, Any]) -> ExchangeRequest:
         requested_token_type=data["requested_token_type"],
         client_address=client_address(),
         request_id=request_id(),
+        **_task(data),
     )
 
 
@@ -84,6 +95,7 @@ def _jwt_bearer(form: dict[str, Any]) -> ExchangeRequest:
         client_address=client_address(),
         request_id=request_id(),
         grant_type=GRANT_TYPE_JWT_BEARER,
+        **_task(data),
     )
 
 
@@ -101,7 +113,7 @@ GRANT_HANDLERS: dict[str, GrantHandler] = {
 
 
 def _read() -> tuple[ExchangeRequest, GrantHandler]:
-    form = read_form(request, repeatable=("audience", "resource"))
+    form = read_form(request, repeatable=("audience", "resource", "task_label"))
     grant_type = form.get("grant_type")
     if not grant_type:
         raise InvalidRequest("grant_type: missing", reason="missing_grant_type")

@@ -17,11 +17,13 @@ import redis
 
 from broker.domain.models import Grant, GrantState
 from broker.domain.ports import PreflightState, WriteRefused
+from broker.domain.tasks import COMPLETED, TaskSpec
 from broker.store import keys, lua_scripts
 from broker.store.audit_stream import RedisAuditStream, event_json
 from broker.store.connection import NO_WAIT, ReplicaWait, store_errors
 from broker.store.grant_record import expiry_member, grant_fields, grant_from
 from broker.store.inventory_state import state_record
+from broker.store.task_lifecycle import RedisTaskLifecycle
 
 
 def save_grant_call(
@@ -32,6 +34,7 @@ def save_grant_call(
     now: int,
     quota: int,
     audit_maxlen: str,
+    task: str = "",
 ) -> tuple[list[str], list[str | int]]:
     """KEYS and ARGV of lua/save_grant.lua for one grant, in the order its header names."""
     replay_key = keys.replay(replay[0], replay[1]) if replay else keys.EPOCH + ":none"
@@ -47,6 +50,7 @@ def save_grant_call(
         keys.IDENTITY_STATE,
         keys.LAST_EXCHANGE,
         keys.task_owner(grant.task_id),
+        keys.task_state(grant.task_id),
     ]
     args: list[str | int] = [
         grant.jti,
@@ -60,11 +64,12 @@ def save_grant_call(
         event_json(audit),
         quota,
         *grant_fields(grant),
+        task,  # last: the script reads it as ARGV[#ARGV]
     ]
     return script_keys, args
 
 
-class RedisGrants(RedisAuditStream):
+class RedisGrants(RedisTaskLifecycle, RedisAuditStream):
     """The GrantStore port (domain/ports.py) on Redis."""
 
     def __init__(
@@ -74,7 +79,7 @@ class RedisGrants(RedisAuditStream):
         self._wait = wait
         self._save = client.register_script(lua_scripts.SAVE_GRANT)
         self._revoke = client.register_script(lua_scripts.REVOKE_GRANT)
-        self._complete = client.register_script(lua_scripts.COMPLETE_TASK)
+        self._init_tasks(client)
         self._sweep = client.register_script(lua_scripts.SWEEP)
         self._ensure_epoch = client.register_script(lua_scripts.ENSURE_EPOCH)
         self._preflight = client.register_script(lua_scripts.PREFLIGHT)
@@ -106,7 +111,7 @@ class RedisGrants(RedisAuditStream):
         replay, the task's tombstone and owner, the identity's suspension state, and (when a
         window is given and the token is not a replay) one count against the verified
         identity's rate limit."""
-        epoch, replayed, done, raw_state, requests, reset, owner = self._preflight(
+        epoch, replayed, done, raw_state, requests, reset, owner, task, deadline = self._preflight(
             keys=[
                 keys.EPOCH,
                 keys.replay(issuer_id, jti) if jti else keys.EPOCH + ":none",
@@ -114,6 +119,7 @@ class RedisGrants(RedisAuditStream):
                 keys.IDENTITY_STATE,
                 keys.rate_counter("identity", identity_id or "-"),
                 keys.task_owner(task_id),
+                keys.task_state(task_id),
             ],
             args=[identity_id or "", rate_window_seconds if identity_id else 0],
         )
@@ -129,6 +135,8 @@ class RedisGrants(RedisAuditStream):
             identity_requests=requests,
             identity_window_reset=reset,
             task_owner=str(owner) if owner else None,
+            task_suspended=task == "suspended",
+            task_deadline=int(deadline) if deadline else None,
         )
 
     @store_errors()
@@ -140,9 +148,16 @@ class RedisGrants(RedisAuditStream):
         audit: Mapping[str, Any],
         now: int,
         quota: int = 0,
+        task: TaskSpec | None = None,
     ) -> None:
         script_keys, args = save_grant_call(
-            grant, replay=replay, audit=audit, now=now, quota=quota, audit_maxlen=self._audit_maxlen
+            grant,
+            replay=replay,
+            audit=audit,
+            now=now,
+            quota=quota,
+            audit_maxlen=self._audit_maxlen,
+            task=task.wire() if task else "",
         )
         result = self._wait.run(
             self._save,
@@ -161,9 +176,15 @@ class RedisGrants(RedisAuditStream):
         pipe.hgetall(keys.grant(jti))
         pipe.get(keys.EPOCH)
         pipe.exists(keys.task_tombstone(task_id))
-        record, epoch, done = pipe.execute()
+        pipe.hget(keys.task_state(task_id), "s")
+        record, epoch, done, task = pipe.execute()
         grant = grant_from(jti, record) if record else None
-        return GrantState(grant=grant, current_epoch=int(epoch or 0), task_completed=bool(done))
+        return GrantState(
+            grant=grant,
+            current_epoch=int(epoch or 0),
+            task_completed=bool(done),
+            task_suspended=task == "suspended",
+        )
 
     # -- revocation and completion ---------------------------------------------------------
     @store_errors()
@@ -194,30 +215,20 @@ class RedisGrants(RedisAuditStream):
         not); False when it was already complete. Its feed entry covers tokens with iat up to
         now + skew: no token of the task can be issued after the tombstone, and a node whose
         clock runs ahead may have stamped an earlier one with a later iat."""
-        result = self._wait.run(
-            self._complete,
-            keys=[
-                keys.task_tombstone(task_id),
-                keys.COMPLETING,
-                keys.AUDIT_STREAM,
-                keys.REVOCATION_FEED,
-                keys.task_owner(task_id),
-            ],
-            args=[
-                tombstone_seconds,
-                now,
-                self._audit_maxlen,
-                event_json(audit),
-                task_id,
-                now + tombstone_seconds,
-                now + skew_seconds,
-                identity_id,
-            ],
-            what=f"completion of task {task_id}",
+        result = self.transition_task(
+            task_id,
+            target=COMPLETED,
+            identity_id=identity_id,
+            audit=audit,
+            now=now,
+            tombstone_seconds=tombstone_seconds,
+            suspension_seconds=0,  # unused by a terminal move
+            feed_expiry=0,
+            skew_seconds=skew_seconds,
         )
-        if int(result) < 0:
+        if result.outcome == "foreign":
             raise WriteRefused("task_foreign")
-        return bool(result)
+        return result.outcome == "changed"
 
     @store_errors()
     def task_grant_ids(self, task_id: str) -> list[str]:

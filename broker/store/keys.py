@@ -61,6 +61,13 @@ def task_owner(task_id: str) -> str:
     return f"{PREFIX}task-owner:{task_id}"
 
 
+def task_state(task_id: str) -> str:
+    """A task's lifecycle record (hash: s state, d deadline, l labels, c opened at, t changed
+    at). Only a task opened with a deadline or labels, or ever suspended, has one; its TTL
+    follows the task's grants, deadline, suspension or tombstone (docs/agents.md)."""
+    return f"{PREFIX}task-state:{task_id}"
+
+
 def identity_index(identity_id: str) -> str:
     return IDENTITY_INDEX_PREFIX + identity_id
 

@@ -63,7 +63,7 @@ SAVE_GRANT = load("save_grant")
 PREFLIGHT = load("preflight")
 ENSURE_EPOCH = load("ensure_epoch")
 REVOKE_GRANT = load("revoke_grant")
-COMPLETE_TASK = load("complete_task")
+TASK_TRANSITION = load("task_transition")
 SWEEP = load("sweep")
 # store/revocations.py
 REVOKE_ALL = load("revoke_all")

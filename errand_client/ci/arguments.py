@@ -82,6 +82,14 @@ def add_exchange_arguments(p: argparse.ArgumentParser) -> None:
     req.add_argument(
         "--lifetime", type=int, default=None, metavar="SECONDS", help="requested lifetime"
     )
+    req.add_argument(
+        "--label",
+        dest="labels",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="bind the task to this run (repeatable; e.g. ci_job=$CI_JOB_ID)",
+    )
     p.add_argument(
         "--output",
         choices=OUTPUTS,

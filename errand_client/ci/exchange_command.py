@@ -147,6 +147,7 @@ def exchange(
             task_id=args.task_id or new_task_id("ci"),
             purpose=args.purpose,
             lifetime=args.lifetime,
+            labels=dict(label.partition("=")[::2] for label in args.labels) or None,
         )
     except RetriesExhausted as err:
         ctx.error(f"the broker stayed unavailable: {err}")

@@ -86,6 +86,7 @@ class FakeBroker:
         self.complete_script: list[Scripted] = []
         self.token_requests: list[dict[str, list[str]]] = []
         self.complete_requests: list[str] = []  # the Authorization headers
+        self.task_moves: list[tuple[str, str]] = []  # (path, Authorization) of /tasks/{id}/…
         self.oidc_requests: list[dict[str, Any]] = []
         self.oidc_script: list[int] = []  # statuses to answer before succeeding
         self.issued: list[str] = []
@@ -116,6 +117,8 @@ class FakeBroker:
                     broker._token(self, parse_qs(raw, keep_blank_values=True))
                 elif self.path == "/tasks/complete":
                     broker._complete(self)
+                elif self.path.startswith("/tasks/"):
+                    broker._move(self)
                 else:
                     broker._not_found(self, self.path)
 
@@ -290,6 +293,19 @@ class FakeBroker:
             self._send(handler, *scripted)
             return
         self._send(handler, 200, {"task_id": "t", "completed": True})
+
+    def _move(self, handler: BaseHTTPRequestHandler) -> None:
+        """POST /tasks/{id}/{action}: scripted by complete_script too."""
+        with self.lock:
+            self.task_moves.append((handler.path, handler.headers.get("Authorization", "")))
+            scripted = self.complete_script.pop(0) if self.complete_script else None
+        if scripted is not None:
+            self._send(handler, *scripted)
+            return
+        task, action = handler.path.split("/")[2:4]
+        state = {"fail": "failed", "cancel": "cancelled", "suspend": "suspended"}.get(action)
+        body = {"task_id": task, "state": state or action, "previous": "running", "changed": True}
+        self._send(handler, 200, body)
 
     def subject_tokens(self) -> list[str]:
         return [r["subject_token"][0] for r in self.token_requests]

@@ -79,12 +79,30 @@ def test_task_completes_on_exit(broker, sleeps) -> None:
     assert broker.token_requests[0]["requested_lifetime"] == ["120"]
 
 
-def test_task_completes_when_the_body_raises(broker, sleeps) -> None:
+def test_task_is_marked_failed_when_the_body_raises(broker, sleeps) -> None:
     client = ErrandClient(broker.url, counter_provider(), sleep=sleeps)
-    with pytest.raises(ZeroDivisionError), client.task("job", audience=AUD) as tok:
+    labels = {"ci_job": "12345"}
+    with (
+        pytest.raises(ZeroDivisionError),
+        client.task("job", audience=AUD, deadline=1_900_000_000, labels=labels) as tok,
+    ):
         token = tok.access_token
         _ = 1 / 0
-    assert broker.complete_requests == [f"Bearer {token}"]
+    assert broker.complete_requests == []
+    assert broker.task_moves == [(f"/tasks/{tok.task_id}/fail", f"Bearer {token}")]
+    assert broker.token_requests[0]["task_deadline"] == ["1900000000"]
+    assert broker.token_requests[0]["task_label"] == ["ci_job=12345"]
+
+
+def test_suspend_and_resume_move_the_task(broker, sleeps) -> None:
+    client = ErrandClient(broker.url, counter_provider(), sleep=sleeps)
+    with client.task("job", audience=AUD) as tok:
+        assert client.suspend(tok)["state"] == "suspended"
+        assert client.resume(tok)["state"] == "resume"
+    paths = [p for p, _ in broker.task_moves]
+    assert paths == [f"/tasks/{tok.task_id}/suspend", f"/tasks/{tok.task_id}/resume"]
+    broker.complete_script = [(409, {"error": "invalid_request", "error_description": "x"}, {})]
+    assert client.cancel(tok) is None  # the task already ended another way
 
 
 def test_completion_failure_does_not_mask_the_body_exception(broker, sleeps, caplog) -> None:
@@ -93,7 +111,7 @@ def test_completion_failure_does_not_mask_the_body_exception(broker, sleeps, cap
     caplog.set_level(logging.INFO, logger="errand_client")
     with pytest.raises(KeyError), client.task("job", audience=AUD):
         raise KeyError("the body's own error")
-    assert "could not complete" in caplog.text
+    assert "could not mark it failed" in caplog.text
     assert not any(t in caplog.text for t in broker.issued)
 
 

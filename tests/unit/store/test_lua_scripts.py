@@ -22,7 +22,7 @@ SCRIPTS = {
     "preflight": lua_scripts.PREFLIGHT,
     "ensure_epoch": lua_scripts.ENSURE_EPOCH,
     "revoke_grant": lua_scripts.REVOKE_GRANT,
-    "complete_task": lua_scripts.COMPLETE_TASK,
+    "task_transition": lua_scripts.TASK_TRANSITION,
     "sweep": lua_scripts.SWEEP,
     "revoke_all": lua_scripts.REVOKE_ALL,
     "revoke_many": lua_scripts.REVOKE_MANY,

@@ -44,6 +44,19 @@ CALLS: dict[str, Callable[[Any, Any, Any], Any]] = {
     "complete_task": lambda s, v, lim: s.complete_task(
         "t", identity_id="i", tombstone_seconds=60, audit={}, now=1_000
     ),
+    "transition_task": lambda s, v, lim: s.transition_task(
+        "t",
+        target="suspended",
+        identity_id=None,
+        audit={},
+        now=1_000,
+        tombstone_seconds=60,
+        suspension_seconds=60,
+        feed_expiry=1_060,
+        skew_seconds=0,
+    ),
+    "task_record": lambda s, v, lim: s.task_record("t", now=1_000, limit=10),
+    "task_terminal_state": lambda s, v, lim: s.task_terminal_state("t"),
     "task_grant_ids": lambda s, v, lim: s.task_grant_ids("t"),
     "finish_task_cleanup": lambda s, v, lim: s.finish_task_cleanup("t"),
     "stale_completions": lambda s, v, lim: s.stale_completions(1_000),
