@@ -47,6 +47,7 @@ def save_grant_call(
         keys.IDENTITY_STATE,
         keys.LAST_EXCHANGE,
         keys.task_owner(grant.task_id),
+        keys.TASKS_OPEN,
     ]
     args: list[str | int] = [
         grant.jti,
@@ -202,6 +203,8 @@ class RedisGrants(RedisAuditStream):
                 keys.AUDIT_STREAM,
                 keys.REVOCATION_FEED,
                 keys.task_owner(task_id),
+                keys.TASKS_OPEN,
+                keys.TASKS_COMPLETED,
             ],
             args=[
                 tombstone_seconds,

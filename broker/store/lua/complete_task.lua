@@ -2,7 +2,8 @@
 -- stream and publish it on the revocation feed (store/grants.py RedisGrants.complete_task).
 --
 -- KEYS[1] task tombstone, KEYS[2] completing (tasks whose clean-up is pending),
--- KEYS[3] audit stream, KEYS[4] revocation feed, KEYS[5] task owner.
+-- KEYS[3] audit stream, KEYS[4] revocation feed, KEYS[5] task owner, KEYS[6] open tasks,
+-- KEYS[7] completed tasks (task -> tombstone expiry; both counted by /metrics).
 -- ARGV[1] tombstone seconds, ARGV[2] now, ARGV[3] audit stream maxlen, ARGV[4] audit event
 -- JSON, ARGV[5] task id, ARGV[6] feed entry expiry, ARGV[7] feed cut-off (iat),
 -- ARGV[8] the identity of the completing token.
@@ -19,6 +20,9 @@ if owner and redis.call('TTL', KEYS[5]) < tonumber(ARGV[1]) then
   redis.call('EXPIRE', KEYS[5], ARGV[1])
 end
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[5])
+redis.call('ZREM', KEYS[6], ARGV[5])
+redis.call('ZADD', KEYS[7], ARGV[6], ARGV[5])
+if redis.call('TTL', KEYS[7]) < tonumber(ARGV[1]) then redis.call('EXPIRE', KEYS[7], ARGV[1]) end
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', 'e', ARGV[4])
 redis.call('XADD', KEYS[4], '*', 'k', 'task', 'v', ARGV[5], 'n', ARGV[7], 'x', ARGV[6])
 return 1
