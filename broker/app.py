@@ -22,8 +22,10 @@ from broker.http import (
 from broker.http.console import bp as console_bp
 from broker.http.context import request_id
 from broker.http.responses import register_error_handlers
+from broker.http.tracing import install_request_spans
 from broker.logging_json import configure_logging
 from broker.metrics import HTTP_REQUESTS, HTTP_SECONDS
+from broker.metrics_gauges import ScrapeGauges
 from broker.runtime import Runtime
 from broker.services import build_services, check_redis_policy
 from broker.settings import Settings, load_settings
@@ -55,6 +57,14 @@ def create_app(settings: Settings | None = None, services: Runtime | None = None
     app.config["MAX_FORM_PARTS"] = 100
     app.config["ERRAND_ADMIN_TOKEN_SHA256"] = read_admin_token_hash(settings)
     app.extensions["errand"] = services
+    runtime = services
+    app.extensions["errand.gauges"] = ScrapeGauges(
+        lambda now: runtime.gauges.read(
+            now=now, ended_before=now - settings.reconcile_after_seconds
+        ),
+        runtime.clock.now,
+        cache_seconds=settings.observability.metrics_cache_seconds,
+    )
 
     @app.before_request
     def _assign_request_id() -> None:
@@ -81,6 +91,7 @@ def create_app(settings: Settings | None = None, services: Runtime | None = None
         return response
 
     register_error_handlers(app)
+    install_request_spans(app, services.tracer)
     for module in (
         token,
         introspect,

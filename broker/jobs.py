@@ -26,6 +26,17 @@ class RqScheduler:
     def __init__(self, connection: redis.Redis) -> None:
         self.queue = Queue(QUEUE_NAME, connection=connection)
 
+    def job_keys(self) -> dict[str, tuple[str, str]]:
+        """RQ's own keys of the queue and its registries, by job state: what /metrics counts
+        (broker/store/gauges.py). Each is (redis type, key)."""
+        queue = self.queue
+        return {
+            "queued": ("list", queue.key),
+            "scheduled": ("zset", queue.scheduled_job_registry.key),
+            "started": ("zset", queue.started_job_registry.key),
+            "failed": ("zset", queue.failed_job_registry.key),
+        }
+
     def _pending(self, job_id: str) -> bool:
         """RQ pushes a fixed job id onto the queue again; skip while one is still pending."""
         job = Job.fetch(job_id, connection=self.queue.connection) if self._exists(job_id) else None

@@ -42,6 +42,7 @@ from typing import Any
 from broker.config import ConfigError, load_config
 from broker.domain.models import Config, TrustedIssuer
 from broker.identity.verifier import SubjectTokenVerifier
+from broker.metrics import CONFIG_LAST_RELOAD_OK, CONFIG_RELOAD_FAILURES
 from broker.policy.matcher import IdentityMatcher
 from broker.runtime import Runtime
 
@@ -106,6 +107,7 @@ class ConfigReloader:
             len(svc.config.identities),
             svc.config.warnings,
         )
+        CONFIG_LAST_RELOAD_OK.set(1)
 
     def request_reload(self) -> None:
         """Async-signal-safe: only sets a flag; the next request does the work."""
@@ -155,6 +157,8 @@ class ConfigReloader:
     def _refuse(self, stamp: Stamp | None, error: str) -> None:
         self._stamp = stamp  # do not re-parse the same bad file at every check
         self.status.update(ok=False, error=error, failed_at=time.time())
+        CONFIG_RELOAD_FAILURES.inc()
+        CONFIG_LAST_RELOAD_OK.set(0)
         log.error("configuration reload refused; keeping the running configuration: %s", error)
         self._audit("refused", error=error[:2000])
 
@@ -185,6 +189,7 @@ class ConfigReloader:
         self._apply(old, new)
         self._stamp = stamp
         self.generation += 1
+        CONFIG_LAST_RELOAD_OK.set(1)
         self.status = self._loaded_status(
             None if data is None else _fingerprint(data), stamp, len(new.identities), new.warnings
         )

@@ -20,6 +20,7 @@ from redis import Redis
 from broker.domain.ports import Services
 from broker.identity.jwks import JwksCache
 from broker.settings import Settings
+from broker.store.gauges import RedisGauges
 
 
 class StoreHealth(Protocol):
@@ -60,5 +61,6 @@ class Runtime(Services):
     rq_redis: Redis  # bytes, as RQ needs
     jwks: JwksCache  # issuers' keys, shared by every verifier this process builds
     health: StoreHealth
+    gauges: RedisGauges  # scrape-time readings and the worker heartbeat (docs/observability.md)
     reloader: Reloader | None = None  # web processes whose configuration came from a file
     console_sessions: ConsoleSessionStore | None = None  # the web console's (broker/http/console)

@@ -21,6 +21,7 @@ from broker.store.auth_failures import RedisAuthFailures
 from broker.store.connection import RedisLocation, ReplicaWait, connect
 from broker.store.console_sessions import RedisConsoleSessions
 from broker.store.dpop_replay import RedisDpopReplay
+from broker.store.gauges import RedisGauges
 from broker.store.jwks_mirror import JwksMirror
 from broker.store.limits import RedisLimits
 from broker.store.redis import RedisGrantStore
@@ -29,6 +30,7 @@ from broker.store.signing_keys import RedisKeyRecords
 from broker.tokens.keyrecord import load_kek
 from broker.tokens.keyring import KeyRing
 from broker.tokens.keystore import RedisKeyRing
+from broker.tracing import build_tracer
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +52,7 @@ def build_services(
     r_rq = rq_client or connect(where, timeout=5.0, decode=False)
     keyring = build_keyring(settings, config, r, clock)
     store = RedisGrantStore(r, audit_maxlen=config.broker.audit_stream_maxlen, wait=wait)
+    jobs = RqScheduler(r_rq)
     jwks = JwksCache(fetcher or HttpJwksFetcher(), JwksMirror(r), clock)
     try:
         store.ensure_epoch()
@@ -69,15 +72,17 @@ def build_services(
         limiter=RedisLimits(r),
         auth_failures=RedisAuthFailures(r),
         audit=AuditLog(store),
-        jobs=RqScheduler(r_rq),
+        jobs=jobs,
         clock=clock,
         dpop_replay=RedisDpopReplay(r),
+        tracer=build_tracer(settings.observability),
         settings=settings,
         redis=r,
         rq_redis=r_rq,
         jwks=jwks,
         health=store,
         console_sessions=RedisConsoleSessions(r),
+        gauges=RedisGauges(r, jobs.job_keys()),
     )
 
 

@@ -14,6 +14,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from broker.errors import BrokerError
+from broker.settings_observability import ObservabilitySettings, load_observability_settings
 
 
 class SettingsError(BrokerError):
@@ -67,6 +68,8 @@ class Settings:
     console_idle_seconds: int = 900
     # ERRAND_CONSOLE_MAX_SECONDS: and every console session ends this long after its login
     console_max_seconds: int = 28800
+    # Worker metrics and heartbeat, /readyz, tracing: broker/settings_observability.py
+    observability: ObservabilitySettings = field(default_factory=ObservabilitySettings)
     # Values for ${NAME} / ${NAME:-default} references in the YAML configuration.
     config_vars: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 
@@ -168,6 +171,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             trusted_proxies=proxies,
             trusted_proxy_hops=hops,
             trusted_proxy_header=header,
+            observability=load_observability_settings(env),
             config_vars=dict(env),
             **redis_where,
             **console,

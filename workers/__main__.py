@@ -10,14 +10,20 @@ import sys
 import threading
 import time
 
-from rq import Worker
+# First, before anything imports prometheus_client (importing broker does): the work horses'
+# counts go to files in this directory (broker/metrics.py).
+from workers.metrics_dir import prepare_metrics_dir, remove_metrics_dir
 
-from broker.errors import BrokerError
-from broker.jobs import QUEUE_NAME, SWEEP_FUNCTION, SWEEP_JOB_ID
-from broker.logging_json import SweepAtDebug, configure_logging
-from broker.settings import load_settings
-from broker.store import keys
-from workers.context import services
+_made_metrics_dir = prepare_metrics_dir()
+
+from broker.errors import BrokerError  # noqa: E402
+from broker.jobs import QUEUE_NAME, SWEEP_FUNCTION, SWEEP_JOB_ID  # noqa: E402
+from broker.logging_json import SweepAtDebug, configure_logging  # noqa: E402
+from broker.settings import load_settings  # noqa: E402
+from broker.store import keys  # noqa: E402
+from workers.context import services  # noqa: E402
+from workers.metrics_server import serve_worker_metrics  # noqa: E402
+from workers.worker import ErrandWorker  # noqa: E402
 
 log = logging.getLogger("errand.worker")
 
@@ -40,11 +46,24 @@ def main() -> None:
     logging.getLogger("rq.worker").addFilter(SweepAtDebug(SWEEP_JOB_ID, SWEEP_FUNCTION))
     settings = load_settings()
     svc = services()
+    observability = settings.observability
+    if observability.worker_metrics_bind:
+        try:
+            serve_worker_metrics(observability.worker_metrics_bind)
+        except OSError as err:
+            raise BrokerError(
+                f"ERRAND_WORKER_METRICS_BIND {observability.worker_metrics_bind}: {err.strerror}"
+            ) from err
     stop = threading.Event()
     threading.Thread(
         target=_sweep_trigger, args=(settings.sweep_interval_seconds, stop), daemon=True
     ).start()
-    worker = Worker([QUEUE_NAME], connection=svc.rq_redis)
+    worker = ErrandWorker(
+        [QUEUE_NAME],
+        connection=svc.rq_redis,
+        gauges=svc.gauges,
+        heartbeat_seconds=observability.worker_heartbeat_seconds,
+    )
     try:
         while True:
             try:
@@ -62,3 +81,5 @@ if __name__ == "__main__":
         main()
     except BrokerError as err:  # bad settings or configuration: one line, as `errand` says it
         sys.exit(f"errand: {err.description}")
+    finally:
+        remove_metrics_dir(_made_metrics_dir)

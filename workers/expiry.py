@@ -28,6 +28,7 @@ def sweep_expired() -> int:
         total += removed
         if removed < BATCH:
             break
+    svc.gauges.prune(now=now)  # the task-state indexes /metrics counts
     for task_id in svc.store.stale_completions(now - grace):
         svc.jobs.schedule_task_cleanup(task_id)
     # A revoke-all clean-up that no worker has advanced for a while is enqueued again.

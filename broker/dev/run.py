@@ -378,7 +378,8 @@ def _start_and_watch(stack: _Stack, plan: _Plan, run_dir: Path) -> int:
     if not web_env.get("PROMETHEUS_MULTIPROC_DIR"):  # metrics files: emptied at start
         web_env["PROMETHEUS_MULTIPROC_DIR"] = str(_fresh_dir(run_dir / "metrics"))
     stack.spawn("the broker (errand serve)", [sys.executable, "-m", "broker.cli", "serve"], web_env)
-    stack.spawn("the worker", [sys.executable, "-m", "workers"], env)
+    # The same metrics directory: the broker's /metrics then has the worker's counts too.
+    stack.spawn("the worker", [sys.executable, "-m", "workers"], web_env)
 
     url = env["ERRAND_PUBLIC_URL"]
     if _wait_ready(f"http://127.0.0.1:{plan.port}/readyz", stack):

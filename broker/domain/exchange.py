@@ -7,6 +7,10 @@ RFC 7523 jwt-bearer `assertion`. Only the error code for a bad subject differs:
 
     verify -> match -> preflight -> decide -> mint -> write
 
+Each step runs in a span of svc.tracer (exchange.verify_subject, .match_identity,
+.preflight, .policy, .mint, .store, .audit): OpenTelemetry when an OTLP endpoint is
+configured, a shared no-op otherwise (docs/observability.md).
+
 Each step returns what the next one needs or raises. Every refusal is answered through one
 table (domain/exchange_refusals.py) and recorded once with the request's ExchangeAudit,
 which the steps complete as they go (domain/audit_event.py)."""
@@ -101,29 +105,37 @@ def exchange_token(
     verifier, matcher, config = svc.verifier, svc.matcher, svc.config
     audit.begin(req)
     arrival = _Arrival()
+    span = svc.tracer.span  # one span per step; a no-op unless tracing is configured
     try:
         spec = task_spec(req, config, now)
-        subject, epoch = verify(req, svc, verifier, arrival, now)
+        with span("exchange.verify_subject"):
+            subject, epoch = verify(req, svc, verifier, arrival, now)
         audit.verified(subject)
         task_id = req.task_id or new_id("task_")
         audit.task(task_id)
-        identity, rule = match(matcher, subject)
+        with span("exchange.match_identity"):
+            identity, rule = match(matcher, subject)
         audit.matched(identity, rule)
         caller = _Caller(subject, identity, task_id)
-        state = preflight(svc, caller)
-        decision = cap_to_deadline(decide(req, config, caller, state, epoch, now), spec, state, now)
-        grant, token = mint(req, caller, decision, epoch, now, svc.keyring, config)
+        with span("exchange.preflight"):
+            state = preflight(svc, caller)
+        with span("exchange.policy"):
+            decision = decide(req, config, caller, state, epoch, now)
+            decision = cap_to_deadline(decision, spec, state, now)
+        with span("exchange.mint"):
+            grant, token = mint(req, caller, decision, epoch, now, svc.keyring, config)
         audit.issued(grant, now)
         claim_proof(svc.dpop_replay, req.dpop, config.dpop)  # last check before the write
         write(svc, config, caller, grant, audit, spec)
     except _REFUSALS as err:
-        refusal = record_refusal(
-            svc,
-            audit,
-            error_for(req, err, audit.identity),
-            address_counted=arrival.address_counted,
-            now=now,
-        )
+        with span("exchange.audit"):
+            refusal = record_refusal(
+                svc,
+                audit,
+                error_for(req, err, audit.identity),
+                address_counted=arrival.address_counted,
+                now=now,
+            )
         if refusal is err:
             raise
         raise refusal from err
@@ -279,12 +291,14 @@ def write(
         if caller.replay_jti
         else None
     )
-    svc.store.save_grant(
-        grant,
-        replay=replay,
-        audit=bounded_event(audit.event),
-        now=grant.iat,
-        quota=config.broker.limits.max_live_grants_per_identity,
-        task=task,
-    )
-    audit.record(svc.audit, stored=True)
+    with svc.tracer.span("exchange.store"):
+        svc.store.save_grant(
+            grant,
+            replay=replay,
+            audit=bounded_event(audit.event),
+            now=grant.iat,
+            quota=config.broker.limits.max_live_grants_per_identity,
+            task=task,
+        )
+    with svc.tracer.span("exchange.audit"):
+        audit.record(svc.audit, stored=True)

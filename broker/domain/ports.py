@@ -8,7 +8,8 @@ JWKS cache, settings, the reloader) is not here: see broker/runtime.py."""
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from broker.domain.models import Config, Grant, GrantState, TrustedIssuer, VerifiedSubject
@@ -292,6 +293,25 @@ class Clock(Protocol):
     def now(self) -> float: ...
 
 
+class Tracer(Protocol):
+    """Spans around the exchange's steps. The OpenTelemetry adapter (broker/tracing_otel.py)
+    lives outside the domain, which imports no tracing library."""
+
+    def span(self, name: str) -> AbstractContextManager[object]: ...
+
+
+class NoTracer:
+    """The default: no spans; a step costs one call returning a shared null context."""
+
+    _NULL: AbstractContextManager[object] = nullcontext()
+
+    def span(self, name: str) -> AbstractContextManager[object]:
+        return self._NULL
+
+
+NO_TRACER = NoTracer()
+
+
 @dataclass(eq=False)
 class Services:
     """Everything the domain needs, built once per process by broker/services.py.
@@ -313,3 +333,4 @@ class Services:
     jobs: JobScheduler
     clock: Clock
     dpop_replay: DpopReplayCache
+    tracer: Tracer = field(default=NO_TRACER, kw_only=True)  # spans only with an OTLP endpoint

@@ -51,6 +51,7 @@ def save_grant_call(
         keys.LAST_EXCHANGE,
         keys.task_owner(grant.task_id),
         keys.task_state(grant.task_id),
+        keys.TASKS_OPEN,
     ]
     args: list[str | int] = [
         grant.jti,

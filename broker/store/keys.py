@@ -22,6 +22,11 @@ EVIDENCE_STREAM = PREFIX + "evidence"  # signed revocation records
 FANOUTS = PREFIX + "fanouts"  # zset epoch -> started_at: revoke-all clean-ups under way
 SIGNING_KEYS = PREFIX + "keys"  # hash kid -> JSON record (private part encrypted)
 SIGNING_KEYS_VERSION = PREFIX + "keys:version"
+# Counted at scrape time (store/gauges.py), each expiring with its newest member and pruned
+# by the sweep: tasks by state, and when each worker last reported in (/readyz).
+TASKS_OPEN = PREFIX + "tasks:open"  # zset task -> exp of its newest grant (not completed)
+TASKS_COMPLETED = PREFIX + "tasks:completed"  # zset task -> when its tombstone expires
+WORKER_HEARTBEATS = PREFIX + "workers:heartbeat"  # zset worker name -> unix time of last report
 
 
 def rate_counter(kind: str, value: str) -> str:

@@ -86,6 +86,8 @@ class RedisTaskLifecycle:
                 keys.task_owner(task_id),
                 keys.task_state(task_id),
                 keys.task_index(task_id),
+                keys.TASKS_OPEN,
+                keys.TASKS_COMPLETED,
             ],
             args=[
                 target,

@@ -29,6 +29,7 @@ pytestmark = pytest.mark.slow  # validates every manifest against the Kubernetes
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy" / "kubernetes"
 SETTINGS = ROOT / "broker" / "settings.py"
+OBSERVABILITY_SETTINGS = ROOT / "broker" / "settings_observability.py"
 KUSTOMIZATION = DEPLOY / "kustomization.yaml"
 SECRET_TEMPLATE = DEPLOY / "secrets.template.yaml"
 
@@ -236,7 +237,8 @@ def test_broker_and_worker_run_the_same_image() -> None:
     assert broker["image"] == worker["image"]
     assert broker["command"] == ["errand", "serve"]
     assert worker["command"] == ["errand", "worker"]
-    assert "ports" not in worker
+    # The worker serves only its own metrics (ERRAND_WORKER_METRICS_BIND), nothing else.
+    assert [p["name"] for p in worker.get("ports", [])] == ["metrics"]
     image_name = broker["image"].split("@", 1)[0].rsplit(":", 1)[0]
     images = _documents(KUSTOMIZATION)[0].get("images", [])
     assert [i["name"] for i in images] == [image_name], "kustomization images must name it"
@@ -323,7 +325,8 @@ def test_the_configured_client_secret_files_are_mounted_on_every_process() -> No
 
 
 def _variables_errand_reads() -> set[str]:
-    settings = set(re.findall(r"""["'](REDIS_URL|ERRAND_[A-Z0-9_]+)["']""", SETTINGS.read_text()))
+    text = SETTINGS.read_text() + OBSERVABILITY_SETTINGS.read_text()
+    settings = set(re.findall(r"""["'](REDIS_URL|ERRAND_[A-Z0-9_]+)["']""", text))
     assert {"ERRAND_CONFIG", "REDIS_URL", "ERRAND_KEY_ENCRYPTION_KEY_FILE"} <= settings
     referenced = set(re.findall(r"\$\{([A-Z][A-Z0-9_]*)(?::-[^}]*)?\}", _config_text()))
     return settings | referenced

@@ -189,7 +189,11 @@ def _env_names(*paths: Path) -> set[str]:
     return names
 
 
-SERVER_ENV_SOURCES = (ROOT / "broker" / "settings.py", ROOT / "config" / "gunicorn.conf.py")
+SERVER_ENV_SOURCES = (
+    ROOT / "broker" / "settings.py",
+    ROOT / "broker" / "settings_observability.py",
+    ROOT / "config" / "gunicorn.conf.py",
+)
 ALL_ENV_SOURCES = (
     *SERVER_ENV_SOURCES,
     ROOT / "broker" / "dev" / "run.py",

@@ -6,7 +6,8 @@
 -- KEYS[3]  identity index             KEYS[9]  identity states (suspension, offboarding)
 -- KEYS[4]  expiry index               KEYS[10] last exchange per identity
 -- KEYS[5]  revoke-all epoch           KEYS[11] task owner
--- KEYS[6]  task tombstone               KEYS[12] task state (lifecycle record)
+-- KEYS[6]  task tombstone             KEYS[12] task state (lifecycle record)
+--                                     KEYS[13] open tasks (task -> exp of its newest grant)
 -- ARGV[1] jti, ARGV[2] exp, ARGV[3] now, ARGV[4] the epoch read when the request arrived,
 -- ARGV[5] '1' to claim the replay key, ARGV[6] its expiry (unix time), ARGV[7] the expiry
 -- index member, ARGV[8] audit stream maxlen, ARGV[9] audit event JSON, ARGV[10] live-grant
@@ -34,7 +35,7 @@
 -- (There is no owner index: an owner's grants are its identities' grants, and the inventory
 -- knows which identities an owner has. It saves ~130 bytes per live grant.)
 local want = {[1] = 'hash', [2] = 'zset', [3] = 'zset', [4] = 'zset', [8] = 'stream',
-              [9] = 'hash', [10] = 'hash', [11] = 'string', [12] = 'hash'}
+              [9] = 'hash', [10] = 'hash', [11] = 'string', [12] = 'hash', [13] = 'zset'}
 for i, t in pairs(want) do
   local have = redis.call('TYPE', KEYS[i])['ok']
   if have ~= 'none' and have ~= t then
@@ -123,6 +124,9 @@ elseif recorded and redis.call('TTL', KEYS[12]) < ttl then
   redis.call('EXPIREAT', KEYS[12], exp)
 end
 redis.call('ZADD', KEYS[4], exp, ARGV[7])
+-- Counted by /metrics (tasks by state); the task id is what follows the task index prefix.
+redis.call('ZADD', KEYS[13], 'GT', exp, string.sub(KEYS[2], #TASK + 1))
+if redis.call('TTL', KEYS[13]) < ttl then redis.call('EXPIREAT', KEYS[13], exp) end
 redis.call('XADD', KEYS[8], 'MAXLEN', '~', ARGV[8], '*', 'e', ARGV[9])
 redis.call('HSET', KEYS[10], me, ARGV[3])
 return 'ok'

@@ -4,7 +4,8 @@
 --
 -- KEYS[1] task tombstone, KEYS[2] completing (tasks whose clean-up is pending),
 -- KEYS[3] audit stream, KEYS[4] revocation feed, KEYS[5] task owner, KEYS[6] task state,
--- KEYS[7] task index.
+-- KEYS[7] task index, KEYS[8] open tasks, KEYS[9] ended tasks (task -> tombstone expiry;
+-- both counted by /metrics, store/gauges.py).
 -- ARGV[1] target state: suspended | running | completed | failed | cancelled,
 -- ARGV[2] now, ARGV[3] audit stream maxlen, ARGV[4] audit event JSON, ARGV[5] task id,
 -- ARGV[6] the identity asking ('' for an operator), ARGV[7] tombstone seconds,
@@ -50,6 +51,13 @@ elseif state ~= 'running' and state ~= 'suspended' then
   return {'illegal', state}
 end
 
+for i = 8, 9 do  -- the gauges' indexes: a wrong type must fail before the first write
+  local have = redis.call('TYPE', KEYS[i])['ok']
+  if have ~= 'none' and have ~= 'zset' then
+    return redis.error_reply('WRONGTYPE ' .. KEYS[i] .. ' is not a zset')
+  end
+end
+
 -- Writes from here on.
 local tombstone_seconds = tonumber(ARGV[7])
 if target == 'suspended' or target == 'running' then
@@ -84,6 +92,11 @@ if redis.call('EXISTS', KEYS[6]) == 1 then
   redis.call('EXPIRE', KEYS[6], tombstone_seconds)
 end
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[5])
+redis.call('ZREM', KEYS[8], ARGV[5])
+redis.call('ZADD', KEYS[9], now + tombstone_seconds, ARGV[5])
+if redis.call('TTL', KEYS[9]) < tombstone_seconds then
+  redis.call('EXPIRE', KEYS[9], tombstone_seconds)
+end
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', 'e', ARGV[4])
 redis.call('XADD', KEYS[4], '*', 'k', 'task', 'v', ARGV[5], 'n', ARGV[8],
            'x', tostring(now + tombstone_seconds))
