@@ -10,6 +10,7 @@ from flask import Flask, Response, g, request
 from broker.audit import configure_audit_logging
 from broker.http import (
     admin,
+    approvals,
     health,
     introspect,
     inventory,
@@ -90,6 +91,7 @@ def create_app(settings: Settings | None = None, services: Runtime | None = None
         admin,
         revocation_feed,
         inventory,
+        approvals,
     ):
         app.register_blueprint(module.bp)
     return app

@@ -43,7 +43,7 @@ class Reloader(Protocol):
     def request_reload(self) -> None: ...
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, kw_only=True)
 class Runtime(Services):
     settings: Settings
     redis: Redis  # decoded responses: locks and checks outside the stores

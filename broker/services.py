@@ -17,6 +17,7 @@ from broker.jobs import RqScheduler
 from broker.policy.matcher import IdentityMatcher
 from broker.runtime import Runtime
 from broker.settings import Settings
+from broker.store.approvals import RedisApprovals
 from broker.store.auth_failures import RedisAuthFailures
 from broker.store.connection import RedisLocation, ReplicaWait, connect
 from broker.store.jwks_mirror import JwksMirror
@@ -69,6 +70,7 @@ def build_services(
         audit=AuditLog(store),
         jobs=RqScheduler(r_rq),
         clock=clock,
+        approvals=RedisApprovals(r),
         settings=settings,
         redis=r,
         rq_redis=r_rq,

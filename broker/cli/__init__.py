@@ -42,6 +42,7 @@ __all__ = ["build_parser", "main"]
 SERVER_MODULES = frozenset(
     {
         "authlib",
+        "cedarpy",
         "flask",
         "gunicorn",
         "marshmallow",

@@ -12,6 +12,7 @@ from marshmallow import ValidationError
 
 from broker.config.identities import identities_from, type_rules_from
 from broker.config.issuers import issuers_from
+from broker.config.runtime_policy import audiences_from, policy_from
 from broker.config.schema import ConfigSchema
 from broker.domain.models import BrokerOptions, Client, Config
 from broker.errors import BrokerError
@@ -52,6 +53,11 @@ def parse_config(raw: Any, base_dir: Path = Path(".")) -> Config:
             digest = _read_secret_hash(item["secret_file"], base_dir, where, errors)
         clients[item["client_id"]] = Client(client_id=item["client_id"], secret_sha256=digest)
 
+    audiences = audiences_from(data["audiences"], errors)
+    policy_options, runtime_policy = policy_from(
+        data["policy"], base_dir, audiences, tuple(identities), errors
+    )
+
     if errors:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(errors))
     return Config(
@@ -62,6 +68,9 @@ def parse_config(raw: Any, base_dir: Path = Path(".")) -> Config:
         identity_types=type_rules,
         agent_issuers=agent_issuers,
         warnings=tuple(warnings),
+        audiences=audiences,
+        policy_options=policy_options,
+        runtime_policy=runtime_policy,
     )
 
 

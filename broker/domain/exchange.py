@@ -5,7 +5,7 @@ RFC 7523 jwt-bearer `assertion`. Only the error code for a bad subject differs:
 `invalid_request` for token exchange (RFC 8693 §2.2.2), `invalid_grant` for jwt-bearer
 (RFC 7523 §3.1).
 
-    verify -> match -> preflight -> decide -> mint -> write
+    verify -> match -> preflight -> decide -> runtime policy -> mint -> write
 
 Each step returns what the next one needs or raises. Every refusal is answered through one
 table (domain/exchange_refusals.py) and recorded once with the request's ExchangeAudit,
@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from broker.domain.audit_event import ExchangeAudit
 from broker.domain.audit_shape import bounded_event
+from broker.domain.decision import Asked, PolicyOutcome, runtime_decision
 from broker.domain.exchange_refusals import Refused, error_for, record_refusal
 from broker.domain.identity_state import state_name
 from broker.domain.limits import check_before_signature, check_identity_rate, identity_window
@@ -108,7 +109,18 @@ def exchange_token(
         caller = _Caller(subject, identity, task_id)
         state = preflight(svc, caller)
         decision = decide(req, config, caller, state, epoch, now)
-        grant, token = mint(req, caller, decision, epoch, now, svc.keyring, config)
+        # Runtime policy, after the allowances (domain/decision.py): scope classes, the
+        # compiled policy, human approval. One step; it raises what the caller is told.
+        outcome = runtime_decision(
+            svc,
+            req,
+            config,
+            Asked(identity, subject.issuer.id, subject.claims, task_id),
+            decision,
+            now,
+        )
+        audit.policy(outcome.policies, outcome.approval_id)
+        grant, token = mint(req, caller, decision, epoch, now, svc.keyring, config, outcome)
         audit.issued(grant, now)
         write(svc, config, caller, grant, audit)
     except _REFUSALS as err:
@@ -224,6 +236,7 @@ def mint(
     now: float,
     keyring: SigningKeys,
     config: Config,
+    outcome: PolicyOutcome | None = None,
 ) -> tuple[Grant, str]:
     """The grant (a random jti, the epoch as the request arrived: the write refuses if it
     has moved since) and its signed access token (tokens/mint.py, RFC 9068)."""
@@ -242,6 +255,8 @@ def mint(
         issuer_id=caller.subject.issuer.id,
         epoch=epoch,
         purpose=req.purpose or "",
+        approval_id=outcome.approval_id if outcome else "",
+        contracts=outcome.contracts if outcome else (),
     )
     try:
         # tokens/ names KeyRing; any SigningKeys do

@@ -32,6 +32,9 @@ def grant_fields(grant: Grant) -> list[str]:
         "u", grant.issuer_id,
         "p", str(grant.epoch),
         "r", grant.purpose,
+        # runtime policy: the approval it was issued under, audience -> contract version
+        "ap", grant.approval_id,
+        "v", json.dumps(dict(grant.contracts), separators=(",", ":")) if grant.contracts else "",
     ]  # fmt: skip
 
 
@@ -51,10 +54,21 @@ def grant_from(jti: str, h: Mapping[str, str]) -> Grant | None:
             issuer_id=h["u"],
             epoch=int(h["p"]),
             purpose=h.get("r", ""),
+            approval_id=h.get("ap", ""),
+            contracts=contracts_of_record(h),
         )
     except (KeyError, ValueError):
         log.error("malformed grant record", extra={"jti": jti})
         return None
+
+
+def contracts_of_record(h: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
+    """The (audience, contract version) pairs a grant record names; () for older records."""
+    raw = h.get("v") or ""
+    if not raw:
+        return ()
+    parsed = json.loads(raw)
+    return tuple((str(a), str(v)) for a, v in parsed.items())
 
 
 def expiry_member(grant: Grant) -> str:

@@ -83,3 +83,13 @@ def jwks_lock(issuer_id: str) -> str:
 # by itself, and offboarding is permanent (it is also the audit's answer to "who removed it").
 IDENTITY_STATE = PREFIX + "identity:state"  # hash identity -> JSON {state, at, actor, reason}
 LAST_EXCHANGE = PREFIX + "identity:last-exchange"  # hash identity -> unix time of last issue
+
+
+# Human approval of high-impact requests (broker/store/approvals.py). An approval's hash
+# expires a while after the approval itself, so a late poll still hears `expired_token`;
+# the pending index is trimmed by score (the expiry) whenever an approval is created.
+APPROVALS_PENDING = PREFIX + "approvals:pending"  # zset approval id -> expires_at
+
+
+def approval(approval_id: str) -> str:
+    return f"{PREFIX}approval:{approval_id}"

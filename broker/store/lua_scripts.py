@@ -71,3 +71,7 @@ REVOKE_MANY = load("revoke_many")
 FANOUT_BATCH = load("fanout_batch")
 # store/limits.py
 HIT_MANY = load("hit_many")
+# store/approvals.py
+APPROVAL_POLL = load("approval_poll")
+APPROVAL_DECIDE = load("approval_decide")
+APPROVAL_CONSUME = load("approval_consume")

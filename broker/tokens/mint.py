@@ -28,6 +28,8 @@ def access_token_claims(grant: Grant, issuer: str) -> dict[str, Any]:
         "owner": grant.owner,
         "epoch": grant.epoch,
     }
+    if grant.approval_id:  # the person's approval this token was issued under
+        claims["approval_id"] = grant.approval_id
     return claims
 
 

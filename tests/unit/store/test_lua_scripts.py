@@ -28,6 +28,9 @@ SCRIPTS = {
     "revoke_many": lua_scripts.REVOKE_MANY,
     "fanout_batch": lua_scripts.FANOUT_BATCH,
     "hit_many": lua_scripts.HIT_MANY,
+    "approval_poll": lua_scripts.APPROVAL_POLL,
+    "approval_decide": lua_scripts.APPROVAL_DECIDE,
+    "approval_consume": lua_scripts.APPROVAL_CONSUME,
 }
 
 
