@@ -280,6 +280,13 @@ class Approval:
     decided_at: int = 0
 
 
+class GrantContracts(Protocol):
+    """The audiences and contract versions live grants were issued under
+    (store/contract_grants.py): jti -> (audiences, {audience: version})."""
+
+    def contracts(self, jtis: list[str]) -> dict[str, tuple[tuple[str, ...], dict[str, str]]]: ...
+
+
 class ApprovalStore(Protocol):
     """Approvals in Redis (store/approvals.py); each state change is one atomic step."""
 
