@@ -270,6 +270,36 @@ def _context(request: PolicyRequest, scope: str, approved: bool) -> dict[str, An
 
 
 # -- loading -----------------------------------------------------------------------------------
+def from_texts(
+    baseline: str, team: str | None, audiences: Mapping[str, AudienceSpec]
+) -> CedarPolicy:
+    """Compile policy texts without a schema check (tests and the benchmark; the broker
+    always loads a directory, validated)."""
+    seen: dict[str, str] = {}
+
+    def parse(name: str, text: str) -> dict[str, Any]:
+        try:
+            est = json.loads(cedarpy.policies_to_json_str(text))
+        except ValueError as err:
+            raise PolicyError(f"{name}: not valid Cedar: {err}") from err
+        out: dict[str, Any] = {}
+        for policy in est.get("staticPolicies", {}).values():
+            policy_id = (policy.get("annotations") or {}).get("id")
+            if not policy_id or policy_id in seen:
+                raise PolicyError(f"{name}: every policy needs a unique @id")
+            seen[policy_id] = name
+            out[policy_id] = policy
+        return out
+
+    digest = hashlib.sha256(f"{baseline}\0{team}".encode()).hexdigest()[:16]
+    return CedarPolicy(
+        baseline=parse(BASELINE_FILE, baseline),
+        team=parse("team", team) if team else {},
+        audiences=audiences,
+        digest=digest,
+    )
+
+
 def load_policy_dir(
     directory: Path, *, scopes: Iterable[str], audiences: Mapping[str, AudienceSpec]
 ) -> CedarPolicy:
