@@ -79,7 +79,7 @@ def main() -> None:
     audiences = {AUD: AudienceSpec(id=AUD, scope_classes=CLASSES)}
     scopes = ("pay:read", "pay:list")[: args.scopes] if args.scopes < 2 else ("pay:read",)
     req = request(scopes)
-    print(f"| policies | compile (ms) | decision median (µs) | p99 (µs) | allowed |")
+    print("| policies | compile (ms) | decision median (µs) | p99 (µs) | allowed |")
     print("|---:|---:|---:|---:|---|")
     for total in (1, 100, 1000):
         if total == 1:
