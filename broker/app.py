@@ -10,6 +10,7 @@ from flask import Flask, Response, g, request
 from broker.audit import configure_audit_logging
 from broker.http import (
     admin,
+    approvals,
     health,
     introspect,
     inventory,
@@ -102,6 +103,7 @@ def create_app(settings: Settings | None = None, services: Runtime | None = None
         admin,
         revocation_feed,
         inventory,
+        approvals,
     ):
         app.register_blueprint(module.bp)
     # The console signs in with the admin credential: without one it has no door.

@@ -185,3 +185,37 @@ class UseDpopNonce(BrokerError):
 
     def headers(self) -> dict[str, str]:
         return {"DPoP-Nonce": self.nonce}
+
+
+# -- human approval (broker/domain/approvals.py): the device-flow and CIBA polling answers
+# (RFC 8628 §3.5, OpenID CIBA §11). All 400 with OAuth codes; the body also carries
+# `response_fields` (the approval id and the polling interval).
+class AuthorizationPending(BrokerError):
+    error = "authorization_pending"
+    status_code = 400
+    description = "A person must approve this request; poll again with approval_id."
+    reason = "approval_required"
+
+    def __init__(self, approval_id: str, interval: int, **kw: object) -> None:
+        super().__init__(**kw)  # type: ignore[arg-type]
+        self.response_fields = {"approval_id": approval_id, "interval": interval}
+
+
+class SlowDown(AuthorizationPending):
+    error = "slow_down"
+    description = "Polled too fast: wait the interval between polls."
+    reason = "slow_down"
+
+
+class ExpiredToken(BrokerError):
+    error = "expired_token"
+    status_code = 400
+    description = "The approval expired; ask again."
+    reason = "approval_expired"
+
+
+class ApprovalDenied(BrokerError):
+    error = "access_denied"
+    status_code = 400
+    description = "A person denied this request."
+    reason = "approval_denied"

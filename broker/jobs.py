@@ -20,6 +20,12 @@ def task_job_id(task_id: str) -> str:
     return "cleanup-task-" + hashlib.sha256(task_id.encode()).hexdigest()[:32]
 
 
+def contract_job_id(audience: str, version: str) -> str:
+    # One job per (audience, version): reloads in many web processes enqueue it once.
+    digest = hashlib.sha256(f"{audience}\0{version}".encode()).hexdigest()[:32]
+    return f"contract-{digest}"
+
+
 class RqScheduler:
     """JobScheduler on RQ. RQ needs its own connection without decode_responses."""
 
@@ -80,4 +86,21 @@ class RqScheduler:
             retry=Retry(max=2, interval=[1, 5]),
             result_ttl=60,
             failure_ttl=3600,
+        )
+
+    def schedule_contract_revocation(self, audience: str, version: str) -> None:
+        """Revoke the grants bound to older contract versions of `audience`
+        (workers/contracts.py)."""
+        job_id = contract_job_id(audience, version)
+        if self._pending(job_id):
+            return
+        self.queue.enqueue(
+            "workers.contracts.revoke_outdated_contracts",
+            audience,
+            version,
+            job_id=job_id,
+            retry=RETRY,
+            job_timeout=1800,
+            result_ttl=3600,
+            failure_ttl=86400,
         )

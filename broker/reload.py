@@ -40,9 +40,11 @@ from pathlib import Path
 from typing import Any
 
 from broker.config import ConfigError, load_config
+from broker.domain.contracts import widened_contracts
 from broker.domain.models import Config, TrustedIssuer
 from broker.identity.verifier import SubjectTokenVerifier
 from broker.metrics import CONFIG_LAST_RELOAD_OK, CONFIG_RELOAD_FAILURES
+from broker.policy.cedar_engine import policy_dir_stamp
 from broker.policy.matcher import IdentityMatcher
 from broker.runtime import Runtime
 
@@ -94,6 +96,9 @@ class ConfigReloader:
         self._path = path
         self._vars = dict(variables or {})
         self._stamp = _stamp(path)
+        # The runtime policy's files (config `policy.dir`) are part of the configuration:
+        # a changed policy file reloads it all, and a bad one is refused the same way.
+        self._policy_stamp = policy_dir_stamp(svc.config.policy_options.dir)
         self._next_check = 0.0
         self._force = False
         self._lock = threading.Lock()
@@ -124,7 +129,8 @@ class ConfigReloader:
             self._next_check = now + max(interval, 0.5)
             force, self._force = self._force, False
             stamp = _stamp(self._path)
-            if stamp == self._stamp and not force:
+            policies = policy_dir_stamp(self._svc.config.policy_options.dir)
+            if stamp == self._stamp and policies == self._policy_stamp and not force:
                 return
             self._reload(stamp)
         finally:
@@ -156,6 +162,7 @@ class ConfigReloader:
 
     def _refuse(self, stamp: Stamp | None, error: str) -> None:
         self._stamp = stamp  # do not re-parse the same bad file at every check
+        self._policy_stamp = policy_dir_stamp(self._svc.config.policy_options.dir)
         self.status.update(ok=False, error=error, failed_at=time.time())
         CONFIG_RELOAD_FAILURES.inc()
         CONFIG_LAST_RELOAD_OK.set(0)
@@ -188,6 +195,7 @@ class ConfigReloader:
             return
         self._apply(old, new)
         self._stamp = stamp
+        self._policy_stamp = policy_dir_stamp(new.policy_options.dir)
         self.generation += 1
         CONFIG_LAST_RELOAD_OK.set(1)
         self.status = self._loaded_status(
@@ -205,7 +213,9 @@ class ConfigReloader:
             identities=len(new.identities),
             generation=self.generation,
             config_sha256=self.status["config_sha256"],
+            policy_sha256=new.runtime_policy.digest if new.runtime_policy else None,
         )
+        schedule_contract_revocations(self._svc, old, new)
 
     def _apply(self, old: Config, new: Config) -> None:
         jwks = self._svc.jwks
@@ -230,6 +240,29 @@ class ConfigReloader:
             )
         except Exception:  # the log line above already holds it
             log.warning("could not audit the configuration reload")
+
+
+def schedule_contract_revocations(svc: Runtime, old: Config, new: Config) -> None:
+    """An audience that now declares a new, widening contract version: its grants issued
+    under older versions are revoked by a worker job (workers/contracts.py)."""
+    for change in widened_contracts(old, new):
+        svc.audit.record(
+            {
+                "ts": time.time(),
+                "event": "contract.widened",
+                "audience": change.audience,
+                "old_version": change.old_version,
+                "new_version": change.new_version,
+            }
+        )
+        schedule = getattr(svc.jobs, "schedule_contract_revocation", None)
+        if schedule is None:
+            log.error("no job scheduler for contract revocations; grants stay until expiry")
+            continue
+        try:
+            schedule(change.audience, change.new_version)
+        except Exception as err:  # retried at the next reload that sees the change? no: log
+            log.error("could not enqueue the contract revocation: %s", type(err).__name__)
 
 
 def install_reloader(svc: Runtime) -> ConfigReloader | None:

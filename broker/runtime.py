@@ -54,7 +54,7 @@ class ConsoleSessionStore(Protocol):
     def delete(self, digest: str) -> None: ...
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, kw_only=True)
 class Runtime(Services):
     settings: Settings
     redis: Redis  # decoded responses: locks and checks outside the stores

@@ -17,6 +17,7 @@ from broker.jobs import RqScheduler
 from broker.policy.matcher import IdentityMatcher
 from broker.runtime import Runtime
 from broker.settings import Settings
+from broker.store.approvals import RedisApprovals
 from broker.store.auth_failures import RedisAuthFailures
 from broker.store.connection import RedisLocation, ReplicaWait, connect
 from broker.store.console_sessions import RedisConsoleSessions
@@ -76,6 +77,7 @@ def build_services(
         clock=clock,
         dpop_replay=RedisDpopReplay(r),
         tracer=build_tracer(settings.observability),
+        approvals=RedisApprovals(r),
         settings=settings,
         redis=r,
         rq_redis=r_rq,

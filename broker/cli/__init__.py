@@ -9,6 +9,7 @@ One module per command group, each adding its subcommands with `register(sub)`:
     keys.py           keys generate|kek-generate|status|rotate, hash-secret
     dev.py            dev-token
     inventory.py      review, identity suspend|unsuspend|offboard|reload
+    policy.py         policy check|explain, approvals list|show|approve|deny
     completion.py     completion bash|zsh
     errand_client.ci  exchange, complete (the CI client, also shipped on its own)
 
@@ -42,6 +43,7 @@ __all__ = ["build_parser", "main"]
 SERVER_MODULES = frozenset(
     {
         "authlib",
+        "cedarpy",
         "flask",
         "gunicorn",
         "marshmallow",
@@ -73,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
         grants,
         inventory,
         keys,
+        policy,
         processes,
         tasks,
     )
@@ -85,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="print the installed version and exit",
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for group in (processes, grants, tasks, evidence, configuration, keys, dev, inventory):
+    for group in (processes, grants, tasks, evidence, configuration, keys, dev, inventory, policy):
         group.register(sub)
     register_ci_commands(sub)
     completion.register(sub, p)

@@ -13,6 +13,7 @@ from marshmallow import ValidationError
 from broker.config.dpop import dpop_options_from
 from broker.config.identities import identities_from, type_rules_from
 from broker.config.issuers import issuers_from
+from broker.config.runtime_policy import audiences_from, policy_from
 from broker.config.schema import ConfigSchema
 from broker.domain.models import BrokerOptions, Client, Config
 from broker.errors import BrokerError
@@ -54,6 +55,11 @@ def parse_config(raw: Any, base_dir: Path = Path(".")) -> Config:
         clients[item["client_id"]] = Client(client_id=item["client_id"], secret_sha256=digest)
 
     dpop = dpop_options_from(data["dpop"], base_dir, errors)
+    audiences = audiences_from(data["audiences"], errors)
+    policy_options, runtime_policy = policy_from(
+        data["policy"], base_dir, audiences, tuple(identities), errors
+    )
+
     if errors:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(errors))
     return Config(
@@ -65,6 +71,9 @@ def parse_config(raw: Any, base_dir: Path = Path(".")) -> Config:
         agent_issuers=agent_issuers,
         warnings=tuple(warnings),
         dpop=dpop,
+        audiences=audiences,
+        policy_options=policy_options,
+        runtime_policy=runtime_policy,
     )
 
 

@@ -10,6 +10,7 @@ from typing import Any
 
 from marshmallow import ValidationError, fields, post_load, validate, validates_schema
 
+from broker.config.runtime_policy import AudienceSchema, PolicySchema
 from broker.config.values import (
     _JWKS_HOST,
     _TRUST_DOMAIN,
@@ -313,3 +314,6 @@ class ConfigSchema(_Strict):
     identities = fields.List(fields.Nested(IdentitySchema), load_default=list)
     clients = fields.List(fields.Nested(ClientSchema), load_default=list)
     dpop = fields.Nested(DpopSchema, load_default=None)
+    # Runtime policy (broker/config/runtime_policy.py, docs/policy.md)
+    audiences = fields.List(fields.Nested(AudienceSchema), load_default=list)
+    policy = fields.Nested(PolicySchema, load_default=None)

@@ -69,6 +69,13 @@ class ExchangeAudit:
             identity=identity.id, rule=rule.id, owner=identity.owner, identity_type=identity.type
         )
 
+    def policy(self, policies: tuple[str, ...], approval_id: str) -> None:
+        """The runtime policies that permitted the request, and the approval if one was given."""
+        if policies:
+            self._fields["policies"] = list(policies)
+        if approval_id:
+            self._fields["approval_id"] = approval_id
+
     def issued(self, grant: Grant, now: float) -> None:
         self._fields.update(
             outcome="issued",

@@ -5,7 +5,7 @@ RFC 7523 jwt-bearer `assertion`. Only the error code for a bad subject differs:
 `invalid_request` for token exchange (RFC 8693 §2.2.2), `invalid_grant` for jwt-bearer
 (RFC 7523 §3.1).
 
-    verify -> match -> preflight -> decide -> mint -> write
+    verify -> match -> preflight -> decide -> runtime policy -> mint -> write
 
 Each step runs in a span of svc.tracer (exchange.verify_subject, .match_identity,
 .preflight, .policy, .mint, .store, .audit): OpenTelemetry when an OTLP endpoint is
@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 from broker.domain.audit_event import ExchangeAudit
 from broker.domain.audit_shape import bounded_event
+from broker.domain.decision import Asked, PolicyOutcome, runtime_decision
 from broker.domain.dpop import check_dpop_required, claim_proof
 from broker.domain.exchange_refusals import Refused, error_for, record_refusal
 from broker.domain.identity_state import state_name
@@ -122,8 +123,19 @@ def exchange_token(
         with span("exchange.policy"):
             decision = decide(req, config, caller, state, epoch, now)
             decision = cap_to_deadline(decision, spec, state, now)
+            # Runtime policy, after the allowances (domain/decision.py): scope classes, the
+            # compiled policy, human approval. One step; it raises what the caller is told.
+            outcome = runtime_decision(
+                svc,
+                req,
+                config,
+                Asked(identity, subject.issuer.id, subject.claims, task_id),
+                decision,
+                now,
+            )
+        audit.policy(outcome.policies, outcome.approval_id)
         with span("exchange.mint"):
-            grant, token = mint(req, caller, decision, epoch, now, svc.keyring, config)
+            grant, token = mint(req, caller, decision, epoch, now, svc.keyring, config, outcome)
         audit.issued(grant, now)
         claim_proof(svc.dpop_replay, req.dpop, config.dpop)  # last check before the write
         write(svc, config, caller, grant, audit, spec)
@@ -243,6 +255,7 @@ def mint(
     now: float,
     keyring: SigningKeys,
     config: Config,
+    outcome: PolicyOutcome | None = None,
 ) -> tuple[Grant, str]:
     """The grant (a random jti, the epoch as the request arrived: the write refuses if it
     has moved since) and its signed access token (tokens/mint.py, RFC 9068)."""
@@ -262,6 +275,8 @@ def mint(
         epoch=epoch,
         purpose=req.purpose or "",
         dpop_jkt=req.dpop.jkt if req.dpop else None,
+        approval_id=outcome.approval_id if outcome else "",
+        contracts=outcome.contracts if outcome else (),
     )
     try:
         # tokens/ names KeyRing; any SigningKeys do

@@ -6,7 +6,8 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date
-from typing import Any
+from pathlib import Path
+from typing import Any, Protocol
 
 TOKEN_TYPE_JWT = "urn:ietf:params:oauth:token-type:jwt"
 TOKEN_TYPE_ID_TOKEN = "urn:ietf:params:oauth:token-type:id_token"
@@ -232,6 +233,79 @@ class DpopOptions:
     required_audiences: tuple[str, ...] = ()
 
 
+# Scope classes (docs/policy.md): what a scope can do at its audience, weakest first.
+# high_impact is write power that also matters beyond the task (payments, deletions,
+# permission changes); policy may ask for a person's approval before it is issued.
+SCOPE_CLASSES = ("discovery", "read", "write", "high_impact")
+
+
+@dataclass(frozen=True)
+class AudienceSpec:
+    """An audience's declaration (config `audiences:`): how sensitive it is, the class of
+    each of its scopes, and the version of its contract (or its tool definitions' hash)."""
+
+    id: str
+    sensitivity: str = "normal"
+    scope_classes: Mapping[str, str] = field(default_factory=dict)  # scope -> SCOPE_CLASSES
+    contract_version: str = ""
+    # This version widens what a scope can do: grants issued under older versions of this
+    # audience are revoked when it is loaded (workers/contracts.py).
+    contract_widening: bool = False
+
+
+@dataclass(frozen=True)
+class PolicyOptions:
+    """Config `policy:`: the runtime policy (Cedar files) and human approval."""
+
+    dir: Path | None = None  # None: no runtime policy, allowances alone decide (as before)
+    approvers: tuple[str, ...] = ()  # human identity ids that may approve or deny
+    approval_ttl_seconds: int = 900
+    approval_poll_interval_seconds: int = 5
+
+
+@dataclass(frozen=True)
+class PolicyRequest:
+    """What the runtime policy decides on: one exchange, every requested scope."""
+
+    identity: Identity
+    issuer_id: str
+    claims: Mapping[str, Any]  # the verified token's claims (scalars become Cedar tags)
+    audiences: tuple[str, ...]
+    scopes: tuple[str, ...]
+    scope_classes: Mapping[str, str]  # scope -> class ("" when undeclared)
+    purpose: str
+    task_id: str
+    task_named: bool  # the caller named the task (not one Errand made up)
+    labels: tuple[str, ...]  # the task's labels; empty until tasks carry labels
+    now: float
+    chain: tuple[str, ...] = ()  # actor identity ids, outermost first; empty: no delegation
+    dpop: bool = False  # the token will be sender-constrained
+    approved: bool = False  # a person approved exactly this request
+
+
+@dataclass(frozen=True)
+class PolicyVerdict:
+    """allowed, or the class of rule that denied (`policy_forbid`, `policy_no_permit`,
+    `policy_error`, `approval_required`); `policies` names the deciding policy ids."""
+
+    allowed: bool
+    deny_class: str = ""
+    policies: tuple[str, ...] = ()
+    detail: str = ""  # for audit and `errand policy explain`, never for the caller
+
+
+class RuntimePolicy(Protocol):
+    """The compiled runtime policy (broker/policy/cedar_engine.py)."""
+
+    @property
+    def digest(self) -> str: ...
+
+    @property
+    def count(self) -> int: ...
+
+    def decide(self, request: PolicyRequest) -> PolicyVerdict: ...
+
+
 @dataclass(frozen=True)
 class Config:
     broker: BrokerOptions
@@ -245,6 +319,11 @@ class Config:
     agent_issuers: Mapping[str, TrustedIssuer] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()  # accepted but risky settings, shown by `errand config check`
     dpop: DpopOptions = field(default_factory=DpopOptions)
+    # Runtime policy (docs/policy.md): declared audiences, the `policy:` section and the
+    # compiled Cedar policies (None: no policy dir configured; allowances alone decide).
+    audiences: Mapping[str, AudienceSpec] = field(default_factory=dict)
+    policy_options: PolicyOptions = field(default_factory=PolicyOptions)
+    runtime_policy: RuntimePolicy | None = field(default=None, compare=False)
 
     def issuer_by_url(self, iss: str) -> TrustedIssuer | None:
         """The issuer an unverified `iss` selects: a configured issuer, or an agent's keys."""
@@ -316,6 +395,7 @@ class ExchangeRequest:
     # `assertion`. One verification path; only the error code differs (invalid_grant there).
     grant_type: str = GRANT_TYPE_TOKEN_EXCHANGE
     dpop: DpopBinding | None = None  # a checked `DPoP` header: bind the token to its key
+    approval_id: str | None = None  # polling an approval (docs/policy.md)
 
 
 @dataclass(frozen=True)
@@ -357,6 +437,9 @@ class Grant:
     epoch: int
     purpose: str = ""
     dpop_jkt: str | None = None  # RFC 9449 §6: the token is bound to this key (cnf.jkt)
+    approval_id: str = ""  # the approval a person gave for it, if policy asked for one
+    # (audience, contract version) the grant was issued under, for declared audiences only
+    contracts: tuple[tuple[str, str], ...] = ()
 
     @property
     def token_type(self) -> str:

@@ -312,6 +312,54 @@ class NoTracer:
 NO_TRACER = NoTracer()
 
 
+@dataclass(frozen=True)
+class Approval:
+    """A request a person must approve (docs/policy.md, "Approval"), bound to exactly this
+    identity, task, audiences and scopes. state: pending | approved | denied | issued."""
+
+    id: str
+    state: str
+    identity_id: str
+    owner: str
+    task_id: str
+    audiences: tuple[str, ...]
+    scopes: tuple[str, ...]
+    purpose: str
+    created_at: int
+    expires_at: int
+    interval: int
+    policies: tuple[str, ...] = ()  # the forbids a person can lift
+    approver: str = ""
+    reason: str = ""
+    decided_at: int = 0
+
+
+class GrantContracts(Protocol):
+    """The audiences and contract versions live grants were issued under
+    (store/contract_grants.py): jti -> (audiences, {audience: version})."""
+
+    def contracts(self, jtis: list[str]) -> dict[str, tuple[tuple[str, ...], dict[str, str]]]: ...
+
+
+class ApprovalStore(Protocol):
+    """Approvals in Redis (store/approvals.py); each state change is one atomic step."""
+
+    def create(self, approval: Approval) -> None: ...
+
+    def get(self, approval_id: str) -> Approval | None: ...
+
+    def poll(self, approval_id: str, *, now: int, interval: int) -> tuple[str, bool]:
+        """(state, too soon since the last poll); state "" when it is gone."""
+
+    def decide(self, approval_id: str, *, state: str, approver: str, reason: str, now: int) -> str:
+        """'ok', or why not: missing, expired, self_approval, or the state it is in."""
+
+    def consume(self, approval_id: str, *, now: int) -> str:
+        """'ok' (approved, now issued), or why not."""
+
+    def pending(self, *, now: int, limit: int) -> list[Approval]: ...
+
+
 @dataclass(eq=False)
 class Services:
     """Everything the domain needs, built once per process by broker/services.py.
@@ -333,4 +381,5 @@ class Services:
     jobs: JobScheduler
     clock: Clock
     dpop_replay: DpopReplayCache
+    approvals: ApprovalStore | None = None  # human approval (runtime policy); None: not wired
     tracer: Tracer = field(default=NO_TRACER, kw_only=True)  # spans only with an OTLP endpoint

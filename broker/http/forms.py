@@ -117,6 +117,9 @@ def _no_blank(value: str) -> None:
         raise ValidationError("must not be empty")
 
 
+APPROVAL_ID = r"apr_[A-Za-z0-9_-]{16,43}\Z"
+
+
 class TokenExchangeForm(_Strict):
     grant_type = fields.String(required=True)
     subject_token = fields.String(required=True, validate=_no_blank)
@@ -146,6 +149,8 @@ class TokenExchangeForm(_Strict):
         validate=validate.Regexp(SAFE_ID.pattern + r"\Z", error=SAFE_ID_RULE),
     )
     purpose = fields.String(load_default=None, validate=validate.Length(min=1, max=256))
+    # Polling a human approval (docs/policy.md): the id an authorization_pending answer gave.
+    approval_id = fields.String(load_default=None, validate=validate.Regexp(APPROVAL_ID))
     requested_lifetime = fields.String(
         load_default=None,
         validate=validate.Regexp(r"[1-9][0-9]{0,5}\Z", error="must be a whole number of seconds"),
@@ -183,6 +188,8 @@ class JwtBearerForm(_Strict):
         validate=validate.Regexp(SAFE_ID.pattern + r"\Z", error=SAFE_ID_RULE),
     )
     purpose = fields.String(load_default=None, validate=validate.Length(min=1, max=256))
+    # Polling a human approval (docs/policy.md): the id an authorization_pending answer gave.
+    approval_id = fields.String(load_default=None, validate=validate.Regexp(APPROVAL_ID))
     requested_lifetime = fields.String(
         load_default=None,
         validate=validate.Regexp(r"[1-9][0-9]{0,5}\Z", error="must be a whole number of seconds"),

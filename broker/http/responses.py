@@ -28,8 +28,10 @@ def json_response(body: Any, status: int = 200, headers: dict[str, str] | None =
 
 
 def error_response(err: BrokerError) -> Response:
+    # A polling answer (authorization_pending, slow_down) also says what to poll with.
+    extra = getattr(err, "response_fields", None) or {}
     return json_response(
-        {"error": err.error, "error_description": err.description},
+        {"error": err.error, "error_description": err.description, **extra},
         err.status_code,
         err.headers(),
     )

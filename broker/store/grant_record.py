@@ -32,7 +32,12 @@ def grant_fields(grant: Grant) -> list[str]:
         "u", grant.issuer_id,
         "p", str(grant.epoch),
         "r", grant.purpose,
-    ] + (["k", grant.dpop_jkt] if grant.dpop_jkt else [])  # fmt: skip
+        # optional fields, only when set: a DPoP key's thumbprint (RFC 9449), the approval
+        # it was issued under, audience -> contract version (runtime policy)
+    ] + (["k", grant.dpop_jkt] if grant.dpop_jkt else []) + (
+        ["ap", grant.approval_id] if grant.approval_id else []) + (
+        ["v", json.dumps(dict(grant.contracts), separators=(",", ":"))] if grant.contracts else []
+    )  # fmt: skip
 
 
 def grant_from(jti: str, h: Mapping[str, str]) -> Grant | None:
@@ -52,10 +57,21 @@ def grant_from(jti: str, h: Mapping[str, str]) -> Grant | None:
             epoch=int(h["p"]),
             purpose=h.get("r", ""),
             dpop_jkt=h.get("k") or None,
+            approval_id=h.get("ap", ""),
+            contracts=contracts_of_record(h),
         )
     except (KeyError, ValueError):
         log.error("malformed grant record", extra={"jti": jti})
         return None
+
+
+def contracts_of_record(h: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
+    """The (audience, contract version) pairs a grant record names; () for older records."""
+    raw = h.get("v") or ""
+    if not raw:
+        return ()
+    parsed = json.loads(raw)
+    return tuple((str(a), str(v)) for a, v in parsed.items())
 
 
 def expiry_member(grant: Grant) -> str:

@@ -108,3 +108,13 @@ def dpop_jti(jkt: str, jti: str) -> str:
     computed; the caller's jti is hashed. Expires when the proof's iat leaves the window."""
     digest = hashlib.sha256(jti.encode("utf-8", "replace")).hexdigest()[:32]
     return f"{PREFIX}dpop:{jkt}:{digest}"
+
+
+# Human approval of high-impact requests (broker/store/approvals.py). An approval's hash
+# expires a while after the approval itself, so a late poll still hears `expired_token`;
+# the pending index is trimmed by score (the expiry) whenever an approval is created.
+APPROVALS_PENDING = PREFIX + "approvals:pending"  # zset approval id -> expires_at
+
+
+def approval(approval_id: str) -> str:
+    return f"{PREFIX}approval:{approval_id}"

@@ -73,3 +73,7 @@ FANOUT_BATCH = load("fanout_batch")
 HIT_MANY = load("hit_many")
 # store/console_sessions.py
 CONSOLE_TOUCH = load("console_touch")
+# store/approvals.py
+APPROVAL_POLL = load("approval_poll")
+APPROVAL_DECIDE = load("approval_decide")
+APPROVAL_CONSUME = load("approval_consume")

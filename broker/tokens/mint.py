@@ -30,6 +30,8 @@ def access_token_claims(grant: Grant, issuer: str) -> dict[str, Any]:
     }
     if grant.dpop_jkt:
         claims["cnf"] = {"jkt": grant.dpop_jkt}  # RFC 9449 §6.1: bound to the client's key
+    if grant.approval_id:  # the person's approval this token was issued under
+        claims["approval_id"] = grant.approval_id
     return claims
 
 

@@ -29,6 +29,9 @@ SCRIPTS = {
     "fanout_batch": lua_scripts.FANOUT_BATCH,
     "hit_many": lua_scripts.HIT_MANY,
     "console_touch": lua_scripts.CONSOLE_TOUCH,
+    "approval_poll": lua_scripts.APPROVAL_POLL,
+    "approval_decide": lua_scripts.APPROVAL_DECIDE,
+    "approval_consume": lua_scripts.APPROVAL_CONSUME,
 }
 
 
