@@ -23,6 +23,7 @@ from broker.domain.identity_state import state_name
 from broker.domain.limits import check_before_signature, check_identity_rate, identity_window
 from broker.domain.models import (
     AGENT_PROFILE,
+    GRANT_TYPE_JWT_BEARER,
     Config,
     ExchangeRequest,
     Grant,
@@ -80,7 +81,8 @@ class _Caller:
     @property
     def replay_jti(self) -> str | None:
         """The jti to spend: single-use issuers' tokens are good for one exchange."""
-        return self.subject.jti if self.subject.issuer.replay == "single-use" else None
+        single_use = self.subject.issuer.replay == "single-use" or self.subject.single_use
+        return self.subject.jti if single_use else None
 
 
 def exchange_token(
@@ -147,7 +149,14 @@ def verify(
         # refuses if a revoke-all moved the epoch since (revoke-all is a cut).
         arrival.epoch = svc.store.current_epoch()
 
-    subject = verifier.verify(req.subject_token, now=now, on_issuer=on_issuer)
+    subject = verifier.verify(
+        req.subject_token,
+        now=now,
+        on_issuer=on_issuer,
+        # RFC 7523 §3: a jwt-bearer assertion may be addressed to the token endpoint URL;
+        # token exchange keeps the issuer's configured audience.
+        token_endpoint_audience=req.grant_type == GRANT_TYPE_JWT_BEARER,
+    )
     if arrival.epoch is None:
         # A verifier that never reported the issuer: no epoch from before verification,
         # so no grant (one read now could be stamped after a revoke-all).

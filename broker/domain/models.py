@@ -293,6 +293,9 @@ class VerifiedSubject:
     attributes: Mapping[str, Any] | None = None
     # Non-secret workload context for the audit event (pod and node binding, CI run ids).
     context: Mapping[str, Any] = field(default_factory=dict)
+    # A jwt-bearer assertion addressed to the token endpoint: its jti is spent on first use
+    # whatever the issuer's replay policy (identity/verifier.py).
+    single_use: bool = False
 
     @property
     def match_attributes(self) -> Mapping[str, Any]:

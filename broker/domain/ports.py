@@ -244,10 +244,12 @@ class SubjectVerifier(Protocol):
         *,
         now: float,
         on_issuer: Callable[[TrustedIssuer], None] | None = None,
+        token_endpoint_audience: bool = False,
     ) -> VerifiedSubject:
         """Raises VerificationError. Calls `on_issuer(issuer)` once the token's issuer is
         chosen and before any key fetch or signature work: the exchange reads the revoke-all
-        epoch and counts its rate limits there."""
+        epoch and counts its rate limits there. `token_endpoint_audience` (jwt-bearer): an
+        `aud` of the token endpoint URL is accepted too (RFC 7523 §3)."""
 
 
 class IdentityMatcher(Protocol):
