@@ -10,6 +10,7 @@ from pathlib import Path
 import uvicorn
 
 from errand_client import AgentKey
+from errand_rs import RevocationFeed
 from examples.mcp_server.server import NotesConfig, build_app
 from examples.mcp_server.upstream import Upstream
 
@@ -22,6 +23,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--resource", help="this server's resource URL (default http://127.0.0.1:PORT/mcp)"
     )
+    parser.add_argument(
+        "--feed-client-id", help="a client registered at Errand: follow its revocation feed"
+    )
+    parser.add_argument("--feed-secret-file", type=Path, help="that client's secret (a file)")
     up = parser.add_argument_group("upstream (publish_note; needs delegation at Errand)")
     up.add_argument("--upstream-url", help="the upstream API's URL (its resource identifier)")
     up.add_argument(
@@ -40,10 +45,17 @@ def main(argv: list[str] | None = None) -> None:
             args.identity, args.key_file, args.kid, args.issuer.rstrip("/") + "/token"
         )
         upstream = Upstream(args.issuer, args.upstream_url, args.upstream_scope, actor)
+    feed = None
+    if args.feed_client_id:
+        if not args.feed_secret_file:
+            parser.error("--feed-client-id needs --feed-secret-file")
+        secret = args.feed_secret_file.read_text().strip()
+        feed = RevocationFeed(args.issuer, args.feed_client_id, secret)
     config = NotesConfig(
         issuer=args.issuer,
         resource=args.resource or f"http://127.0.0.1:{args.port}/mcp",
         name=args.name,
+        feed=feed,
         upstream=upstream,
     )
     uvicorn.run(build_app(config), host="127.0.0.1", port=args.port, log_level="warning")
