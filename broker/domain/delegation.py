@@ -130,8 +130,8 @@ def exchange_delegated(
     arrival = _Arrival()
     try:
         parent_claims = verify_subject(req, svc)
-        check_depth(len(_actors_of(parent_claims)), config.broker)
         audit.delegating(str(parent_claims["sub"]), str(parent_claims["jti"]))
+        check_depth(len(_actors_of(parent_claims)), config.broker)
         actor, epoch = verify_actor(req, svc, arrival, now)
         audit.actor(actor)
         identity = match_actor(svc, actor, audit)
