@@ -78,7 +78,7 @@ def test_three_hops_nest_act_and_a_fourth_is_refused(client, hop, root, svc) -> 
 
 
 def test_issued_hop_is_audited_with_its_chain(hop, root, svc) -> None:
-    (first,) = chain(hop, root["access_token"], ("hop-a",))
+    chain(hop, root["access_token"], ("hop-a",))
     (event,) = [e for e in stream_events(svc) if e.get("jti") and e.get("act")]
     assert event["identity"] == "hop-a"
     assert event["subject_identity"] == ROOT
