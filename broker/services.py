@@ -18,6 +18,7 @@ from broker.policy.matcher import IdentityMatcher
 from broker.runtime import Runtime
 from broker.settings import Settings
 from broker.store.auth_failures import RedisAuthFailures
+from broker.store.chains import RedisChains
 from broker.store.connection import RedisLocation, ReplicaWait, connect
 from broker.store.jwks_mirror import JwksMirror
 from broker.store.limits import RedisLimits
@@ -69,6 +70,7 @@ def build_services(
         audit=AuditLog(store),
         jobs=RqScheduler(r_rq),
         clock=clock,
+        chains=RedisChains(r, audit_maxlen=config.broker.audit_stream_maxlen, wait=wait),
         settings=settings,
         redis=r,
         rq_redis=r_rq,

@@ -73,6 +73,10 @@ class BrokerSchema(_Strict):
     audit_stream_maxlen = fields.Integer(load_default=100_000, validate=_positive, strict=True)
     task_tombstone_seconds = fields.Integer(load_default=3600, validate=_positive, strict=True)
     config_reload_seconds = fields.Float(load_default=5.0, validate=validate.Range(min=0, max=3600))
+    # RFC 8693 delegation chains (docs/agents.md): actors stacked on one root token, at most.
+    max_delegation_depth = fields.Integer(
+        load_default=3, validate=validate.Range(min=1, max=5), strict=True
+    )
 
     limits = fields.Nested(LimitsSchema, load_default=lambda: LimitOptions())
 
@@ -221,6 +225,19 @@ class KeysSchema(_Strict):
                 )
 
 
+class DelegationSchema(_Strict):
+    """Whom an identity may act for (docs/agents.md, "Delegation chains")."""
+
+    act_for = fields.List(
+        fields.String(validate=validate.Length(min=1, max=128)),
+        required=True,
+        validate=validate.Length(min=1, max=64),
+    )
+    max_depth = fields.Integer(
+        load_default=None, validate=validate.Range(min=1, max=5), strict=True
+    )
+
+
 class IdentitySchema(_Strict):
     id = fields.String(required=True, validate=_id)
     type = fields.String(required=True, validate=validate.OneOf(IDENTITY_TYPES))
@@ -231,6 +248,7 @@ class IdentitySchema(_Strict):
     match = fields.List(fields.Nested(MatchSchema), load_default=list)
     keys = fields.Nested(KeysSchema, load_default=None)
     allow = fields.Nested(AllowSchema, required=True)
+    delegation = fields.Nested(DelegationSchema, load_default=None)
 
     @validates_schema
     def _some_way_in(self, data: dict[str, Any], **_: Any) -> None:

@@ -18,12 +18,14 @@ from dataclasses import dataclass
 
 from broker.domain.audit_event import ExchangeAudit
 from broker.domain.audit_shape import bounded_event
+from broker.domain.delegation import exchange_delegated
 from broker.domain.exchange_refusals import Refused, error_for, record_refusal
 from broker.domain.identity_state import state_name
 from broker.domain.limits import check_before_signature, check_identity_rate, identity_window
 from broker.domain.models import (
     AGENT_PROFILE,
     GRANT_TYPE_JWT_BEARER,
+    TOKEN_TYPE_ACCESS_TOKEN,
     Config,
     ExchangeRequest,
     Grant,
@@ -43,6 +45,7 @@ from broker.domain.ports import (
 )
 from broker.errors import BrokerError, InvalidTarget
 from broker.identity.errors import VerificationError
+from broker.policy.delegation import check_may_act_request
 from broker.policy.engine import (
     Decision,
     check_identity_usable,
@@ -93,6 +96,10 @@ def exchange_token(
     The grant, its indexes, the replay entry and the audit record are written in one atomic
     step before the token is returned. `audit` is the request's event, opened by the HTTP
     edge; without one (a direct call) the exchange opens its own."""
+    if req.actor_token is not None or req.subject_token_type == TOKEN_TYPE_ACCESS_TOKEN:
+        # Delegation (domain/delegation.py): an actor_token, or one of our own tokens as the
+        # subject, is never read as a plain subject.
+        return exchange_delegated(req, svc, audit)
     audit = ExchangeAudit.of(req) if audit is None else audit
     now = svc.clock.now()
     # One snapshot of the inventory for the whole request: a reload swaps these between
@@ -220,6 +227,7 @@ def decide(
     rules = config.type_rules(identity.type)
     check_type_requirements(identity, req, rules)
     decision = evaluate(identity, req, config.broker, rules)
+    check_may_act_request(req, config)
     if state.epoch != epoch:
         raise Refused("epoch_changed")
     return decision
@@ -251,6 +259,7 @@ def mint(
         issuer_id=caller.subject.issuer.id,
         epoch=epoch,
         purpose=req.purpose or "",
+        may_act=req.may_act or "",  # RFC 8693 §4.4 (domain/delegation.py honours it)
     )
     try:
         # tokens/ names KeyRing; any SigningKeys do

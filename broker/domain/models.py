@@ -126,6 +126,19 @@ class AgentKeys:
 
 
 @dataclass(frozen=True)
+class DelegationPolicy:
+    """Whom an identity may act for (RFC 8693 §1.1 delegation; docs/agents.md).
+
+    `act_for` holds identity ids or anchored patterns (broker/policy/patterns.py) naming the
+    subjects whose tokens this identity may present as `subject_token` with its own
+    `actor_token`. `max_depth` caps the chain this identity's hop may end at (None: the
+    broker's `max_delegation_depth`)."""
+
+    act_for: tuple[str, ...]
+    max_depth: int | None = None
+
+
+@dataclass(frozen=True)
 class Identity:
     id: str
     type: str
@@ -135,6 +148,7 @@ class Identity:
     rules: tuple[MatchRule, ...]
     allow: Allowance
     keys: AgentKeys | None = None
+    delegation: DelegationPolicy | None = None  # None: this identity never acts for another
 
 
 @dataclass(frozen=True)
@@ -205,6 +219,8 @@ class BrokerOptions:
     task_tombstone_seconds: int = 3600  # how long a completed task stays refused
     config_reload_seconds: float = 5.0  # how often the file's mtime is checked; 0: never
     limits: LimitOptions = field(default_factory=LimitOptions)
+    # RFC 8693 delegation: how many actors a chain may stack on a root token (docs/agents.md).
+    max_delegation_depth: int = 3
 
 
 @dataclass(frozen=True)
@@ -276,6 +292,11 @@ class ExchangeRequest:
     # How the workload JWT arrived: RFC 8693 `subject_token`, or the RFC 7523 jwt-bearer
     # `assertion`. One verification path; only the error code differs (invalid_grant there).
     grant_type: str = GRANT_TYPE_TOKEN_EXCHANGE
+    # RFC 8693 §2.1 delegation: the actor's own workload token (domain/delegation.py).
+    actor_token: str | None = field(default=None, repr=False)
+    actor_token_type: str | None = None
+    # Errand's extension: the one identity that may act for the issued token (RFC 8693 §4.4).
+    may_act: str | None = None
 
 
 @dataclass(frozen=True)
@@ -319,6 +340,32 @@ class Grant:
     issuer_id: str
     epoch: int
     purpose: str = ""
+    # Delegation (RFC 8693 §4.1, domain/delegation.py). A hop's `identity_id` is its actor
+    # (quotas, limits and the identity index are the actor's); `subject` is the identity it
+    # acts for, the token's `sub`. `actors` is the `act` chain, newest actor first; `parent`
+    # the grant whose token was the subject_token; `ancestors` every grant above, root first.
+    subject: str = ""
+    actors: tuple[str, ...] = ()
+    parent: str = ""
+    ancestors: tuple[str, ...] = ()
+    may_act: str = ""  # RFC 8693 §4.4: the one identity that may act for this token
+
+    @property
+    def subject_id(self) -> str:
+        """The token's `sub`: the identity acted for, or the grant's own identity."""
+        return self.subject or self.identity_id
+
+    @property
+    def depth(self) -> int:
+        return len(self.actors)
+
+
+def act_claim(actors: tuple[str, ...]) -> dict[str, Any] | None:
+    """RFC 8693 §4.1 nested `act`: the current actor outermost, prior actors nested inside."""
+    claim: dict[str, Any] | None = None
+    for actor in reversed(actors):
+        claim = {"sub": actor, **({"act": claim} if claim is not None else {})}
+    return claim
 
 
 @dataclass(frozen=True)

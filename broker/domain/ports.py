@@ -112,6 +112,25 @@ class GrantStore(Protocol):
     def audit_events(self, *, task_id: str | None, limit: int) -> list[dict[str, Any]]: ...
 
 
+class ChainStore(Protocol):
+    """Delegation hops (RFC 8693 actor_token; domain/delegation.py, store/chains.py)."""
+
+    def save_hop(
+        self,
+        grant: Grant,
+        *,
+        replay: tuple[str, str, int] | None,
+        audit: Mapping[str, Any],
+        now: int,
+        quota: int = 0,
+    ) -> None:
+        """The hop's grant under its parent, atomically, or WriteRefused: the grant write's
+        reasons plus subject_inactive (a link above is gone) and subject_blocked."""
+
+    def links_live(self, jtis: tuple[str, ...]) -> bool:
+        """Whether every one of these grants (a hop's ancestors) is still stored."""
+
+
 class InventoryStore(Protocol):
     """What an operator decided about identities at run time (domain/inventory.py)."""
 
@@ -280,3 +299,4 @@ class Services:
     audit: AuditSink
     jobs: JobScheduler
     clock: Clock
+    chains: ChainStore  # delegation hops: the same Redis, its own scripts

@@ -30,6 +30,10 @@ def complete_task(
     if claims is None:
         raise InvalidToken("the access token is invalid or expired")
     task_id = claims["task_id"]
+    if "act" in claims:
+        # A delegation hop acts for the task's owner; it does not end the owner's task
+        # (domain/delegation.py). The owner's own token, or an operator, does.
+        raise AccessDenied("a delegated token cannot end its task", reason="delegated_token")
     state = grant_state(claims, svc)
     if state.task_completed:
         return {"task_id": task_id, "completed": True}  # idempotent: already complete

@@ -76,7 +76,9 @@ def route_issuer(config: Config, unverified_payload: Mapping[str, Any]) -> Trust
 
 
 # RFC 8693 §4.1 `act` (who is acting) and §4.4 `may_act` (who may act): a token carrying
-# either speaks of delegation, which only a delegation path may accept.
+# either speaks of delegation. Errand's delegation path (domain/delegation.py) reads them from
+# its own access tokens only; a workload token carrying them is accepted nowhere, neither as
+# a subject, an assertion nor an actor token.
 DELEGATION_CLAIMS = ("act", "may_act")
 
 
@@ -129,12 +131,14 @@ def verify_audience(
 
 
 def verify_no_delegation(claims: Mapping[str, Any]) -> None:
-    """Until Errand has a delegation path, a token that says someone acts (or may act) for its
-    subject is refused, never read as its plain subject."""
+    """A workload token that says someone acts (or may act) for its subject is refused, never
+    read as its plain subject: delegation chains start from an Errand access token, presented
+    as subject_token together with the actor's own actor_token (docs/agents.md)."""
     present = [name for name in DELEGATION_CLAIMS if name in claims]
     if present:
         raise ClaimInvalid(
-            f"the token carries delegation claims ('{present[0]}'); delegation is not supported",
+            f"the token carries delegation claims ('{present[0]}'); delegate with an Errand "
+            "access token as subject_token and an actor_token",
             reason="delegation_unsupported",
         )
 

@@ -32,7 +32,25 @@ def grant_fields(grant: Grant) -> list[str]:
         "u", grant.issuer_id,
         "p", str(grant.epoch),
         "r", grant.purpose,
+        *_chain_fields(grant),
     ]  # fmt: skip
+
+
+def _chain_fields(grant: Grant) -> list[str]:
+    """Delegation (domain/delegation.py), written only when set: a plain grant costs what it
+    did. b: the subject acted for, x: the actors (newest first), h: the parent grant,
+    k: every ancestor (root first), m: the one identity that may act for the token."""
+    out: list[str] = []
+    for name, value in (
+        ("b", grant.subject),
+        ("x", " ".join(grant.actors)),
+        ("h", grant.parent),
+        ("k", " ".join(grant.ancestors)),
+        ("m", grant.may_act),
+    ):
+        if value:
+            out += [name, value]
+    return out
 
 
 def grant_from(jti: str, h: Mapping[str, str]) -> Grant | None:
@@ -51,6 +69,11 @@ def grant_from(jti: str, h: Mapping[str, str]) -> Grant | None:
             issuer_id=h["u"],
             epoch=int(h["p"]),
             purpose=h.get("r", ""),
+            subject=h.get("b", ""),
+            actors=tuple(h.get("x", "").split()),
+            parent=h.get("h", ""),
+            ancestors=tuple(h.get("k", "").split()),
+            may_act=h.get("m", ""),
         )
     except (KeyError, ValueError):
         log.error("malformed grant record", extra={"jti": jti})
