@@ -152,7 +152,11 @@ def _delegation(
             f"{where}.max_depth: must not exceed broker.max_delegation_depth "
             f"({broker.max_delegation_depth})"
         )
-    return DelegationPolicy(act_for=tuple(given["act_for"]), max_depth=max_depth)
+    return DelegationPolicy(
+        act_for=tuple(given["act_for"]),
+        max_depth=max_depth,
+        serves=tuple(given.get("serves", ())),
+    )
 
 
 def _rules_overlap(a: MatchRule, b: MatchRule) -> bool:

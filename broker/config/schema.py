@@ -236,6 +236,12 @@ class DelegationSchema(_Strict):
     max_depth = fields.Integer(
         load_default=None, validate=validate.Range(min=1, max=5), strict=True
     )
+    # Resources this identity serves (policy/downstream.py): the MCP servers it runs.
+    serves = fields.List(
+        fields.String(validate=validate.Length(min=1, max=512)),
+        load_default=list,
+        validate=validate.Length(max=16),
+    )
 
 
 class IdentitySchema(_Strict):

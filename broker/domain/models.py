@@ -136,6 +136,10 @@ class DelegationPolicy:
 
     act_for: tuple[str, ...]
     max_depth: int | None = None
+    # The resource identifiers this identity serves (an MCP server's URL): a subject token
+    # addressed only to them may be exchanged, by this identity, for a token addressed to
+    # its own allowed audiences, its upstream APIs (policy/downstream.py).
+    serves: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

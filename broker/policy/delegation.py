@@ -25,6 +25,7 @@ from broker.domain.models import (
     IdentityTypeRules,
 )
 from broker.errors import InvalidRequest, InvalidScope, InvalidTarget
+from broker.policy.downstream import hop_audiences
 from broker.policy.engine import Decision, denied_scopes_description
 from broker.policy.patterns import compile_value
 
@@ -102,7 +103,8 @@ def evaluate_hop(
     """What the hop carries: never more than the parent grant or the actor's allowance."""
     allow = actor.allow
     audiences = tuple(dict.fromkeys(req.audiences)) if req.audiences else parent.audiences
-    widened = [a for a in audiences if a not in parent.audiences]
+    reachable = hop_audiences(actor, parent)  # the parent's, or downstream of a served one
+    widened = [a for a in audiences if a not in reachable]
     if widened:
         raise InvalidTarget(
             "audience not granted to the subject token: a delegation hop only narrows",
