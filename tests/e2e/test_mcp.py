@@ -13,7 +13,10 @@ challenge:
 - a write tool outside the token's scopes: 403 with one complete insufficient_scope challenge;
 - server A's token at server B: refused (audience confusion);
 - Mcp-Name naming a permitted tool over a body calling another: refused;
-- the run ends, the task completes, both servers refuse its tokens."""
+- the run ends, the task completes, both servers refuse its tokens;
+- no passthrough: server A's `publish_note` exchanges the agent's token (subject) with its
+  own identity (actor) for a token addressed to the upstream archive, narrowed to one scope;
+  the archive sees `act` and never the agent's token, and the hop dies with the task."""
 
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ import contextlib
 import json
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -30,21 +34,53 @@ from typing import Any
 import anyio
 import pytest
 import requests
+from werkzeug.serving import make_server
 
 from broker.dev.issuer import load_or_create_key
 from errand_client import AgentKey, ErrandClient
 from errand_client.mcp import McpTokens, mcp_task
+from errand_rs import ErrandMiddleware, ErrandVerifier
 from examples.mcp_server.agent import session_for
 from tests.support.challenges import parse_challenge
 from tests.support.platforms import jwks_of
 from tests.support.redis import RedisDbs
-from tests.support.stack import CLIENT_ID, LOCAL, ROOT, TunedStack, free_port
+from tests.support.stack import CLIENT_ID, LOCAL, ROOT, TunedStack, free_port, introspect
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 AGENT = "notes-agent"
+SERVER_A = "notes-server-a"  # server A's own identity: the actor of its upstream calls
 READ = "notes:discover notes:read"
 WRITE = "notes:discover notes:read notes:write"
+PUBLISH = "notes:discover notes:read notes:write notes:publish archive:write"
+
+
+class Archive:
+    """The upstream API: a WSGI app behind errand_rs's middleware (audience = its own URL,
+    scope archive:write), on a loopback thread. It records the claims of what it accepted."""
+
+    def __init__(self, issuer: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/notes"
+        self.accepted: list[dict[str, Any]] = []
+        self.raw_tokens: list[str] = []
+        verifier = ErrandVerifier(issuer, self.url)
+        app = ErrandMiddleware(self._app, verifier, None, required_scopes="archive:write")
+        self.server = make_server("127.0.0.1", self.port, app, threaded=True)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def _app(self, environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        self.accepted.append(dict(environ["errand.token"].claims))
+        self.raw_tokens.append(environ["HTTP_AUTHORIZATION"].partition(" ")[2])
+        start_response("200 OK", [("Content-Type", "application/json")])
+        return [json.dumps({"archived": True}).encode()]
+
+    def start(self) -> Archive:
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.server.shutdown()
 
 
 @dataclass
@@ -53,27 +89,45 @@ class McpWorld:
     servers: dict[str, str]  # name -> resource URL
     agent_key: Path
     kid: str
+    archive: Archive
 
     def client(self) -> ErrandClient:
         key = AgentKey.from_file(AGENT, self.agent_key, self.kid, self.stack.url + "/token")
         return ErrandClient(self.stack.url, key, grant="jwt-bearer", allow_http=True)
 
 
-def _identity(jwks: dict[str, Any], resources: list[str]) -> dict[str, Any]:
-    return {
+def _identities(
+    agent_jwks: dict[str, Any], server_jwks: dict[str, Any], servers: dict[str, str], archive: str
+) -> list[dict[str, Any]]:
+    agent = {
         "id": AGENT,
         "type": "agent",
         "owner": "notes-team",
         "purpose": "Keep the team's notes",
-        "keys": {"jwks": jwks},
+        "keys": {"jwks": agent_jwks},
         "allow": {
-            "audiences": resources,
-            "scopes": ["notes:discover", "notes:read", "notes:write"],
+            "audiences": list(servers.values()),  # never the archive itself
+            "scopes": [
+                *("notes:discover", "notes:read", "notes:write", "notes:publish"),
+                "archive:write",
+            ],
         },
     }
+    server_a = {
+        "id": SERVER_A,
+        "type": "service",
+        "owner": "notes-team",
+        "purpose": "The notes MCP server A, calling the archive for agents",
+        "keys": {"jwks": server_jwks},
+        "allow": {"audiences": [archive], "scopes": ["archive:write", "archive:delete"]},
+        "delegation": {"act_for": [AGENT], "serves": [servers["notes-a"]]},
+    }
+    return [agent, server_a]
 
 
-def _start_server(world_dir: Path, stack: TunedStack, name: str, port: int) -> Any:
+def _start_server(
+    world_dir: Path, stack: TunedStack, name: str, port: int, extra: list[str]
+) -> Any:
     log = open(world_dir / f"{name}.log", "ab")  # noqa: SIM115 - owned by the child
     proc = subprocess.Popen(
         [
@@ -90,6 +144,7 @@ def _start_server(world_dir: Path, stack: TunedStack, name: str, port: int) -> A
             CLIENT_ID,
             "--feed-secret-file",
             str(stack.secret_file),
+            *extra,
         ],
         cwd=ROOT,
         stdout=log,
@@ -114,26 +169,38 @@ def _wait_ready(url: str, proc: Any, deadline: float) -> None:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory, redis_dbs: RedisDbs) -> Iterator[McpWorld]:
     workdir = tmp_path_factory.mktemp("mcp")
-    agent_key = workdir / "agent.pem"
-    key = load_or_create_key(agent_key)
+    agent_key, server_key_file = workdir / "agent.pem", workdir / "server-a.pem"
+    key, server_key = load_or_create_key(agent_key), load_or_create_key(server_key_file)
     ports = {"notes-a": free_port(), "notes-b": free_port()}
     servers = {name: f"http://127.0.0.1:{port}/mcp" for name, port in ports.items()}
     # The stack's own dev issuer is not used: the agent signs with its registered key.
     stack = TunedStack(workdir / "stack", redis_dbs.url("e2e-mcp"), "http://127.0.0.1:9")
+    archive = Archive(stack.url)
     stack.edit_config(
-        lambda doc: doc["identities"].append(_identity(jwks_of(key), list(servers.values())))
+        lambda doc: doc["identities"].extend(
+            _identities(jwks_of(key), jwks_of(server_key), servers, archive.url)
+        )
     )
+    upstream = {
+        "notes-a": [
+            *("--upstream-url", archive.url, "--identity", SERVER_A),
+            *("--key-file", str(server_key_file), "--kid", server_key.kid),
+        ],
+        "notes-b": [],
+    }
     procs: list[Any] = []
     stack.start()
+    archive.start()
     try:
         for name, port in ports.items():
-            procs.append(_start_server(workdir, stack, name, port))
+            procs.append(_start_server(workdir, stack, name, port, upstream[name]))
         deadline = time.monotonic() + 30
         for proc, url in zip(procs, servers.values(), strict=True):
             metadata = url.replace("/mcp", "/.well-known/oauth-protected-resource/mcp")
             _wait_ready(metadata, proc, deadline)
-        yield McpWorld(stack, servers, agent_key, key.kid)
+        yield McpWorld(stack, servers, agent_key, key.kid, archive)
     finally:
+        archive.stop()
         for proc in procs:
             proc.terminate()
         for proc in procs:
@@ -180,7 +247,12 @@ def test_metadata_discovery_from_the_401(world: McpWorld) -> None:
     metadata = LOCAL.get(params["resource_metadata"], timeout=5).json()
     assert metadata["resource"] == a
     assert metadata["authorization_servers"] == [world.stack.url]
-    assert metadata["scopes_supported"] == ["notes:discover", "notes:read", "notes:write"]
+    assert metadata["scopes_supported"] == [
+        "notes:discover",
+        "notes:read",
+        "notes:write",
+        "notes:publish",  # A calls the archive for agents (publish_note)
+    ]
     assert metadata["bearer_methods_supported"] == ["header"]
     server = metadata["authorization_servers"][0]
     broker = LOCAL.get(server + "/.well-known/oauth-authorization-server", timeout=5).json()
@@ -209,7 +281,8 @@ def test_an_agent_run_against_two_mcp_servers(world: McpWorld) -> None:
     scopes = {a: WRITE, b: READ}
     with mcp_task(world.client(), "notes", purpose="keep notes", scopes=scopes) as tokens:
         out = anyio.run(_agent_run, tokens, a, b)
-        assert out["tools_a"] == out["tools_b"] == ["read_notes", "write_note"]
+        assert out["tools_a"] == ["publish_note", "read_notes", "write_note"]
+        assert out["tools_b"] == ["read_notes", "write_note"]
         assert out["wrote"]["by"] == AGENT and out["wrote"]["task"] == tokens.task_id
         assert out["read_a"]["result"][0]["text"] == "ship the MCP story"
         assert out["read_b"] == {"result": []}  # two servers, two stores
@@ -244,3 +317,35 @@ def test_an_agent_run_against_two_mcp_servers(world: McpWorld) -> None:
             break
         time.sleep(0.1)
     assert statuses == {401}
+
+
+async def _publish(tokens: McpTokens, a: str) -> dict[str, Any]:
+    async with session_for(tokens, a) as mcp:
+        wrote = await mcp.call_tool("write_note", {"text": "archive me"})
+        assert wrote.structured_content is not None
+        published = await mcp.call_tool("publish_note", {"note_id": wrote.structured_content["id"]})
+        return dict(published.structured_content or {})
+
+
+def test_no_passthrough_the_upstream_call_goes_through_a_narrowed_exchanged_token(
+    world: McpWorld,
+) -> None:
+    a, archive = world.servers["notes-a"], world.archive
+    client = world.client()
+    with mcp_task(client, "publish", purpose="archive a note", scopes={a: PUBLISH}) as tokens:
+        assert anyio.run(_publish, tokens, a) == {"archived": True}
+        agent_token = tokens.access_token(a)
+    # The archive never saw the agent's token: it saw one addressed to itself, for the agent,
+    # with server A as the actor, one scope, in the agent's task.
+    assert agent_token not in archive.raw_tokens
+    claims = archive.accepted[-1]
+    assert claims["aud"] == archive.url
+    assert claims["sub"] == AGENT and claims["act"] == {"sub": SERVER_A}
+    assert claims["scope"] == "archive:write"
+    assert claims["task_id"] == tokens.task_id
+    # The agent may not ask for the archive itself: only through the server that serves it.
+    with pytest.raises(Exception, match="invalid_target"):
+        client.exchange(resources=[archive.url], scopes="archive:write", task_id="t-x", purpose="p")
+    # The task ended with the run: the exchanged hop is dead too.
+    hop = archive.raw_tokens[-1]
+    assert introspect(world.stack, hop).json() == {"active": False}
