@@ -23,17 +23,10 @@ from mcp.server.mcpserver import Context, MCPServer
 
 from errand_rs import ErrandVerifier, RevocationFeed
 from errand_rs.asgi import McpAsgiMiddleware
-from errand_rs.mcp import McpScopes
 from errand_rs.mcp_guard import McpGuard
 from errand_rs.protected_resource import ProtectedResource
+from examples.mcp_server.scopes import notes_scopes
 from examples.mcp_server.upstream import Upstream
-
-DISCOVERY_SCOPE = "notes:discover"
-TOOL_SCOPES = {
-    "read_notes": "notes:read",
-    "write_note": "notes:write",
-}
-PUBLISH_SCOPE = "notes:publish"
 
 
 @dataclass
@@ -87,16 +80,9 @@ def build_server(config: NotesConfig) -> MCPServer:
     return server
 
 
-def scopes_for(config: NotesConfig) -> McpScopes:
-    tools: dict[str, str] = dict(TOOL_SCOPES)
-    if config.upstream is not None:
-        tools["publish_note"] = PUBLISH_SCOPE
-    return McpScopes(discovery=DISCOVERY_SCOPE, tools=tools)
-
-
 def build_app(config: NotesConfig) -> Any:
     """The ASGI app: the MCP server behind errand_rs's guard."""
-    scopes = scopes_for(config)
+    scopes = notes_scopes(with_upstream=config.upstream is not None)
     resource = ProtectedResource.of(
         config.resource,
         config.issuer,
