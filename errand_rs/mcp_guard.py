@@ -134,16 +134,8 @@ class McpGuard:
                 needed = self.scopes.required(call)
             except McpRefused as err:
                 refusal = err
-        authorization = headers.get("authorization", [])
         try:
-            if len(authorization) > 1:
-                raise InvalidToken("Send one Authorization header.", reason="repeated_header")
-            token = authenticate(
-                self.verifier,
-                self.feed,
-                authorization[0] if authorization else None,
-                context=f"{method} {path}",
-            )
+            token = self.authenticate(method, path, headers, body)
             if token.audiences != (self.resource.resource,):
                 # Addressed to us and someone else: usable at a peer, so not ours alone.
                 raise InvalidToken(
@@ -169,6 +161,22 @@ class McpGuard:
         if refusal is not None:
             return _json(400, refusal.body())
         return Admitted(token, call, needed)
+
+    def authenticate(
+        self, method: str, path: str, headers: Mapping[str, list[str]], body: bytes
+    ) -> VerifiedToken:
+        """The request's verified token, or a BearerError: the one place a sender-constrained
+        scheme plugs in. A DPoP-bound token (RFC 9449) needs the method, this server's URL for
+        `htu` and the body for the MCP DPoP profile's `content_digest`, all at hand here."""
+        authorization = headers.get("authorization", [])
+        if len(authorization) > 1:
+            raise InvalidToken("Send one Authorization header.", reason="repeated_header")
+        return authenticate(
+            self.verifier,
+            self.feed,
+            authorization[0] if authorization else None,
+            context=f"{method} {path}",
+        )
 
 
 def _path_of(resource: str) -> str:

@@ -247,3 +247,31 @@ def test_asgi_middleware(guard: McpGuard, notes_token: Any) -> None:
     assert status == 200 and out.endswith(raw)
     status, _, out = run_asgi(app, "POST", "/mcp", raw, {**auth, "Mcp-Name": "write_note"})
     assert status == 400 and json.loads(out)["error"]["code"] == HEADER_MISMATCH
+
+
+def test_asgi_refuses_two_authorization_headers_and_admits_a_get(
+    guard: McpGuard, notes_token: Any
+) -> None:
+    async def inner(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    app = McpAsgiMiddleware(inner, guard)
+    token = notes_token("notes:read")
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    two = [(b"authorization", f"Bearer {token}".encode())] * 2
+    scope = {"type": "http", "method": "POST", "path": "/mcp", "headers": two}
+    asyncio.run(app(scope, receive, send))
+    assert sent[0]["status"] == 401
+    sent.clear()
+    # A GET (server stream) needs a valid token for this server, and no scope.
+    scope = {"type": "http", "method": "GET", "path": "/mcp", "headers": two[:1]}
+    asyncio.run(app(scope, receive, send))
+    assert sent[0]["status"] == 204
