@@ -28,6 +28,7 @@ SCRIPTS = {
     "revoke_many": lua_scripts.REVOKE_MANY,
     "fanout_batch": lua_scripts.FANOUT_BATCH,
     "hit_many": lua_scripts.HIT_MANY,
+    "save_hop": lua_scripts.SAVE_HOP,
 }
 
 
