@@ -19,6 +19,7 @@ from broker.runtime import Runtime
 from broker.settings import Settings
 from broker.store.approvals import RedisApprovals
 from broker.store.auth_failures import RedisAuthFailures
+from broker.store.chains import RedisChains
 from broker.store.connection import RedisLocation, ReplicaWait, connect
 from broker.store.console_sessions import RedisConsoleSessions
 from broker.store.dpop_replay import RedisDpopReplay
@@ -78,6 +79,7 @@ def build_services(
         dpop_replay=RedisDpopReplay(r),
         tracer=build_tracer(settings.observability),
         approvals=RedisApprovals(r),
+        chains=RedisChains(r, audit_maxlen=config.broker.audit_stream_maxlen, wait=wait),
         settings=settings,
         redis=r,
         rq_redis=r_rq,

@@ -35,7 +35,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 from errand_jose import DPOP_ALGORITHMS, DpopError, check_proof
@@ -141,16 +141,22 @@ class DpopChallenge(BearerError):
         params["algs"] = " ".join(self.algs)
         return params
 
-    def www_authenticate(self, realm: str | None = None) -> str:
+    def www_authenticate(
+        self, realm: str | None = None, extra: Mapping[str, str] | None = None
+    ) -> str:
         params = {"realm": realm} if realm else {}
         params.update(self.challenge_params())  # never empty: algs is always there
+        for name, value in (extra or {}).items():  # RFC 9728 resource_metadata, scope
+            params.setdefault(name, value)
         return "DPoP " + ", ".join(f'{k}="{_quote(v)}"' for k, v in params.items())
 
     def body(self) -> dict[str, Any]:
         return self.cause.body()
 
-    def response_parts(self, realm: str | None = None) -> tuple[int, list[tuple[str, str]], bytes]:
-        status, headers, body = super().response_parts(realm)
+    def response_parts(
+        self, realm: str | None = None, extra: Mapping[str, str] | None = None
+    ) -> tuple[int, list[tuple[str, str]], bytes]:
+        status, headers, body = super().response_parts(realm, extra)
         if self.also_bearer:
             headers.append(("WWW-Authenticate", f'Bearer realm="{realm}"' if realm else "Bearer"))
         return status, headers, body

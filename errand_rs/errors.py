@@ -7,6 +7,7 @@ value a check expected. The `reason` is a stable code for logs and metrics."""
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
 
@@ -32,9 +33,15 @@ class BearerError(Exception):
             params["error_description"] = self.description
         return params
 
-    def www_authenticate(self, realm: str | None = None) -> str:
+    def www_authenticate(
+        self, realm: str | None = None, extra: Mapping[str, str] | None = None
+    ) -> str:
+        """One Bearer challenge. `extra` adds auth-params the error does not set itself
+        (RFC 9728 §5.1 `resource_metadata`, and `scope` on a 401)."""
         params = {"realm": realm} if realm else {}
         params.update(self.challenge_params())
+        for name, value in (extra or {}).items():
+            params.setdefault(name, value)
         if not params:
             return "Bearer"
         # Our descriptions are fixed ASCII strings; quote-escape anyway (RFC 7235 quoted-string).
@@ -43,14 +50,16 @@ class BearerError(Exception):
     def body(self) -> dict[str, Any]:
         return {"error": self.error or "missing_token", "error_description": self.description}
 
-    def response_parts(self, realm: str | None = None) -> tuple[int, list[tuple[str, str]], bytes]:
+    def response_parts(
+        self, realm: str | None = None, extra: Mapping[str, str] | None = None
+    ) -> tuple[int, list[tuple[str, str]], bytes]:
         """(status, headers, JSON body) for any framework to send."""
         payload = json.dumps(self.body()).encode()
         headers = [
             ("Content-Type", "application/json"),
             ("Content-Length", str(len(payload))),
             ("Cache-Control", "no-store"),
-            ("WWW-Authenticate", self.www_authenticate(realm)),
+            ("WWW-Authenticate", self.www_authenticate(realm, extra)),
         ]
         return self.status_code, headers, payload
 

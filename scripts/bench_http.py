@@ -111,6 +111,25 @@ identities:
       scopes: [deploy:read]
       default_scopes: [deploy:read]
       max_ttl_seconds: 300
+  # --delegation: two agents, each allowed to act for acme-app-deploy (one hop each).
+  - id: bench-agent-a
+    type: agent
+    owner: agents-team
+    purpose: First hop of a delegation chain
+    match:
+      - issuer: bench-ci
+        claims: {{repository_id: "100200300", repository_owner_id: "4242", ref: refs/heads/agent-a, event_name: push}}
+    allow: {{audiences: [{audience}], scopes: [deploy:read, deploy:write], max_ttl_seconds: 600}}
+    delegation: {{act_for: [acme-app-deploy]}}
+  - id: bench-agent-b
+    type: agent
+    owner: agents-team
+    purpose: Second hop of a delegation chain
+    match:
+      - issuer: bench-ci
+        claims: {{repository_id: "100200300", repository_owner_id: "4242", ref: refs/heads/agent-b, event_name: push}}
+    allow: {{audiences: [{audience}], scopes: [deploy:read, deploy:write], max_ttl_seconds: 600}}
+    delegation: {{act_for: [acme-app-deploy]}}
 clients:
   - client_id: {client_id}
     secret_file: {client_id}.secret
@@ -529,6 +548,177 @@ def http_call(
         return resp.status, resp.read()
     finally:
         conn.close()
+
+
+# ----------------------------------------------------------------------------------------
+# Delegation chains (--delegation): what a hop adds to an exchange
+# ----------------------------------------------------------------------------------------
+ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"
+
+
+def hop_body(stack: Stack, subject_token: str, actor_ref: str) -> str:
+    """A delegation request: our token as subject, a fresh CI token of the actor's branch."""
+    assert stack.issuer is not None
+    claims = github_claims(issuer=stack.issuer.issuer, audience=SUBJECT_AUDIENCE, now=time.time())
+    claims["ref"] = actor_ref
+    return urllib.parse.urlencode(
+        {
+            "grant_type": GRANT_TYPE_TOKEN_EXCHANGE,
+            "subject_token": subject_token,
+            "subject_token_type": ACCESS_TOKEN_TYPE,
+            "actor_token": mint_with(stack.issuer_key, claims),
+            "actor_token_type": TOKEN_TYPE_JWT,
+            "purpose": "bench hop",
+            "scope": SCOPE,
+        }
+    )
+
+
+def post_all(stack: Stack, bodies: list[str], threads: int = 8) -> list[str]:
+    headers = {"Content-Type": "application/x-www-form-urlencoded"}
+
+    def one(body: str) -> str:
+        status, data = http_call(stack.port, "POST", "/token", body, headers)
+        if status != 200:
+            raise RuntimeError(f"set-up request failed: HTTP {status} {data[:300]!r}")
+        return str(json.loads(data)["access_token"])
+
+    with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+        return list(pool.map(one, bodies))
+
+
+def delegation_cpu(stack: Stack, n: int, rounds: int = 5) -> dict[str, float]:
+    """CPU per call (process_time, min over `rounds` interleaved rounds) of exchange_token in
+    this process against the private Redis: a plain exchange, a first and a second hop."""
+    import logging
+
+    from broker.domain.exchange import exchange_token
+    from broker.domain.models import ExchangeRequest
+    from broker.services import build_services
+    from broker.settings import load_settings
+
+    saved = dict(os.environ)
+    os.environ.update(stack.env(1))
+    try:
+        svc = build_services(load_settings())
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    audit = logging.getLogger("errand.audit")
+    audit.handlers[:] = [logging.StreamHandler(open(os.devnull, "w"))]  # noqa: SIM115
+    audit.propagate = False
+    assert stack.issuer is not None
+
+    def ci(ref: str) -> str:
+        claims = github_claims(
+            issuer=stack.issuer.issuer, audience=SUBJECT_AUDIENCE, now=time.time()
+        )  # type: ignore[union-attr]
+        claims["ref"] = ref
+        return mint_with(stack.issuer_key, claims)
+
+    def plain() -> Any:
+        return ExchangeRequest(
+            subject_token=ci("refs/heads/main"),
+            subject_token_type=TOKEN_TYPE_JWT,
+            audiences=(AUDIENCE,),
+            scopes=(SCOPE,),
+        )
+
+    def hop(subject_token: str, ref: str) -> Any:
+        return ExchangeRequest(
+            subject_token=subject_token,
+            subject_token_type=ACCESS_TOKEN_TYPE,
+            actor_token=ci(ref),
+            actor_token_type=TOKEN_TYPE_JWT,
+            scopes=(SCOPE,),
+            purpose="bench hop",
+        )
+
+    exchange_token(plain(), svc)  # loads the JWKS
+    best = {"exchange": math.inf, "hop 1": math.inf, "hop 2": math.inf}
+    for _ in range(rounds):
+        plains = [plain() for _ in range(n)]
+        t0 = time.process_time()
+        roots = [exchange_token(r, svc).access_token for r in plains]
+        best["exchange"] = min(best["exchange"], (time.process_time() - t0) / n)
+        firsts_req = [hop(t, "refs/heads/agent-a") for t in roots]
+        t0 = time.process_time()
+        firsts = [exchange_token(r, svc).access_token for r in firsts_req]
+        best["hop 1"] = min(best["hop 1"], (time.process_time() - t0) / n)
+        seconds_req = [hop(t, "refs/heads/agent-b") for t in firsts]
+        t0 = time.process_time()
+        for r in seconds_req:
+            exchange_token(r, svc)
+        best["hop 2"] = min(best["hop 2"], (time.process_time() - t0) / n)
+    return {k: v * 1e6 for k, v in best.items()}
+
+
+def delegation_costs(
+    stack: Stack, args: Any, workers: int, rounds: int = 3
+) -> list[dict[str, Any]]:
+    """What a hop adds to an exchange, side by side in one run: in process, CPU per call;
+    then over HTTP, three phases with the same load, interleaved in `rounds` rounds so that
+    drifting machine load hits them alike: a plain exchange (CI token -> token), the first
+    hop (root token + actor token) and the second hop (first hop's token + actor token).
+    Every body is prepared before the timed phases; no request repeats a single-use token."""
+    cpu = delegation_cpu(stack, 200)
+    stack.start_gunicorn(workers)
+    slice_s = args.duration / rounds
+    pool = max(200, int(slice_s * 400))
+    print(f"delegation: {workers} workers, {rounds} rounds of {slice_s:g} s per phase", flush=True)
+    timed: dict[str, list[dict[str, Any]]] = {"exchange": [], "hop 1": [], "hop 2": []}
+    for _ in range(rounds):
+        plain = stack.exchange_bodies(pool)
+        roots = stack.issue_access_tokens(pool)
+        hop1 = [hop_body(stack, t, "refs/heads/agent-a") for t in roots]
+        firsts = post_all(stack, [hop_body(stack, t, "refs/heads/agent-a") for t in roots])
+        hop2 = [hop_body(stack, t, "refs/heads/agent-b") for t in firsts]
+        for phase, bodies in (("exchange", plain), ("hop 1", hop1), ("hop 2", hop2)):
+            timed[phase].append(
+                run_python(
+                    stack.port,
+                    "/token",
+                    bodies,
+                    cycle=False,
+                    auth="",
+                    concurrency=args.concurrency,
+                    duration=slice_s,
+                )
+            )
+    stack.stop_gunicorn()
+    rows = []
+    for phase, runs in timed.items():
+        requests_ = sum(r["requests"] for r in runs)
+        rows.append(
+            {
+                "phase": phase,
+                "workers": workers,
+                "cpu_us": round(cpu[phase]),
+                "requests": requests_,
+                "rps": requests_ / sum(r["seconds"] for r in runs),
+                "mean_ms": sum(r["mean_ms"] * r["requests"] for r in runs) / max(requests_, 1),
+                "p50_ms": sorted(r["p50_ms"] for r in runs)[len(runs) // 2],
+                "p99_ms": max(r["p99_ms"] for r in runs),
+                "errors": sum(r["errors"] for r in runs),
+            }
+        )
+    base = rows[0]
+    print(
+        f"\n{'phase':<10} {'CPU us':>7} {'req/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'mean ms':>8} "
+        f"{'errors':>6}"
+    )
+    for r in rows:
+        print(
+            f"{r['phase']:<10} {r['cpu_us']:>7} {r['rps']:>8.0f} {r['p50_ms']:>7.1f} "
+            f"{r['p99_ms']:>7.1f} {r['mean_ms']:>8.2f} {r['errors']:>6}"
+            + (
+                ""
+                if r is base
+                else f"   (+{r['cpu_us'] - base['cpu_us']} us CPU, "
+                f"{r['mean_ms'] - base['mean_ms']:+.2f} ms mean vs a plain exchange)"
+            )
+        )
+    return rows
 
 
 # ----------------------------------------------------------------------------------------
@@ -1443,6 +1633,12 @@ def main(argv: list[str] | None = None) -> int:
         metavar="N",
         help="instead of the HTTP load, time each piece of a request in process (N calls x 5 rounds)",
     )
+    p.add_argument(
+        "--delegation",
+        action="store_true",
+        help="instead of the exchange/introspect targets, compare a plain exchange with the "
+        "first and second hop of a delegation chain, side by side (first --workers count)",
+    )
     p.add_argument("--keep", action="store_true", help="keep the work directory (logs, profiles)")
     p.add_argument("--workdir", type=Path, default=None)
     p.add_argument("--json", action="store_true", help="print one JSON summary line at the end")
@@ -1509,6 +1705,15 @@ def main(argv: list[str] | None = None) -> int:
                     {"bench": "components", "machine": machine, "rows": rows}, separators=(",", ":")
                 )
             )
+        return 0
+    if args.delegation:
+        try:
+            with Stack(workdir, audit_to=args.audit_log) as stack:
+                rows = delegation_costs(stack, args, worker_counts[0])
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+        if args.json:
+            print(json.dumps({"bench": "delegation", "machine": machine, "rows": rows}))
         return 0
     results: list[dict[str, Any]] = []
     try:

@@ -16,6 +16,7 @@ from broker.domain.models import (
     AgentKeys,
     Allowance,
     BrokerOptions,
+    DelegationPolicy,
     Identity,
     IdentityTypeRules,
     IssuerOptions,
@@ -25,7 +26,7 @@ from broker.domain.models import (
 from broker.identity.jwks import parse_jwks
 from broker.identity.profiles import PROFILES as PROFILE_TABLE
 from broker.identity.profiles import rule_problems
-from broker.policy.patterns import values_overlap
+from broker.policy.patterns import PatternError, compile_value, values_overlap
 
 
 def identities_from(
@@ -115,6 +116,9 @@ def identities_from(
                     max_ttl_seconds=allow["max_ttl_seconds"],
                 ),
                 keys=agent_keys,
+                delegation=_delegation(
+                    item.get("delegation"), broker, f"{where}.delegation", errors
+                ),
             )
         )
 
@@ -128,6 +132,31 @@ def identities_from(
                         "the same token; add a claim that tells them apart"
                     )
     return identities, agent_issuers
+
+
+def _delegation(
+    given: Mapping[str, Any] | None, broker: BrokerOptions, where: str, errors: list[str]
+) -> DelegationPolicy | None:
+    """An identity's `delegation:` rule: its patterns compiled now, so a bad one fails the
+    load rather than a request; its depth within the broker's."""
+    if given is None:
+        return None
+    for j, value in enumerate(given["act_for"]):
+        try:
+            compile_value(value)
+        except PatternError as err:
+            errors.append(f"{where}.act_for.{j}: {err}")
+    max_depth = given.get("max_depth")
+    if max_depth is not None and max_depth > broker.max_delegation_depth:
+        errors.append(
+            f"{where}.max_depth: must not exceed broker.max_delegation_depth "
+            f"({broker.max_delegation_depth})"
+        )
+    return DelegationPolicy(
+        act_for=tuple(given["act_for"]),
+        max_depth=max_depth,
+        serves=tuple(given.get("serves", ())),
+    )
 
 
 def _rules_overlap(a: MatchRule, b: MatchRule) -> bool:

@@ -78,6 +78,10 @@ class BrokerSchema(_Strict):
         load_default=604800, validate=validate.Range(min=60, max=31 * 86400), strict=True
     )
     config_reload_seconds = fields.Float(load_default=5.0, validate=validate.Range(min=0, max=3600))
+    # RFC 8693 delegation chains (docs/agents.md): actors stacked on one root token, at most.
+    max_delegation_depth = fields.Integer(
+        load_default=3, validate=validate.Range(min=1, max=5), strict=True
+    )
 
     limits = fields.Nested(LimitsSchema, load_default=lambda: LimitOptions())
 
@@ -226,6 +230,25 @@ class KeysSchema(_Strict):
                 )
 
 
+class DelegationSchema(_Strict):
+    """Whom an identity may act for (docs/agents.md, "Delegation chains")."""
+
+    act_for = fields.List(
+        fields.String(validate=validate.Length(min=1, max=128)),
+        required=True,
+        validate=validate.Length(min=1, max=64),
+    )
+    max_depth = fields.Integer(
+        load_default=None, validate=validate.Range(min=1, max=5), strict=True
+    )
+    # Resources this identity serves (policy/downstream.py): the MCP servers it runs.
+    serves = fields.List(
+        fields.String(validate=validate.Length(min=1, max=512)),
+        load_default=list,
+        validate=validate.Length(max=16),
+    )
+
+
 class IdentitySchema(_Strict):
     id = fields.String(required=True, validate=_id)
     type = fields.String(required=True, validate=validate.OneOf(IDENTITY_TYPES))
@@ -236,6 +259,7 @@ class IdentitySchema(_Strict):
     match = fields.List(fields.Nested(MatchSchema), load_default=list)
     keys = fields.Nested(KeysSchema, load_default=None)
     allow = fields.Nested(AllowSchema, required=True)
+    delegation = fields.Nested(DelegationSchema, load_default=None)
 
     @validates_schema
     def _some_way_in(self, data: dict[str, Any], **_: Any) -> None:

@@ -88,6 +88,27 @@ class ExchangeAudit:
         if grant.dpop_jkt:
             self._fields["dpop_jkt"] = grant.dpop_jkt  # the key the token is bound to
 
+    def actor(self, actor: VerifiedSubject) -> None:
+        """RFC 8693 delegation: the actor token's issuer and hash (domain/delegation.py); the
+        subject token's hash stays `token_sha256`."""
+        self._fields["actor_issuer"] = actor.issuer.id
+        self._fields["actor_token_sha256"] = actor.token_sha256
+        self._fields.update(actor.context)
+
+    def chain(self, grant: Grant) -> None:
+        """The hop's place in its chain: whom it acts for, the actors (newest first), its
+        parent grant and depth."""
+        self._fields.update(
+            subject_identity=grant.subject_id,
+            act=list(grant.actors),
+            parent_jti=grant.parent,
+            depth=grant.depth,
+        )
+
+    def delegating(self, subject_identity: str, parent_jti: str) -> None:
+        """The subject token was ours: the chain it continues, known before the actor is."""
+        self._fields.update(subject_identity=subject_identity, parent_jti=parent_jti)
+
     def denied(self, err: BrokerError, now: float) -> None:
         """The refusal and why (the reason, and for audit only its debug text and details)."""
         self._fields.update(

@@ -57,6 +57,7 @@ class Asked:
     issuer_id: str
     claims: Any
     task_id: str
+    chain: tuple[str, ...] = ()  # a delegation hop's actors, the new one first
 
 
 def contracts_of(config: Config, audiences: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
@@ -87,7 +88,7 @@ def policy_request(
         task_named=bool(req.task_id),
         labels=tuple(f"{k}={v}" for k, v in req.task_labels),
         now=now,
-        chain=(),
+        chain=asked.chain,
         dpop=req.dpop is not None,
     )
 

@@ -23,12 +23,15 @@ from dataclasses import dataclass
 from broker.domain.audit_event import ExchangeAudit
 from broker.domain.audit_shape import bounded_event
 from broker.domain.decision import Asked, PolicyOutcome, runtime_decision
+from broker.domain.delegation import exchange_delegated
 from broker.domain.dpop import check_dpop_required, claim_proof
 from broker.domain.exchange_refusals import Refused, error_for, record_refusal
 from broker.domain.identity_state import state_name
 from broker.domain.limits import check_before_signature, check_identity_rate, identity_window
 from broker.domain.models import (
     AGENT_PROFILE,
+    GRANT_TYPE_JWT_BEARER,
+    TOKEN_TYPE_ACCESS_TOKEN,
     Config,
     ExchangeRequest,
     Grant,
@@ -50,6 +53,7 @@ from broker.domain.task_exchange import cap_to_deadline, check_task_state, task_
 from broker.domain.tasks import TaskSpec
 from broker.errors import BrokerError, InvalidTarget
 from broker.identity.errors import VerificationError
+from broker.policy.delegation import check_may_act_request
 from broker.policy.engine import (
     Decision,
     check_identity_usable,
@@ -88,7 +92,8 @@ class _Caller:
     @property
     def replay_jti(self) -> str | None:
         """The jti to spend: single-use issuers' tokens are good for one exchange."""
-        return self.subject.jti if self.subject.issuer.replay == "single-use" else None
+        single_use = self.subject.issuer.replay == "single-use" or self.subject.single_use
+        return self.subject.jti if single_use else None
 
 
 def exchange_token(
@@ -99,6 +104,10 @@ def exchange_token(
     The grant, its indexes, the replay entry and the audit record are written in one atomic
     step before the token is returned. `audit` is the request's event, opened by the HTTP
     edge; without one (a direct call) the exchange opens its own."""
+    if req.actor_token is not None or req.subject_token_type == TOKEN_TYPE_ACCESS_TOKEN:
+        # Delegation (domain/delegation.py): an actor_token, or one of our own tokens as the
+        # subject, is never read as a plain subject.
+        return exchange_delegated(req, svc, audit)
     audit = ExchangeAudit.of(req) if audit is None else audit
     now = svc.clock.now()
     # One snapshot of the inventory for the whole request: a reload swaps these between
@@ -176,7 +185,14 @@ def verify(
         # refuses if a revoke-all moved the epoch since (revoke-all is a cut).
         arrival.epoch = svc.store.current_epoch()
 
-    subject = verifier.verify(req.subject_token, now=now, on_issuer=on_issuer)
+    subject = verifier.verify(
+        req.subject_token,
+        now=now,
+        on_issuer=on_issuer,
+        # RFC 7523 §3: a jwt-bearer assertion may be addressed to the token endpoint URL;
+        # token exchange keeps the issuer's configured audience.
+        token_endpoint_audience=req.grant_type == GRANT_TYPE_JWT_BEARER,
+    )
     if arrival.epoch is None:
         # A verifier that never reported the issuer: no epoch from before verification,
         # so no grant (one read now could be stamped after a revoke-all).
@@ -242,6 +258,7 @@ def decide(
     check_type_requirements(identity, req, rules)
     decision = evaluate(identity, req, config.broker, rules)
     check_dpop_required(req, rules, decision.audiences, config.dpop)
+    check_may_act_request(req, config)
     if state.epoch != epoch:
         raise Refused("epoch_changed")
     return decision
@@ -277,6 +294,7 @@ def mint(
         dpop_jkt=req.dpop.jkt if req.dpop else None,
         approval_id=outcome.approval_id if outcome else "",
         contracts=outcome.contracts if outcome else (),
+        may_act=req.may_act or "",  # RFC 8693 §4.4 (domain/delegation.py honours it)
     )
     try:
         # tokens/ names KeyRing; any SigningKeys do

@@ -16,7 +16,7 @@ from typing import Any
 
 from broker.domain.access import read_our_token
 from broker.domain.limits import count_occurrence
-from broker.domain.models import GrantState
+from broker.domain.models import Grant, GrantState, act_claim
 from broker.domain.ports import Services
 
 INACTIVE: dict[str, Any] = {"active": False}
@@ -37,8 +37,15 @@ def is_live(state: GrantState, claims: dict[str, Any], now: float) -> bool:
         or grant.epoch != state.current_epoch
         or grant.exp <= now
         or grant.task_id != claims["task_id"]
-        or grant.identity_id != claims["sub"]
+        or grant.subject_id != claims["sub"]
     )
+
+
+def chain_live(grant: Grant, svc: Services) -> bool:
+    """A delegation hop is live only while every grant above it is (domain/delegation.py):
+    however an ancestor went, by revocation, bulk revocation or suspension, the hops below
+    are inactive at once, before any clean-up reaches them."""
+    return not grant.ancestors or svc.chains.links_live(grant.ancestors)
 
 
 def _audit_used_after_completion(
@@ -75,7 +82,7 @@ def introspect(
         return dict(INACTIVE)
     state = grant_state(claims, svc)
     grant = state.grant
-    if grant is None or not is_live(state, claims, svc.clock.now()):
+    if grant is None or not is_live(state, claims, svc.clock.now()) or not chain_live(grant, svc):
         if state.task_completed:
             context = {
                 "client_id": client_id,
@@ -87,7 +94,7 @@ def introspect(
     body: dict[str, Any] = {
         "active": True,
         "iss": svc.config.broker.issuer,
-        "sub": grant.identity_id,
+        "sub": grant.subject_id,
         "aud": list(grant.audiences) if len(grant.audiences) != 1 else grant.audiences[0],
         "scope": " ".join(grant.scopes),
         "client_id": grant.client_id,
@@ -101,4 +108,9 @@ def introspect(
     }
     if grant.dpop_jkt:
         body["cnf"] = {"jkt": grant.dpop_jkt}  # RFC 9449 §6.2: the RS checks the proof's key
+    act = act_claim(grant.actors)
+    if act is not None:
+        body["act"] = act  # RFC 8693 §4.1: who acts, prior actors nested inside
+    if grant.may_act:
+        body["may_act"] = {"sub": grant.may_act}
     return body

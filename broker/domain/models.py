@@ -127,6 +127,23 @@ class AgentKeys:
 
 
 @dataclass(frozen=True)
+class DelegationPolicy:
+    """Whom an identity may act for (RFC 8693 §1.1 delegation; docs/agents.md).
+
+    `act_for` holds identity ids or anchored patterns (broker/policy/patterns.py) naming the
+    subjects whose tokens this identity may present as `subject_token` with its own
+    `actor_token`. `max_depth` caps the chain this identity's hop may end at (None: the
+    broker's `max_delegation_depth`)."""
+
+    act_for: tuple[str, ...]
+    max_depth: int | None = None
+    # The resource identifiers this identity serves (an MCP server's URL): a subject token
+    # addressed only to them may be exchanged, by this identity, for a token addressed to
+    # its own allowed audiences, its upstream APIs (policy/downstream.py).
+    serves: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Identity:
     id: str
     type: str
@@ -136,6 +153,7 @@ class Identity:
     rules: tuple[MatchRule, ...]
     allow: Allowance
     keys: AgentKeys | None = None
+    delegation: DelegationPolicy | None = None  # None: this identity never acts for another
 
 
 @dataclass(frozen=True)
@@ -210,6 +228,8 @@ class BrokerOptions:
     task_retention_seconds: int = 604800
     config_reload_seconds: float = 5.0  # how often the file's mtime is checked; 0: never
     limits: LimitOptions = field(default_factory=LimitOptions)
+    # RFC 8693 delegation: how many actors a chain may stack on a root token (docs/agents.md).
+    max_delegation_depth: int = 3
 
 
 # RFC 9449 §4.2: asymmetric only; what errand_jose verifies (kept equal to its DPOP_ALGORITHMS).
@@ -396,6 +416,11 @@ class ExchangeRequest:
     grant_type: str = GRANT_TYPE_TOKEN_EXCHANGE
     dpop: DpopBinding | None = None  # a checked `DPoP` header: bind the token to its key
     approval_id: str | None = None  # polling an approval (docs/policy.md)
+    # RFC 8693 §2.1 delegation: the actor's own workload token (domain/delegation.py).
+    actor_token: str | None = field(default=None, repr=False)
+    actor_token_type: str | None = None
+    # Errand's extension: the one identity that may act for the issued token (RFC 8693 §4.4).
+    may_act: str | None = None
 
 
 @dataclass(frozen=True)
@@ -413,6 +438,9 @@ class VerifiedSubject:
     attributes: Mapping[str, Any] | None = None
     # Non-secret workload context for the audit event (pod and node binding, CI run ids).
     context: Mapping[str, Any] = field(default_factory=dict)
+    # A jwt-bearer assertion addressed to the token endpoint: its jti is spent on first use
+    # whatever the issuer's replay policy (identity/verifier.py).
+    single_use: bool = False
 
     @property
     def match_attributes(self) -> Mapping[str, Any]:
@@ -440,11 +468,37 @@ class Grant:
     approval_id: str = ""  # the approval a person gave for it, if policy asked for one
     # (audience, contract version) the grant was issued under, for declared audiences only
     contracts: tuple[tuple[str, str], ...] = ()
+    # Delegation (RFC 8693 §4.1, domain/delegation.py). A hop's `identity_id` is its actor
+    # (quotas, limits and the identity index are the actor's); `subject` is the identity it
+    # acts for, the token's `sub`. `actors` is the `act` chain, newest actor first; `parent`
+    # the grant whose token was the subject_token; `ancestors` every grant above, root first.
+    subject: str = ""
+    actors: tuple[str, ...] = ()
+    parent: str = ""
+    ancestors: tuple[str, ...] = ()
+    may_act: str = ""  # RFC 8693 §4.4: the one identity that may act for this token
+
+    @property
+    def subject_id(self) -> str:
+        """The token's `sub`: the identity acted for, or the grant's own identity."""
+        return self.subject or self.identity_id
+
+    @property
+    def depth(self) -> int:
+        return len(self.actors)
 
     @property
     def token_type(self) -> str:
         """RFC 9449 §5 / RFC 6750: how the token must be presented."""
         return "DPoP" if self.dpop_jkt else "Bearer"
+
+
+def act_claim(actors: tuple[str, ...]) -> dict[str, Any] | None:
+    """RFC 8693 §4.1 nested `act`: the current actor outermost, prior actors nested inside."""
+    claim: dict[str, Any] | None = None
+    for actor in reversed(actors):
+        claim = {"sub": actor, **({"act": claim} if claim is not None else {})}
+    return claim
 
 
 @dataclass(frozen=True)

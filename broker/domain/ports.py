@@ -140,6 +140,25 @@ class GrantStore(TaskStore, Protocol):
     def audit_events(self, *, task_id: str | None, limit: int) -> list[dict[str, Any]]: ...
 
 
+class ChainStore(Protocol):
+    """Delegation hops (RFC 8693 actor_token; domain/delegation.py, store/chains.py)."""
+
+    def save_hop(
+        self,
+        grant: Grant,
+        *,
+        replay: tuple[str, str, int] | None,
+        audit: Mapping[str, Any],
+        now: int,
+        quota: int = 0,
+    ) -> None:
+        """The hop's grant under its parent, atomically, or WriteRefused: the grant write's
+        reasons plus subject_inactive (a link above is gone) and subject_blocked."""
+
+    def links_live(self, jtis: tuple[str, ...]) -> bool:
+        """Whether every one of these grants (a hop's ancestors) is still stored."""
+
+
 class InventoryStore(Protocol):
     """What an operator decided about identities at run time (domain/inventory.py)."""
 
@@ -279,10 +298,12 @@ class SubjectVerifier(Protocol):
         *,
         now: float,
         on_issuer: Callable[[TrustedIssuer], None] | None = None,
+        token_endpoint_audience: bool = False,
     ) -> VerifiedSubject:
         """Raises VerificationError. Calls `on_issuer(issuer)` once the token's issuer is
         chosen and before any key fetch or signature work: the exchange reads the revoke-all
-        epoch and counts its rate limits there."""
+        epoch and counts its rate limits there. `token_endpoint_audience` (jwt-bearer): an
+        `aud` of the token endpoint URL is accepted too (RFC 7523 §3)."""
 
 
 class IdentityMatcher(Protocol):
@@ -381,5 +402,6 @@ class Services:
     jobs: JobScheduler
     clock: Clock
     dpop_replay: DpopReplayCache
+    chains: ChainStore  # delegation hops: the same Redis, its own scripts
     approvals: ApprovalStore | None = None  # human approval (runtime policy); None: not wired
     tracer: Tracer = field(default=NO_TRACER, kw_only=True)  # spans only with an OTLP endpoint

@@ -57,6 +57,10 @@ def owner_from_token(token: str, task_id: str | None, svc: Services) -> tuple[Ta
         raise InvalidToken("the access token is invalid or expired")
     if task_id is not None and claims["task_id"] != task_id:
         raise AccessDenied("the token is for another task", reason="task_mismatch")
+    if "act" in claims:
+        # A delegation hop acts for the task's owner (domain/delegation.py); it does not end,
+        # suspend or resume the owner's task. The owner's own token, or an operator, does.
+        raise AccessDenied("a delegated token cannot move its task", reason="delegated_token")
     state = grant_state(claims, svc)
     # A suspended task's token still speaks for its owner here; an ended task's token may
     # repeat the move that ended it (a no-op) after its grant was cleaned up.

@@ -123,10 +123,12 @@ APPROVAL_ID = r"apr_[A-Za-z0-9_-]{16,43}\Z"
 class TokenExchangeForm(_Strict):
     grant_type = fields.String(required=True)
     subject_token = fields.String(required=True, validate=_no_blank)
+    # access_token: one of Errand's own, as the subject of a delegation (docs/agents.md).
     subject_token_type = fields.String(
         required=True,
         validate=validate.OneOf(
-            [TOKEN_TYPE_JWT, TOKEN_TYPE_ID_TOKEN], error="unsupported token type"
+            [TOKEN_TYPE_JWT, TOKEN_TYPE_ID_TOKEN, TOKEN_TYPE_ACCESS_TOKEN],
+            error="unsupported token type",
         ),
     )
     requested_token_type = fields.String(
@@ -142,8 +144,18 @@ class TokenExchangeForm(_Strict):
         fields.String(validate=validate.Length(min=1, max=512)), load_default=list
     )
     scope = fields.String(load_default=None)
-    actor_token = fields.String(load_default=None)
-    actor_token_type = fields.String(load_default=None)
+    actor_token = fields.String(load_default=None, validate=_no_blank)
+    actor_token_type = fields.String(
+        load_default=None,
+        validate=validate.OneOf(
+            [TOKEN_TYPE_JWT, TOKEN_TYPE_ID_TOKEN], error="unsupported token type"
+        ),
+    )
+    # Errand's extension (RFC 8693 §4.4): the one identity that may act for the issued token.
+    may_act = fields.String(
+        load_default=None,
+        validate=validate.Regexp(SAFE_ID.pattern + r"\Z", error=SAFE_ID_RULE),
+    )
     task_id = fields.String(
         load_default=None,
         validate=validate.Regexp(SAFE_ID.pattern + r"\Z", error=SAFE_ID_RULE),

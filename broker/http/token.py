@@ -40,12 +40,28 @@ bp = Blueprint("token", __name__)
 
 
 def _refuse_delegation(form: Mapping[str, Any]) -> None:
-    """RFC 8693 §2.1 `actor_token` asks for delegation, which Errand does not do: refused,
-    never ignored, whichever grant it arrives with (present at all, even empty)."""
+    """RFC 8693 §2.1 `actor_token` asks for delegation, which only token exchange does
+    (domain/delegation.py): on another grant it is refused, never ignored (present at all,
+    even empty)."""
     if "actor_token" in form or "actor_token_type" in form:
         raise InvalidRequest(
-            "actor_token: delegation is not supported", reason="actor_token_unsupported"
+            "actor_token: delegation takes the token-exchange grant",
+            reason="actor_token_unsupported",
         )
+
+
+def _actor(data: Mapping[str, Any]) -> tuple[str | None, str | None]:
+    """RFC 8693 §2.1: actor_token_type is required with an actor_token, and absent without."""
+    token, token_type = data["actor_token"], data["actor_token_type"]
+    if token is not None and token_type is None:
+        raise InvalidRequest(
+            "actor_token_type: required with actor_token", reason="actor_token_incomplete"
+        )
+    if token is None and token_type is not None:
+        raise InvalidRequest(
+            "actor_token: required with actor_token_type", reason="actor_token_incomplete"
+        )
+    return token, token_type
 
 
 def _lifetime(data: Mapping[str, Any]) -> int | None:
@@ -63,7 +79,7 @@ def _task(data: Mapping[str, Any]) -> dict[str, Any]:
 
 def _token_exchange(form: dict[str, Any]) -> ExchangeRequest:
     data = load(EXCHANGE_FORM, form)
-    _refuse_delegation(form)
+    actor_token, actor_token_type = _actor(data)
     return ExchangeRequest(
         subject_token=data["subject_token"],
         subject_token_type=data["subject_token_type"],
@@ -77,6 +93,9 @@ def _token_exchange(form: dict[str, Any]) -> ExchangeRequest:
         client_address=client_address(),
         request_id=request_id(),
         **_task(data),
+        actor_token=actor_token,
+        actor_token_type=actor_token_type,
+        may_act=data["may_act"],
     )
 
 

@@ -37,6 +37,8 @@ def metadata() -> Response:
             "subject_token_types_supported": [
                 "urn:ietf:params:oauth:token-type:jwt",
                 "urn:ietf:params:oauth:token-type:id_token",
+                # an Errand access token, as the subject of a delegation (with actor_token)
+                "urn:ietf:params:oauth:token-type:access_token",
             ],
             "subject_token_signing_alg_values_supported": list(ASYMMETRIC_ALGORITHMS),
             "access_token_signing_alg_values_supported": [svc.keyring.active.alg],

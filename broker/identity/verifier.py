@@ -26,6 +26,7 @@ from errand_jose import ASYMMETRIC_ALGORITHMS, JoseError, read_compact_jws, veri
 
 MAX_KID_CHARS = 256
 MAX_JTI_CHARS = 256
+TOKEN_ENDPOINT_PATH = "/token"  # broker/http/token.py serves it under the issuer URL
 
 
 def token_sha256(token: str) -> str:
@@ -75,14 +76,22 @@ def route_issuer(config: Config, unverified_payload: Mapping[str, Any]) -> Trust
 
 
 # RFC 8693 §4.1 `act` (who is acting) and §4.4 `may_act` (who may act): a token carrying
-# either speaks of delegation, which only a delegation path may accept.
+# either speaks of delegation. Errand's delegation path (domain/delegation.py) reads them from
+# its own access tokens only; a workload token carrying them is accepted nowhere, neither as
+# a subject, an assertion nor an actor token.
 DELEGATION_CLAIMS = ("act", "may_act")
 
 
-def verify_audience(claims: Mapping[str, Any], issuer: TrustedIssuer) -> None:
+def verify_audience(
+    claims: Mapping[str, Any], issuer: TrustedIssuer, token_endpoint: str | None = None
+) -> bool:
     """RFC 7519 §4.1.3 lets `aud` be a list; we accept only the list we are alone in unless the
     issuer allows several audiences. `azp` (OIDC Core §2), when present, must name us or the
-    issuer's expected client: a token obtained by another party is not ours to accept."""
+    issuer's expected client: a token obtained by another party is not ours to accept.
+
+    `token_endpoint`, on the jwt-bearer grant only: RFC 7523 §3 (and the MCP Workload
+    Identity Federation extension) address an assertion to the token endpoint URL, which is
+    then accepted in place of the issuer's configured audience. True when it was."""
     aud = claims.get("aud")
     audiences = [aud] if isinstance(aud, str) else aud
     debug = f"aud={aud!r}"[:300]  # the values compared go to the audit event only
@@ -90,7 +99,9 @@ def verify_audience(claims: Mapping[str, Any], issuer: TrustedIssuer) -> None:
         raise ClaimInvalid(
             "the token's 'aud' claim is malformed", reason="wrong_audience", debug=debug
         )
-    if issuer.audience not in audiences:
+    ours = {issuer.audience} | ({token_endpoint} if token_endpoint else set())
+    matched = [a for a in audiences if a in ours]
+    if not matched:
         raise ClaimInvalid(
             "the token's 'aud' claim does not name this broker",
             reason="wrong_audience",
@@ -112,15 +123,22 @@ def verify_audience(claims: Mapping[str, Any], issuer: TrustedIssuer) -> None:
             reason="wrong_azp",
             debug=f"azp={azp!r}"[:300],
         )
+    return (
+        token_endpoint is not None
+        and token_endpoint != issuer.audience
+        and token_endpoint in audiences
+    )
 
 
 def verify_no_delegation(claims: Mapping[str, Any]) -> None:
-    """Until Errand has a delegation path, a token that says someone acts (or may act) for its
-    subject is refused, never read as its plain subject."""
+    """A workload token that says someone acts (or may act) for its subject is refused, never
+    read as its plain subject: delegation chains start from an Errand access token, presented
+    as subject_token together with the actor's own actor_token (docs/agents.md)."""
     present = [name for name in DELEGATION_CLAIMS if name in claims]
     if present:
         raise ClaimInvalid(
-            f"the token carries delegation claims ('{present[0]}'); delegation is not supported",
+            f"the token carries delegation claims ('{present[0]}'); delegate with an Errand "
+            "access token as subject_token and an actor_token",
             reason="delegation_unsupported",
         )
 
@@ -140,9 +158,12 @@ class SubjectTokenVerifier:
         *,
         now: float,
         on_issuer: Callable[[TrustedIssuer], None] | None = None,
+        token_endpoint_audience: bool = False,
     ) -> VerifiedSubject:
         """Verify a workload token. `on_issuer` runs once the unverified `iss` has selected a
-        configured issuer and before any key fetch or signature work (rate limits)."""
+        configured issuer and before any key fetch or signature work (rate limits).
+        `token_endpoint_audience` (the jwt-bearer grant): an `aud` of our token endpoint URL
+        is accepted too, and such an assertion must carry a `jti`, spent on first use."""
         broker = self._config.broker
         try:
             parsed = read_compact_jws(token, max_bytes=broker.max_subject_token_bytes)
@@ -186,7 +207,15 @@ class SubjectTokenVerifier:
                 raise ClaimInvalid(f"the token has no '{name}' claim", reason="missing_claim")
         if issuer.issuer and claims.get("iss") != issuer.issuer:
             raise ClaimInvalid("the token's 'iss' claim does not match", reason="wrong_issuer")
-        verify_audience(claims, issuer)
+        token_endpoint = (
+            self._config.broker.issuer.rstrip("/") + TOKEN_ENDPOINT_PATH
+            if token_endpoint_audience
+            else None
+        )
+        # An assertion addressed to the token endpoint is one-shot by design (RFC 7523 §3
+        # item 7, the MCP WIF extension): its jti is required and spent, whatever the
+        # issuer's replay policy for tokens addressed to its configured audience.
+        single_use = verify_audience(claims, issuer, token_endpoint)
 
         if not issuer.issuer and "iss" in claims:
             # Routed by trust domain: an SVID that names an issuer must be configured by it.
@@ -217,6 +246,11 @@ class SubjectTokenVerifier:
             raise ClaimInvalid(
                 "the token has no 'jti' claim, which this issuer requires", reason="missing_claim"
             )
+        if single_use and jti is None:
+            raise ClaimInvalid(
+                "an assertion addressed to the token endpoint must carry a 'jti' claim",
+                reason="missing_claim",
+            )
         return VerifiedSubject(
             issuer=issuer,
             claims=claims,
@@ -225,4 +259,5 @@ class SubjectTokenVerifier:
             token_sha256=token_sha256(token),
             attributes=attributes,
             context=context,
+            single_use=single_use,
         )

@@ -32,12 +32,40 @@ def grant_fields(grant: Grant) -> list[str]:
         "u", grant.issuer_id,
         "p", str(grant.epoch),
         "r", grant.purpose,
-        # optional fields, only when set: a DPoP key's thumbprint (RFC 9449), the approval
-        # it was issued under, audience -> contract version (runtime policy)
-    ] + (["k", grant.dpop_jkt] if grant.dpop_jkt else []) + (
-        ["ap", grant.approval_id] if grant.approval_id else []) + (
-        ["v", json.dumps(dict(grant.contracts), separators=(",", ":"))] if grant.contracts else []
-    )  # fmt: skip
+        *_optional_fields(grant),
+    ]  # fmt: skip
+
+
+def _optional_fields(grant: Grant) -> list[str]:
+    """Written only when set, so a plain grant costs what it did. k: the DPoP key's
+    thumbprint (RFC 9449); ap: the approval it was issued under and v: audience -> contract
+    version (runtime policy); then delegation's fields (_chain_fields)."""
+    out: list[str] = []
+    for name, value in (
+        ("k", grant.dpop_jkt or ""),
+        ("ap", grant.approval_id),
+        ("v", json.dumps(dict(grant.contracts), separators=(",", ":")) if grant.contracts else ""),
+    ):
+        if value:
+            out += [name, value]
+    return out + _chain_fields(grant)
+
+
+def _chain_fields(grant: Grant) -> list[str]:
+    """Delegation (domain/delegation.py), written only when set: a plain grant costs what it
+    did. b: the subject acted for, x: the actors (newest first), h: the parent grant,
+    g: every ancestor (root first), m: the one identity that may act for the token."""
+    out: list[str] = []
+    for name, value in (
+        ("b", grant.subject),
+        ("x", " ".join(grant.actors)),
+        ("h", grant.parent),
+        ("g", " ".join(grant.ancestors)),
+        ("m", grant.may_act),
+    ):
+        if value:
+            out += [name, value]
+    return out
 
 
 def grant_from(jti: str, h: Mapping[str, str]) -> Grant | None:
@@ -59,6 +87,11 @@ def grant_from(jti: str, h: Mapping[str, str]) -> Grant | None:
             dpop_jkt=h.get("k") or None,
             approval_id=h.get("ap", ""),
             contracts=contracts_of_record(h),
+            subject=h.get("b", ""),
+            actors=tuple(h.get("x", "").split()),
+            parent=h.get("h", ""),
+            ancestors=tuple(h.get("g", "").split()),
+            may_act=h.get("m", ""),
         )
     except (KeyError, ValueError):
         log.error("malformed grant record", extra={"jti": jti})

@@ -48,6 +48,15 @@ TASK_INDEX_PREFIX = PREFIX + "task:"  # zset jti -> exp: a task's grants
 IDENTITY_INDEX_PREFIX = PREFIX + "ident:"  # zset jti -> exp: an identity's grants
 
 
+# RFC 8693 delegation (store/chains.py): a grant's hops, zset child jti -> exp, expiring with
+# its newest child; revoking a grant revokes every hop below it through these.
+CHILDREN_INDEX_PREFIX = PREFIX + "children:"
+
+
+def children_index(jti: str) -> str:
+    return CHILDREN_INDEX_PREFIX + jti
+
+
 def grant(jti: str) -> str:
     return GRANT_PREFIX + jti
 

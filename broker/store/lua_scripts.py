@@ -21,6 +21,7 @@ PLACEHOLDERS = {
     "GRANT": keys.GRANT_PREFIX,
     "TASK": keys.TASK_INDEX_PREFIX,
     "IDENT": keys.IDENTITY_INDEX_PREFIX,
+    "CHILDREN": keys.CHILDREN_INDEX_PREFIX,
 }
 _PLACEHOLDER = re.compile(r"\{\{(\w+)\}\}")
 _LEFTOVER = re.compile(r"\{\{|\}\}")
@@ -65,6 +66,8 @@ ENSURE_EPOCH = load("ensure_epoch")
 REVOKE_GRANT = load("revoke_grant")
 TASK_TRANSITION = load("task_transition")
 SWEEP = load("sweep")
+# store/chains.py
+SAVE_HOP = load("save_hop")
 # store/revocations.py
 REVOKE_ALL = load("revoke_all")
 REVOKE_MANY = load("revoke_many")

@@ -136,9 +136,10 @@ class RedisRevocationStore:
                 exp = int(f["x"])
                 if exp + margin < now:
                     continue  # every token it covered has expired, leeway included
-                entries.append(
-                    {"kind": f["k"], "value": f["v"], "not_after": int(f["n"]), "exp": exp}
-                )
+                entry = {"kind": f["k"], "value": f["v"], "not_after": int(f["n"]), "exp": exp}
+                if f.get("p"):
+                    entry["parent"] = f["p"]  # a delegation hop revoked with the grant above it
+                entries.append(entry)
             except (KeyError, ValueError):
                 continue
         cursor = rows[-1][0] if rows else since

@@ -6,7 +6,7 @@ from typing import Any
 
 import jwt
 
-from broker.domain.models import Grant
+from broker.domain.models import Grant, act_claim
 from broker.tokens.keyring import KeyRing
 
 ACCESS_TOKEN_TYP = "at+jwt"  # RFC 9068 §2.1: stops an access token passing as an ID token
@@ -16,7 +16,7 @@ def access_token_claims(grant: Grant, issuer: str) -> dict[str, Any]:
     """RFC 9068 §2.2 claims plus Errand's task binding (`task_id`, `identity_type`)."""
     claims: dict[str, Any] = {
         "iss": issuer,
-        "sub": grant.identity_id,
+        "sub": grant.subject_id,  # a delegation hop's subject; its actor is client_id
         "aud": grant.audiences[0] if len(grant.audiences) == 1 else list(grant.audiences),
         "exp": grant.exp,
         "iat": grant.iat,
@@ -32,6 +32,11 @@ def access_token_claims(grant: Grant, issuer: str) -> dict[str, Any]:
         claims["cnf"] = {"jkt": grant.dpop_jkt}  # RFC 9449 §6.1: bound to the client's key
     if grant.approval_id:  # the person's approval this token was issued under
         claims["approval_id"] = grant.approval_id
+    act = act_claim(grant.actors)
+    if act is not None:
+        claims["act"] = act  # RFC 8693 §4.1
+    if grant.may_act:
+        claims["may_act"] = {"sub": grant.may_act}  # RFC 8693 §4.4
     return claims
 
 

@@ -9,7 +9,9 @@ from typing import Any
 import pytest
 import redis
 import requests
+import yaml
 
+from tests.support.delegation import add_actors
 from tests.support.redis import RedisDbs
 from tests.support.stack import Stack
 
@@ -24,7 +26,12 @@ def e2e_redis_url(redis_dbs: RedisDbs) -> Iterator[str]:
 def stack(
     tmp_path_factory: pytest.TempPathFactory, e2e_redis_url: str, dev_issuer: Any
 ) -> Iterator[Stack]:
-    running = Stack(tmp_path_factory.mktemp("e2e-stack"), e2e_redis_url, dev_issuer.issuer).start()
+    running = Stack(tmp_path_factory.mktemp("e2e-stack"), e2e_redis_url, dev_issuer.issuer)
+    # The delegation story's actors (tests/e2e/test_delegation.py), each on its own branch.
+    doc = yaml.safe_load(running.config_file.read_text())
+    add_actors(doc, "dev-ci", "acme-app-deploy")
+    running.config_file.write_text(yaml.safe_dump(doc, sort_keys=False))
+    running.start()
     try:
         yield running
     finally:

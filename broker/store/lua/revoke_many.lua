@@ -5,7 +5,9 @@
 -- were read from: every jti passed leaves it, expired ones included, so a caller's loop ends.
 -- ARGV[1] '1' to publish one feed entry per grant (when no coarser entry covers them),
 -- ARGV[2] issuer filter ('' for any), ARGV[3..] the jtis.
--- Returns how many live grants it revoked.
+-- Returns how many live grants it revoked, counting the delegation hops below them (revoked
+-- too, and published one by one whatever ARGV[1] says: they are other identities'). Counting
+-- them keeps a caller that pages through the expiry index by offset from skipping a grant.
 --
 -- Each grant is checked (live? from the issuer asked for?) before anything of it is
 -- written, and its hash is the first thing deleted: Redis does not roll a script back, so
@@ -20,7 +22,7 @@ for i = 3, #ARGV do
     if ARGV[1] == '1' then
       redis.call('XADD', KEYS[2], '*', 'k', 'jti', 'v', jti, 'n', g[3], 'x', g[3])
     end
-    n = n + 1
+    n = n + 1 + #revoke_descendants(KEYS[1], KEYS[2], jti, 10000)
   end
 end
 return n

@@ -181,11 +181,14 @@ def test_credentials_in_the_query_string_are_refused(client, subject, svc, name)
     assert grant_state_keys(svc) == set()
 
 
-def test_actor_token_is_refused(exchange, subject, svc) -> None:
+def test_actor_token_with_a_workload_subject_is_refused(exchange, subject, svc) -> None:
+    """Delegation starts from an Errand access token: a workload token as the subject of an
+    actor_token is refused, and so is actor_token_type alone (RFC 8693 §2.1)."""
     resp = exchange(actor_token=subject(), actor_token_type=TOKEN_TYPE_JWT)
     body = assert_oauth_error(resp, 400, "invalid_request")
+    assert body["error_description"].startswith("subject_token:")
+    body = assert_oauth_error(exchange(actor_token_type=TOKEN_TYPE_JWT), 400, "invalid_request")
     assert "actor_token" in body["error_description"]
-    assert_oauth_error(exchange(actor_token_type=TOKEN_TYPE_JWT), 400, "invalid_request")
     assert grant_state_keys(svc) == set()
 
 

@@ -32,6 +32,7 @@ SCRIPTS = {
     "approval_poll": lua_scripts.APPROVAL_POLL,
     "approval_decide": lua_scripts.APPROVAL_DECIDE,
     "approval_consume": lua_scripts.APPROVAL_CONSUME,
+    "save_hop": lua_scripts.SAVE_HOP,
 }
 
 

@@ -1,0 +1,1 @@
+"""An MCP server protected by errand_rs: see README.md here."""
