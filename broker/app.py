@@ -10,6 +10,7 @@ from flask import Flask, Response, g, request
 from broker.audit import configure_audit_logging
 from broker.http import (
     admin,
+    audit_admin,
     health,
     introspect,
     inventory,
@@ -88,6 +89,7 @@ def create_app(settings: Settings | None = None, services: Runtime | None = None
         wellknown,
         health,
         admin,
+        audit_admin,
         revocation_feed,
         inventory,
     ):

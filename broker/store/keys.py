@@ -83,3 +83,12 @@ def jwks_lock(issuer_id: str) -> str:
 # by itself, and offboarding is permanent (it is also the audit's answer to "who removed it").
 IDENTITY_STATE = PREFIX + "identity:state"  # hash identity -> JSON {state, at, actor, reason}
 LAST_EXCHANGE = PREFIX + "identity:last-exchange"  # hash identity -> unix time of last issue
+
+# The audit hash chain (broker/domain/audit_chain.py, broker/store/audit_seal.py).
+AUDIT_CHAIN = PREFIX + "audit:chain"  # hash: head, last_id, seq, added, checkpoint digest
+# Signed checkpoints, one stream entry each, whose id is the last audit entry id it covers;
+# trimmed with the audit stream by the retention setting (the newest trimmed-to one is kept).
+AUDIT_CHECKPOINTS = PREFIX + "audit:checkpoints"
+AUDIT_KEYS = PREFIX + "audit:keys"  # hash kid -> public JWK of every key that signed one
+AUDIT_SEAL_LOCK = PREFIX + "lock:audit-seal"  # one sealer at a time (value: its token)
+AUDIT_PROOFS = PREFIX + "audit:proofs"  # hash task -> signed proof that its tokens are dead
