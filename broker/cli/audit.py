@@ -162,6 +162,23 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return EXIT_OK if report.ok else EXIT_TAMPERED
 
 
+def cmd_hash(args: argparse.Namespace) -> int:
+    """The value is read from stdin, never the command line (it may be a live token)."""
+    value = sys.stdin.read().strip() if args.value in (None, "-") else args.value
+    if not value:
+        sys.exit("errand: give the value on stdin (or as an argument, for a jti)")
+    body = admin_request(args, "POST", "/admin/audit/hash", json={"value": value})
+    if args.json:
+        print(json.dumps(body, indent=2))
+        return 0
+    print(f"token_hmac      {body['token_hmac']}   (as a token or assertion)")
+    print(f"jti_hmac        {body['jti_hmac']}   (as a jti)")
+    if body.get("token_jti_hmac"):
+        print(f"jti inside it   {body['token_jti_hmac']}   (the jti of this JWT)")
+    print("search with: errand audit search --json | grep <hmac>")
+    return 0
+
+
 def register(sub: Any) -> None:
     a = sub.add_parser(
         "audit",
@@ -206,3 +223,10 @@ def register(sub: Any) -> None:
     )
     s.add_argument("--issuer", help="the broker's issuer (default: the export's)")
     s.set_defaults(fn=cmd_verify)
+
+    s = asub.add_parser("hash", help="the audit HMACs of a token or jti, to find its events")
+    add_admin_arguments(s)
+    s.add_argument(
+        "value", nargs="?", help="a jti; leave out (or -) to read a token from stdin (safer)"
+    )
+    s.set_defaults(fn=cmd_hash)

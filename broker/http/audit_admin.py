@@ -1,5 +1,5 @@
 """Audit endpoints under /admin/audit, behind the admin credential: export (JSON lines or
-CloudEvents), the chain state and checkpoints (docs/audit.md)."""
+CloudEvents), the chain state, and the HMAC of a value an operator holds (docs/audit.md)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,12 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any, cast
 
+import jwt
 from flask import Blueprint, Response, current_app, request
 
 from broker.audit_signing import seal_now, sealer
 from broker.domain.audit_export import FORMATS, export_lines, start_head
+from broker.domain.audit_hmac import jti_hmac, token_hmac
 from broker.domain.ports import StoreUnavailable
 from broker.errors import InvalidRequest, TemporarilyUnavailable
 from broker.http.client_auth import check_admin
@@ -120,3 +122,24 @@ def chain() -> Response:
     except StoreUnavailable as err:
         raise TemporarilyUnavailable(debug=str(err)) from err
     return json_response({"chain": state, "keys": keys})
+
+
+MAX_HASH_VALUE = 16 * 1024
+
+
+@bp.post("/hash")
+def hash_value() -> Response:
+    """The audit HMACs of a value an operator holds: as a token or assertion
+    (`token_hmac`), as a jti (`jti_hmac`), and when it is a JWT, of the jti inside it."""
+    data = request.get_json(silent=True) if request.is_json else request.form.to_dict()
+    value = data.get("value") if isinstance(data, dict) else None
+    if not isinstance(value, str) or not 0 < len(value) <= MAX_HASH_VALUE:
+        raise InvalidRequest("value: give the token or jti to hash", reason="bad_body")
+    out = {"token_hmac": token_hmac(value), "jti_hmac": jti_hmac(value)}
+    try:
+        inner = jwt.decode(value, options={"verify_signature": False}).get("jti")
+    except jwt.PyJWTError:
+        inner = None
+    if isinstance(inner, str):
+        out["token_jti_hmac"] = jti_hmac(inner)
+    return json_response(out)

@@ -13,13 +13,14 @@ from typing import Any, cast
 
 import redis
 
+from broker.domain.audit_hmac import redact
 from broker.store import keys
 from broker.store.connection import store_errors
 
 
 def event_json(event: Mapping[str, Any]) -> str:
-    """The event as the stream stores it: compact JSON."""
-    return json.dumps(event, separators=(",", ":"))
+    """The event as the stream stores it: compact JSON, credentials and jtis as HMACs."""
+    return json.dumps(redact(event), separators=(",", ":"))
 
 
 class RedisAuditStream:

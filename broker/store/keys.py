@@ -92,3 +92,5 @@ AUDIT_CHECKPOINTS = PREFIX + "audit:checkpoints"
 AUDIT_KEYS = PREFIX + "audit:keys"  # hash kid -> public JWK of every key that signed one
 AUDIT_SEAL_LOCK = PREFIX + "lock:audit-seal"  # one sealer at a time (value: its token)
 AUDIT_PROOFS = PREFIX + "audit:proofs"  # hash task -> signed proof that its tokens are dead
+# The audit HMAC key when no file or KEK provides one (broker/audit_key.py). No TTL.
+AUDIT_HMAC_KEY = PREFIX + "audit:hmac-key"
