@@ -11,6 +11,7 @@ from broker.audit import configure_audit_logging
 from broker.http import (
     admin,
     approvals,
+    audit_admin,
     health,
     introspect,
     inventory,
@@ -101,6 +102,7 @@ def create_app(settings: Settings | None = None, services: Runtime | None = None
         wellknown,
         health,
         admin,
+        audit_admin,
         revocation_feed,
         inventory,
         approvals,

@@ -1,6 +1,7 @@
 """Audit events: one JSON log line per decision, and an entry in a bounded Redis stream.
 
-Events never hold a token, an assertion or a key: only the SHA-256 of a token. Every event is
+Events never hold a token, an assertion, a jti or a key: only their HMACs under the audit
+key (broker/domain/audit_hmac.py). Every event is
 shaped before it is written (`bounded_event`, broker/domain/audit_shape.py): no unverified
 text, at most 2 KiB."""
 
@@ -39,7 +40,7 @@ class AuditLog:
     def record(self, event: Mapping[str, Any], *, stored: bool = False) -> None:
         """Log the event and append it to the stream; `stored=True` logs only (the stream
         already holds it, or it must not be written there)."""
-        event = bounded_event(event)
+        event = bounded_event(event)  # also turns credentials and jtis into HMACs
         audit_log.info(serialised(event))
         count_audit_event(event)
         if stored or self._appender is None:

@@ -7,6 +7,7 @@ import logging
 import redis
 
 from broker.audit import AuditLog
+from broker.audit_key import configure_audit_key
 from broker.clock import Clock, SystemClock
 from broker.config import load_config
 from broker.domain.models import Config
@@ -53,6 +54,7 @@ def build_services(
     r = redis_client or connect(where, timeout=settings.redis_timeout_seconds)
     r_rq = rq_client or connect(where, timeout=5.0, decode=False)
     keyring = build_keyring(settings, config, r, clock)
+    configure_audit_key(settings, r)
     store = RedisGrantStore(r, audit_maxlen=config.broker.audit_stream_maxlen, wait=wait)
     jobs = RqScheduler(r_rq)
     jwks = JwksCache(fetcher or HttpJwksFetcher(), JwksMirror(r), clock)

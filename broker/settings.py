@@ -70,6 +70,15 @@ class Settings:
     console_max_seconds: int = 28800
     # Worker metrics and heartbeat, /readyz, tracing: broker/settings_observability.py
     observability: ObservabilitySettings = field(default_factory=ObservabilitySettings)
+    # ERRAND_AUDIT_CHECKPOINT_SECONDS: the sealer signs a checkpoint at most this often
+    # (docs/audit.md: an unsealed entry could be altered unnoticed for about this long)
+    audit_checkpoint_seconds: float = 60.0
+    # ERRAND_AUDIT_RETENTION_SECONDS: audit entries older than this are trimmed, up to a
+    # signed checkpoint only. 0: kept until the stream bound (audit_stream_maxlen) trims them.
+    audit_retention_seconds: int = 0
+    # ERRAND_AUDIT_KEY_FILE: base64 of 32 bytes, the key of the HMACs that stand for tokens
+    # and jtis in audit events. Unset: derived from the KEK, else kept in Redis (docs/audit.md).
+    audit_key_file: Path | None = None
     # Values for ${NAME} / ${NAME:-default} references in the YAML configuration.
     config_vars: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 
@@ -168,6 +177,11 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             redis_timeout_seconds=float(env.get("ERRAND_REDIS_TIMEOUT_SECONDS", "0.5")),
             sweep_interval_seconds=float(env.get("ERRAND_SWEEP_INTERVAL_SECONDS", "5")),
             reconcile_after_seconds=float(env.get("ERRAND_RECONCILE_AFTER_SECONDS", "30")),
+            audit_checkpoint_seconds=float(env.get("ERRAND_AUDIT_CHECKPOINT_SECONDS", "60")),
+            audit_retention_seconds=int(env.get("ERRAND_AUDIT_RETENTION_SECONDS", "0")),
+            audit_key_file=Path(env["ERRAND_AUDIT_KEY_FILE"])
+            if env.get("ERRAND_AUDIT_KEY_FILE")
+            else None,
             trusted_proxies=proxies,
             trusted_proxy_hops=hops,
             trusted_proxy_header=header,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 
+from broker.audit_signing import seal_if_due
 from workers.context import services
 from workers.keys import rotate_if_due
 
@@ -41,6 +42,10 @@ def sweep_expired() -> int:
     svc.revocations.trim_feed(
         broker.task_tombstone_seconds + broker.clock_skew_seconds + 60, int(now)
     )
+    try:
+        seal_if_due(svc)  # the audit chain's checkpoints (docs/audit.md)
+    except Exception as err:  # sealing is retried on the next sweep
+        log.warning("audit sealing failed: %s", type(err).__name__)
     try:
         rotate_if_due()
     except Exception as err:  # rotation is retried on the next sweep

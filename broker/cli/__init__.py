@@ -68,6 +68,7 @@ def package_version() -> str:
 def build_parser() -> argparse.ArgumentParser:
     # Imported here, not at the top: they need the server extra (see main()).
     from broker.cli import (
+        audit,
         completion,
         configuration,
         dev,
@@ -88,7 +89,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="print the installed version and exit",
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for group in (processes, grants, tasks, evidence, configuration, keys, dev, inventory, policy):
+    groups = (
+        processes,
+        grants,
+        audit,
+        tasks,
+        evidence,
+        configuration,
+        keys,
+        dev,
+        inventory,
+        policy,
+    )
+    for group in groups:
         group.register(sub)
     register_ci_commands(sub)
     completion.register(sub, p)
@@ -122,7 +135,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"errand: {SERVER_MISSING}", file=sys.stderr)
         return 1
     try:
-        args = parser.parse_args(argv)
+        from broker.cli.audit import audit_argv
+
+        args = parser.parse_args(audit_argv(sys.argv[1:] if argv is None else list(argv)))
         status = int(args.fn(args))
         sys.stdout.flush()  # a closed pipe shows here, inside the handler, not at exit
         return status

@@ -58,6 +58,18 @@ def operator_headers(args: argparse.Namespace) -> dict[str, str]:
     return {"X-Errand-Operator": name} if name else {}
 
 
+def admin_token(args: argparse.Namespace) -> str:
+    token_file = (
+        args.admin_token_file or os.environ.get("ERRAND_ADMIN_TOKEN_FILE") or ".errand/admin-token"
+    )
+    try:
+        return Path(token_file).read_text().strip()
+    except OSError:
+        sys.exit(
+            f"errand: cannot read the admin credential from {token_file} (see --admin-token-file)"
+        )
+
+
 def admin_request(
     args: argparse.Namespace,
     method: str,
@@ -67,15 +79,7 @@ def admin_request(
     **kw: Any,
 ) -> Any:
     base = broker_url(args)  # first: refuse before the credential is even read
-    token_file = (
-        args.admin_token_file or os.environ.get("ERRAND_ADMIN_TOKEN_FILE") or ".errand/admin-token"
-    )
-    try:
-        token = Path(token_file).read_text().strip()
-    except OSError:
-        sys.exit(
-            f"errand: cannot read the admin credential from {token_file} (see --admin-token-file)"
-        )
+    token = admin_token(args)
     try:
         headers = {"Authorization": f"Bearer {token}", **(extra_headers or {})}
         # No redirects: a redirect must not carry the admin credential anywhere else.

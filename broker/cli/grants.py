@@ -1,4 +1,4 @@
-"""`errand grants`, `audit`, `revoke`, `revoke-all`, `revoke-all-status`: live grants and
+"""`errand grants`, `revoke`, `revoke-all`, `revoke-all-status`: live grants and
 ending them, through the admin API."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 
 from broker.cli.admin import add_admin_arguments, admin_request, broker_url, operator_headers
 from broker.cli.evidence import RECORD_SCAN, latest_revoke_all_epoch, revoke_all_recorded
-from broker.cli.output import as_number, iso_utc, printable, table
+from broker.cli.output import as_number, iso_utc, table
 
 
 def cmd_grants(args: argparse.Namespace) -> int:
@@ -36,26 +36,6 @@ def cmd_grants(args: argparse.Namespace) -> int:
         )
     )
     print(f"{len(rows)} live grant(s)")
-    return 0
-
-
-def cmd_audit(args: argparse.Namespace) -> int:
-    body = admin_request(
-        args, "GET", "/admin/audit", params={"task": args.task, "limit": str(args.limit)}
-    )
-    events = list(reversed(body["events"]))  # oldest first reads like a story
-    if args.json:
-        print(json.dumps(events, indent=2))
-        return 0
-    for e in events:
-        extra = e.get("reason") or e.get("jti") or ""
-        print(
-            printable(
-                f"{iso_utc(e.get('ts'))} {e.get('event', '?'):18} {e.get('outcome', ''):10} "
-                f"identity={e.get('identity')} {extra}"
-            )
-        )
-    print(f"{len(events)} event(s) for task {printable(args.task)}")
     return 0
 
 
@@ -198,14 +178,6 @@ def register(sub: Any) -> None:
     s.add_argument("--owner", help="only the grants of this owner's identities")
     s.add_argument("--limit", type=int, default=100, help="at most this many (default 100)")
     s.set_defaults(fn=cmd_grants)
-
-    s = sub.add_parser("audit", help="print a task's audit trail")
-    add_admin_arguments(s)
-    s.add_argument("task", help="the task id")
-    s.add_argument(
-        "--limit", type=int, default=1000, help="read at most this many events (default 1000)"
-    )
-    s.set_defaults(fn=cmd_audit)
 
     s = sub.add_parser(
         "revoke", help="revoke a grant, or every grant of a task/identity/owner/type/issuer"

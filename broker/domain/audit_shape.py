@@ -24,6 +24,8 @@ from collections.abc import Mapping
 from json.encoder import encode_basestring_ascii
 from typing import Any
 
+from broker.domain.audit_hmac import redact
+
 EVENT_BUDGET_BYTES = 2048  # one event as the stream stores it (compact, ASCII-escaped JSON)
 FIELD_BUDGET_BYTES = 256  # one string value, same measure
 MAX_ITEMS = 16  # entries kept of any list or object inside an event
@@ -41,10 +43,12 @@ CORE_FIELDS = (
     "request_id",
     "client_address",
     "token_sha256",
+    "token_hmac",
     "issuer",
     "identity",
     "task",
     "jti",
+    "jti_hmac",
     "actor",
     "kind",
 )
@@ -112,8 +116,9 @@ def _without_unverified_text(event: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def bounded_event(event: Mapping[str, Any]) -> dict[str, Any]:
-    """The event as it may be written: no unverified text, within EVENT_BUDGET_BYTES."""
-    shaped = _without_unverified_text(event)
+    """The event as it may be written: credentials and jtis as HMACs (audit_hmac.py), no
+    unverified text, within EVENT_BUDGET_BYTES."""
+    shaped = _without_unverified_text(redact(event))
     if len(serialised(shaped)) <= EVENT_BUDGET_BYTES:
         return shaped  # the usual case: nothing to cut
     for budget in (FIELD_BUDGET_BYTES, 128, 64, 32):

@@ -137,7 +137,15 @@ class GrantStore(TaskStore, Protocol):
         limit: int,
     ) -> list[Grant]: ...
 
-    def audit_events(self, *, task_id: str | None, limit: int) -> list[dict[str, Any]]: ...
+    def audit_events(
+        self,
+        *,
+        task_id: str | None,
+        limit: int,
+        where: Mapping[str, str] | None = None,
+        since: float | None = None,
+        until: float | None = None,
+    ) -> list[dict[str, Any]]: ...
 
 
 class ChainStore(Protocol):

@@ -11,6 +11,7 @@ from broker.domain.bulk_revocation import check_reason, revoke_all, revoke_by
 from broker.domain.models import is_safe_id
 from broker.domain.token_revocation import revoke_grant
 from broker.errors import InvalidRequest, TemporarilyUnavailable
+from broker.http.audit_admin import parse_time, search_filters
 from broker.http.client_auth import check_admin, operator_label
 from broker.http.context import request_id, services
 from broker.http.responses import json_response
@@ -58,7 +59,15 @@ def list_grants() -> Response:
 
 @bp.get("/audit")
 def audit() -> Response:
-    events = services().store.audit_events(task_id=_safe_arg("task"), limit=_limit())
+    """Search: task, identity, owner, outcome, reason, event, actor (exact), since/until
+    (docs/audit.md, "Searching"). Newest first."""
+    events = services().store.audit_events(
+        task_id=_safe_arg("task"),
+        limit=_limit(),
+        where=search_filters(),
+        since=parse_time("since"),
+        until=parse_time("until"),
+    )
     return json_response({"events": events})
 
 

@@ -127,3 +127,15 @@ APPROVALS_PENDING = PREFIX + "approvals:pending"  # zset approval id -> expires_
 
 def approval(approval_id: str) -> str:
     return f"{PREFIX}approval:{approval_id}"
+
+
+# The audit hash chain (broker/domain/audit_chain.py, broker/store/audit_seal.py).
+AUDIT_CHAIN = PREFIX + "audit:chain"  # hash: head, last_id, seq, added, checkpoint digest
+# Signed checkpoints, one stream entry each, whose id is the last audit entry id it covers;
+# trimmed with the audit stream by the retention setting (the newest trimmed-to one is kept).
+AUDIT_CHECKPOINTS = PREFIX + "audit:checkpoints"
+AUDIT_KEYS = PREFIX + "audit:keys"  # hash kid -> public JWK of every key that signed one
+AUDIT_SEAL_LOCK = PREFIX + "lock:audit-seal"  # one sealer at a time (value: its token)
+AUDIT_PROOFS = PREFIX + "audit:proofs"  # hash task -> signed proof that its tokens are dead
+# The audit HMAC key when no file or KEK provides one (broker/audit_key.py). No TTL.
+AUDIT_HMAC_KEY = PREFIX + "audit:hmac-key"

@@ -19,24 +19,30 @@ class EvidenceInvalid(Exception):
     pass
 
 
-def sign_record(record: dict[str, Any], keyring: KeyRing, issuer: str) -> str:
+def sign_record(
+    record: dict[str, Any], keyring: KeyRing, issuer: str, *, typ: str = EVIDENCE_TYP
+) -> str:
+    """Also signs audit checkpoints and task proofs (broker/domain/audit_chain.py), each
+    with its own `typ`, so one kind of record is never taken for another."""
     key = keyring.active
     return jwt.encode(
         {"iss": issuer, **record},
         key.private_key,
         algorithm=key.alg,
-        headers={"kid": key.kid, "typ": EVIDENCE_TYP},
+        headers={"kid": key.kid, "typ": typ},
     )
 
 
-def verify_record(jws: str, jwks: dict[str, Any], issuer: str) -> dict[str, Any]:
+def verify_record(
+    jws: str, jwks: dict[str, Any], issuer: str, *, typ: str = EVIDENCE_TYP
+) -> dict[str, Any]:
     """Check a record's signature against a JWKS (public keys only); return its claims."""
     try:
         header = jwt.get_unverified_header(jws)
     except jwt.PyJWTError as err:
         raise EvidenceInvalid("not a JWS") from err
-    if header.get("typ") != EVIDENCE_TYP:
-        raise EvidenceInvalid("not a revocation record")
+    if header.get("typ") != typ:
+        raise EvidenceInvalid(f"not a {typ} record")
     for jwk in jwks.get("keys", []):
         if jwk.get("kid") == header.get("kid"):
             alg = jwk.get("alg") or "ES256"
@@ -52,6 +58,9 @@ def verify_record(jws: str, jwks: dict[str, Any], issuer: str) -> dict[str, Any]
                     options={
                         "verify_aud": False,
                         "verify_exp": False,
+                        # A record's iat is what it states, not a validity window (an audit
+                        # checkpoint is checked years later, maybe on a skewed clock).
+                        "verify_iat": typ == EVIDENCE_TYP,
                         "require": ["iss", "jti", "iat"],
                     },
                 )

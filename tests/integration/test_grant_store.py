@@ -15,6 +15,7 @@ from typing import Any
 import jwt
 import pytest
 
+from broker.domain.audit_hmac import jti_hmac
 from broker.domain.introspection import introspect
 from broker.domain.models import Grant
 from broker.domain.ports import WriteRefused
@@ -79,7 +80,7 @@ def test_grant_indexes_hold_the_jti(svc, raw, subject):
     assert member == expiry_member(g)
     assert raw.zscore(keys.EXPIRY_INDEX, member) == g.exp
     # ... and the issuance is in the audit stream, written by the same script, without the token.
-    events = [e for e in audit_events(raw) if e.get("jti") == g.jti]
+    events = [e for e in audit_events(raw) if e.get("jti_hmac") == jti_hmac(g.jti)]
     assert [e["outcome"] for e in events] == ["issued"]
     assert issued.access_token not in json.dumps(events)
 

@@ -11,6 +11,7 @@ import pytest
 from rq import Queue
 from rq.job import Job, JobStatus
 
+from broker.domain.audit_hmac import jti_hmac
 from broker.domain.introspection import introspect
 from broker.domain.task_completion import complete_task
 from broker.jobs import QUEUE_NAME, task_job_id
@@ -61,7 +62,7 @@ def test_completion_job_removes_every_grant_of_the_task_and_is_idempotent(
         for e in audit_events(raw)
         if e["event"] == "grant.revoked" and e.get("task") == "job-task"
     ]
-    assert sorted(e["jti"] for e in revoked) == sorted(t.grant.jti for t in mine)
+    assert sorted(e["jti_hmac"] for e in revoked) == sorted(jti_hmac(t.grant.jti) for t in mine)
     assert {e["reason"] for e in revoked} == {"task_completed"}
     assert {e["actor"] for e in revoked} == {"worker"}
 

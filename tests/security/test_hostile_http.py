@@ -17,6 +17,7 @@ import redis
 import requests
 
 from broker.dev.issuer import github_claims
+from broker.domain.audit_hmac import token_hmac
 from broker.store import keys
 from tests.support.forms import DEPLOY_REQUEST, bearer_form, deploy_form
 from tests.support.hostile import observe
@@ -27,7 +28,6 @@ from tests.support.jws import (
     new_es256_key,
     public_pem,
     secret_fragments,
-    sha256_hex,
 )
 from tests.support.redis import RedisDbs
 from tests.support.servers import CountingListener, FaultIssuer
@@ -176,7 +176,7 @@ def _check_refusal(
     moved = {k for k in after.keys() | counters.keys() if after.get(k) != counters.get(k)}
     assert moved <= own, (name, moved)
     if token is not None:
-        assert events[0]["token_sha256"] == sha256_hex(token), name
+        assert events[0]["token_hmac"] == token_hmac(token), name
         for fragment in secret_fragments(token):
             assert fragment not in json.dumps(events[0])
     observe(case=name, status=resp.status_code, error=body["error"], reason=events[0].get("reason"))

@@ -52,7 +52,7 @@ def test_audit_budget_unknown_issuer_of_wide_characters(world: ObservedBroker, g
     assert event["request_id"] == LONG_RID
     assert event["task"] == LONG_TASK
     assert event["client_address"] == "127.0.0.1"
-    assert isinstance(event["token_sha256"], str) and len(event["token_sha256"]) == 64
+    assert isinstance(event["token_hmac"], str) and len(event["token_hmac"]) == 64
     # The log line is the same bounded event.
     line = world.capture.audit_lines()[-1]
     assert len(line.encode()) <= BUDGET and json.loads(line) == event
@@ -112,7 +112,7 @@ def test_audit_budget_normal_denial_keeps_all_its_fields(world: ObservedBroker) 
     raw, event = last_entry(world)
     assert len(raw.encode()) <= BUDGET
     assert "truncated" not in event and "...[cut]" not in raw
-    for name in ("ts", "request_id", "client_address", "token_sha256", "issuer", "subject"):
+    for name in ("ts", "request_id", "client_address", "token_hmac", "issuer", "subject"):
         assert event[name], name
     assert event["identity"] == "acme-deploy"
     assert event["reason"] == "scope_not_allowed"

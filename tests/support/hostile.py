@@ -16,6 +16,7 @@ from typing import Any
 
 from broker.clock import FixedClock
 from broker.dev.issuer import github_claims
+from broker.domain.audit_hmac import token_hmac
 from broker.store import keys
 from tests.support.builders import (
     AUDIENCE,
@@ -30,7 +31,7 @@ from tests.support.builders import (
     set_limits,
 )
 from tests.support.forms import DEPLOY_REQUEST, bearer_form, exchange_form
-from tests.support.jws import assert_not_leaked, es256_sign, sha256_hex
+from tests.support.jws import assert_not_leaked, es256_sign
 from tests.support.logs import ListHandler
 from tests.support.servers import CountingListener
 
@@ -219,9 +220,9 @@ class ObservedBroker:
         assert json.loads(new_lines[0])["request_id"] == rid
         if token:
             if token_hash:
-                assert event.get("token_sha256") == sha256_hex(token), event
+                assert event.get("token_hmac") == token_hmac(token), event
             else:
-                assert isinstance(event.get("token_sha256"), str), event
+                assert isinstance(event.get("token_hmac"), str), event
             assert_not_leaked(
                 token,
                 [json.dumps(e) for e in self.stream()] + self.capture.texts() + [text],

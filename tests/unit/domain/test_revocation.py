@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from broker.domain.audit_hmac import jti_hmac
 from broker.domain.task_completion import cleanup_task, complete_task
 from broker.domain.token_revocation import revoke_grant
 from broker.errors import InvalidToken
@@ -35,7 +36,9 @@ def test_cleanup_task_removes_every_grant_and_is_idempotent(client, issued, svc)
     assert [m.split(" ")[0] for m in expiry_members] == [jti_of(other)]
 
     revoked = [e for e in stream_events(svc) if e.get("event") == "grant.revoked"]
-    assert sorted(e["jti"] for e in revoked) == sorted([jti_of(a), jti_of(b)])
+    assert sorted(e["jti_hmac"] for e in revoked) == sorted(
+        [jti_hmac(jti_of(a)), jti_hmac(jti_of(b))]
+    )
     assert {e["reason"] for e in revoked} == {"task_completed"}
     assert {e["actor"] for e in revoked} == {"worker"}
 

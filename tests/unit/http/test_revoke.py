@@ -7,6 +7,7 @@ import json
 import jwt
 import pytest
 
+from broker.domain.audit_hmac import jti_hmac
 from tests.support.builders import CLIENT_ID, CLIENT_SECRET
 from tests.support.http import assert_oauth_error, introspect
 from tests.support.jws import assert_not_leaked, new_es256_key, token_parts
@@ -52,7 +53,7 @@ def test_holder_revokes_its_own_token(client, issued, svc, logs) -> None:
     assert introspect(client, token).get_json() == {"active": False}
 
     (event,) = revoked_events(svc)
-    assert event["jti"] == jti
+    assert event["jti_hmac"] == jti_hmac(jti)
     assert event["actor"] == "holder"
     assert event["reason"] == "revoked"
     assert event["task"] == "rev-task"

@@ -9,6 +9,7 @@ import jwt
 import pytest
 import redis
 
+from broker.domain.audit_hmac import jti_hmac, token_hmac
 from broker.domain.models import GRANT_TYPE_TOKEN_EXCHANGE, TOKEN_TYPE_ACCESS_TOKEN, TOKEN_TYPE_JWT
 from broker.identity.verifier import token_sha256
 from tests.support.builders import (
@@ -406,11 +407,14 @@ def test_successful_exchange_is_audited_without_tokens(exchange, subject, svc, l
     assert event["rule"] == "acme-deploy#0"
     assert event["issuer"] == "gha"
     assert event["task"] == "audited-task"
-    assert event["token_sha256"] == token_sha256(token)
-    assert event["jti"] == token_parts(access)[1]["jti"]
+    assert event["token_hmac"] == token_hmac(token)
+    assert event["jti_hmac"] == jti_hmac(token_parts(access)[1]["jti"])
     texts = [json.dumps(e) for e in stream_events(svc)] + logs.lines()
     assert_not_leaked(token, texts)
     assert_not_leaked(access, texts)
+    # Neither the token's SHA-256 nor the jti: a leaked log cannot confirm a guessed token.
+    assert_not_leaked(token_sha256(token), texts)
+    assert_not_leaked(token_parts(access)[1]["jti"], texts)
 
 
 def test_request_id_header_reaches_the_audit_event(client, subject, svc) -> None:
@@ -445,7 +449,7 @@ def test_denial_of_an_invalid_subject_token_records_its_hash(exchange, subject, 
     token = subject(aud="someone-else")
     assert exchange(token).status_code == 400
     (event,) = [e for e in stream_events(svc) if e.get("outcome") == "denied"]
-    assert event["token_sha256"] == token_sha256(token)
+    assert event["token_hmac"] == token_hmac(token)
 
 
 def test_request_refused_by_the_form_layer_is_audited(exchange, subject, svc) -> None:

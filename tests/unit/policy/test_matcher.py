@@ -138,7 +138,7 @@ def test_no_match_names_the_claim_but_not_the_expected_value(exchange, subject, 
         "actual": "999",
     }
     assert event["issuer"] == "gha"
-    assert event["token_sha256"] and len(event["token_sha256"]) == 64
+    assert event["token_hmac"] and len(event["token_hmac"]) == 64
     # ... and never the token, in the stream or in any log line.
     assert_not_leaked(token, [json.dumps(e) for e in stream_events(svc)])
     assert_not_leaked(token, logs.lines())
