@@ -60,7 +60,9 @@ import requests  # noqa: E402
 
 from broker.dev.embedded_redis import RedisProcess  # noqa: E402
 from broker.dev.issuer import DevIssuer, github_claims, load_or_create_key  # noqa: E402
+from broker.domain.audit_hmac import jti_hmac  # noqa: E402
 from broker.store import keys  # noqa: E402
+from tests.support.audit import use_broker_audit_key  # noqa: E402
 from tests.support.forms import deploy_form as exchange_form  # noqa: E402
 from tests.support.stack import (  # noqa: E402
     AUDIENCE,
@@ -392,6 +394,7 @@ def wait_until(cond: Any, timeout: float, poll: float = 0.5) -> bool:
 
 
 def issued_jtis(r: redis.Redis) -> tuple[set[str], int]:
+    """The jti HMACs of the issued events (audit events carry no plain jti)."""
     out: set[str] = set()
     n = 0
     for _id, fields in r.xrange(keys.AUDIT_STREAM):
@@ -401,7 +404,7 @@ def issued_jtis(r: redis.Redis) -> tuple[set[str], int]:
         except (KeyError, ValueError):
             continue
         if event.get("event") == "token.exchange" and event.get("outcome") == "issued":
-            out.add(event.get("jti"))
+            out.add(event.get("jti_hmac"))
     return out, n
 
 
@@ -410,8 +413,8 @@ def check_after_load(soak: Soak, r: redis.Redis, checks: dict[str, Any]) -> None
     audited, entries = issued_jtis(r)
     trimmed = entries >= soak.args.audit_maxlen * 0.95
     live = [k.split(":", 2)[2] for k in r.scan_iter(keys.PREFIX + "grant:*", count=10_000)]
-    missing_live = [j for j in live if j not in audited]
-    missing_200 = [t.jti for t in st.tokens if t.jti not in audited]
+    missing_live = [j for j in live if jti_hmac(j) not in audited]
+    missing_200 = [t.jti for t in st.tokens if jti_hmac(t.jti) not in audited]
     checks["I2 every live grant has an issued audit event"] = (
         not missing_live,
         f"{len(live)} live grants, {len(missing_live)} without"
@@ -564,6 +567,7 @@ def main(argv: list[str] | None = None) -> int:
         stack.edit_config(tune)
         stack.start()
         r = redis.Redis.from_url(server.url, decode_responses=True)
+        use_broker_audit_key(stack.env(), r)  # the audit's jti HMACs, as the broker makes them
         soak = Soak(stack, issuer, args)
 
         # Baseline: both web workers warm (JWKS mirror, scripts loaded), the warm-up's grants

@@ -37,7 +37,17 @@ def readyz() -> Response:
         process.health.ping()
         newest = process.gauges.newest_heartbeat() if checks.ready_worker_max_age_seconds else None
     except StoreUnavailable:  # answered here: readiness reports "down", it is not an error
-        return json_response({"status": "unavailable", "redis": "down"}, 503, {"Retry-After": "2"})
+        return json_response(
+            {
+                "status": "unavailable",
+                "redis": "down",
+                # Shaped like every other 503 of the broker, for clients that read `error`.
+                "error": "temporarily_unavailable",
+                "error_description": "Redis does not answer",
+            },
+            503,
+            {"Retry-After": "2"},
+        )
     body: dict[str, Any] = {"redis": "up", "signing_kid": process.keyring.active.kid}
     reasons: list[str] = []
     reload = dict(process.reloader.status) if process.reloader is not None else None
@@ -58,6 +68,11 @@ def readyz() -> Response:
                 else "no worker has reported in"
             )
     if reasons:
-        body.update(status="unavailable", reasons=reasons)
+        body.update(
+            status="unavailable",
+            reasons=reasons,
+            error="temporarily_unavailable",
+            error_description="; ".join(reasons),
+        )
         return json_response(body, 503, {"Retry-After": "5"})
     return json_response({"status": "ready", **body})

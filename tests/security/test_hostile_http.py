@@ -19,6 +19,7 @@ import requests
 from broker.dev.issuer import github_claims
 from broker.domain.audit_hmac import token_hmac
 from broker.store import keys
+from tests.support.audit import use_broker_audit_key
 from tests.support.forms import DEPLOY_REQUEST, bearer_form, deploy_form
 from tests.support.hostile import observe
 from tests.support.jws import (
@@ -43,6 +44,7 @@ def env(tmp_path_factory: pytest.TempPathFactory, redis_dbs: RedisDbs) -> Iterat
     url = redis_dbs.url("security-hostile-http")
     stack = TunedStack(tmp_path_factory.mktemp("hostile-stack"), url, issuer.issuer).start()
     db = redis.Redis.from_url(url, decode_responses=True)
+    use_broker_audit_key(stack.env(), db)  # events carry token HMACs under the broker's key
     http = requests.Session()
     http.trust_env = False
     try:

@@ -41,7 +41,9 @@ import requests
 
 from broker.dev.embedded_redis import RedisProcess
 from broker.dev.issuer import github_claims
+from broker.domain.audit_hmac import jti_hmac
 from broker.store import keys
+from tests.support.audit import use_broker_audit_key
 from tests.support.clocks import wait_until
 from tests.support.forms import deploy_form
 from tests.support.hostile import observe
@@ -208,8 +210,9 @@ def test_redis_killed_and_restarted_under_load(
 
         ok = [c for c in exchanges if c.status == 200]
         jtis = {unverified_claims(c.token)["jti"]: c for c in ok}
+        use_broker_audit_key(stack.env(), db)  # events carry jti HMACs, not jtis
         issued_events = {
-            e.get("jti")
+            e.get("jti_hmac")
             for _id, f in db.xrange(keys.AUDIT_STREAM)
             if (e := json.loads(f["e"])).get("event") == "token.exchange"
             and e.get("outcome") == "issued"
@@ -220,7 +223,7 @@ def test_redis_killed_and_restarted_under_load(
             if durable:
                 # R1 (durable): acknowledged before the 200, so it survived the SIGKILL.
                 assert exists, f"a 200 exchange at {call.answered - tl.killed:+.2f}s has no grant"
-                assert jti in issued_events, "a 200 exchange has no audit trail"
+                assert jti_hmac(jti) in issued_events, "a 200 exchange has no audit trail"
             elif call.sent > tl.restarted:
                 assert exists, "a token issued after the restart has no grant"
             if not exists:
@@ -358,12 +361,13 @@ def test_worker_killed_mid_cleanup_job(worker_env: dict[str, Any]) -> None:
     cleaned = wait_until(lambda: db.zcard(keys.task_index(task)) == 0, timeout=30, interval=0.2)
     assert cleaned, f"{db.zcard(keys.task_index(task))} grants left:\n" + stack.logs()
     assert not any(db.exists(keys.grant(j)) for j in jtis)
+    use_broker_audit_key(stack.env(), db)  # events carry jti HMACs, not jtis
     revoked = [
-        e.get("jti")
+        e.get("jti_hmac")
         for _id, f in db.xrange(keys.AUDIT_STREAM)
         if (e := json.loads(f["e"])).get("event") == "grant.revoked" and e.get("task") == task
     ]
-    assert sorted(revoked) == sorted(jtis), "each grant revoked exactly once"
+    assert sorted(revoked) == sorted(jti_hmac(j) for j in jtis), "each grant revoked exactly once"
     assert db.zscore(keys.COMPLETING, task) is None
     observe(
         fault="worker SIGKILL mid clean-up",

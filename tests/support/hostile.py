@@ -277,6 +277,8 @@ def build_world(
     clock = FixedClock(NOW)
     svc = fake_services(config, make_key_dir(tmp_path), clock=clock, fetcher=fetcher)
     app = make_app(svc, tmp_path)
+    # A worker has reported in (the clock is fixed): /readyz answers for the broker itself.
+    svc.gauges.heartbeat("observed-worker", now=clock.now())
     capture = ListHandler()
     return ObservedBroker(
         svc=svc,
