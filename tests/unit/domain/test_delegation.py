@@ -79,13 +79,13 @@ def test_three_hops_nest_act_and_a_fourth_is_refused(client, hop, root, svc) -> 
 
 def test_issued_hop_is_audited_with_its_chain(hop, root, svc) -> None:
     chain(hop, root["access_token"], ("hop-a",))
-    (event,) = [e for e in stream_events(svc) if e.get("jti") and e.get("act")]
+    (event,) = [e for e in stream_events(svc) if e.get("jti_hmac") and e.get("act")]
     assert event["identity"] == "hop-a"
     assert event["subject_identity"] == ROOT
     assert event["act"] == ["hop-a"]
     assert event["depth"] == 1
-    assert event["parent_jti"]
-    assert "actor_token_sha256" in event and event["token_sha256"] != event["actor_token_sha256"]
+    assert event["parent_jti_hmac"]
+    assert "actor_token_hmac" in event and event["token_hmac"] != event["actor_token_hmac"]
 
 
 @pytest.mark.parametrize(
