@@ -85,9 +85,10 @@ def _admin_stream(args: argparse.Namespace, path: str, params: dict[str, str]) -
     if resp.status_code != 200:
         print(f"errand: {base} answered {resp.status_code}", file=sys.stderr)
         raise SystemExit(EXIT_UNUSABLE)
-    for line in resp.iter_lines(decode_unicode=True):
+    # iter_lines decodes only when the answer names a charset: JSON lines may not.
+    for line in resp.iter_lines():
         if line:
-            yield line
+            yield line.decode("utf-8") if isinstance(line, bytes) else line
 
 
 def _export_params(args: argparse.Namespace, fmt: str) -> dict[str, str]:
