@@ -17,6 +17,7 @@ from broker.http import (
     inventory,
     revocation_feed,
     revoke,
+    task_proof,
     tasks,
     token,
     wellknown,
@@ -106,6 +107,7 @@ def create_app(settings: Settings | None = None, services: Runtime | None = None
         revocation_feed,
         inventory,
         approvals,
+        task_proof,
     ):
         app.register_blueprint(module.bp)
     # The console signs in with the admin credential: without one it has no door.

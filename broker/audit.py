@@ -12,8 +12,9 @@ import sys
 from collections.abc import Mapping
 from typing import Any, Protocol
 
+from broker.domain.audit_failure import AuditUnavailable
 from broker.domain.audit_shape import bounded_event, serialised
-from broker.metrics import count_audit_event
+from broker.metrics import count_audit_event, count_audit_write_failure
 
 audit_log = logging.getLogger("errand.audit")
 
@@ -37,18 +38,34 @@ class AuditLog:
     def __init__(self, appender: _Appender | None) -> None:
         self._appender = appender
 
-    def record(self, event: Mapping[str, Any], *, stored: bool = False) -> None:
+    def record(
+        self, event: Mapping[str, Any], *, stored: bool = False, required: bool = False
+    ) -> None:
         """Log the event and append it to the stream; `stored=True` logs only (the stream
-        already holds it, or it must not be written there)."""
+        already holds it, or it must not be written there).
+
+        `required=True` for an event that must be in the audit trail: when the stream
+        cannot take it, AuditUnavailable (503, counted) instead of the log alone."""
         event = bounded_event(event)  # also turns credentials and jtis into HMACs
         audit_log.info(serialised(event))
         count_audit_event(event)
-        if stored or self._appender is None:
+        if stored:
+            return
+        name = str(event.get("event", "unknown"))
+        if self._appender is None:
+            if required:
+                count_audit_write_failure(name, "refused")
+                raise AuditUnavailable("no audit stream is wired")
             return
         try:
             self._appender.append_audit(event)
-        except Exception:  # the log line above is the record of last resort
+        except Exception as err:
+            if required:
+                count_audit_write_failure(name, "refused")
+                raise AuditUnavailable(f"audit append failed: {type(err).__name__}") from err
+            count_audit_write_failure(name, "logged")
+            # A log-only event: the log line above is its record of last resort.
             logging.getLogger(__name__).warning(
                 "audit stream unavailable; event kept in the log only",
-                extra={"event_name": event.get("event")},
+                extra={"event_name": name},
             )

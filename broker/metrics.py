@@ -86,6 +86,20 @@ CONFIG_LAST_RELOAD_OK = Gauge(
 _REASON_EVENTS = ("token.exchange", "token.request")
 
 
+AUDIT_WRITE_FAILURES = Counter(
+    "errand_audit_write_failures_total",
+    "Audit entries that could not be written: refused (the action was refused with 503) or "
+    "logged (a log-only event kept in the log alone)",
+    ["event", "result"],
+)
+
+
+def count_audit_write_failure(event: str, result: str) -> None:
+    """`result`: refused | logged. `event` is an event name from code, or `script` for a
+    change refused inside a Lua script (broker/store/connection.py)."""
+    AUDIT_WRITE_FAILURES.labels(event[:64], result).inc()
+
+
 def count_audit_event(event: dict[str, object]) -> None:
     name = str(event.get("event", "unknown"))
     reason = str(event.get("reason") or "") if name in _REASON_EVENTS else ""

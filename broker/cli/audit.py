@@ -19,8 +19,10 @@ import requests
 from broker.cli.admin import add_admin_arguments, admin_request, admin_token, broker_url
 from broker.cli.output import iso_utc, printable
 from broker.domain.audit_export import ExportUnreadable, parse_export, verify_export
+from broker.domain.task_proof import verify_proof
+from broker.tokens.evidence import EvidenceInvalid
 
-SUBCOMMANDS = ("search", "verify", "export", "proof", "hash")
+SUBCOMMANDS = ("search", "verify", "export", "proof", "verify-proof", "hash")
 SEARCH_FIELDS = ("identity", "owner", "outcome", "reason", "event", "actor", "issuer", "error")
 EXIT_OK, EXIT_TAMPERED, EXIT_UNUSABLE = 0, 1, 2
 
@@ -83,9 +85,10 @@ def _admin_stream(args: argparse.Namespace, path: str, params: dict[str, str]) -
     if resp.status_code != 200:
         print(f"errand: {base} answered {resp.status_code}", file=sys.stderr)
         raise SystemExit(EXIT_UNUSABLE)
-    for line in resp.iter_lines(decode_unicode=True):
+    # iter_lines decodes only when the answer names a charset: JSON lines may not.
+    for line in resp.iter_lines():
         if line:
-            yield line
+            yield line.decode("utf-8") if isinstance(line, bytes) else line
 
 
 def _export_params(args: argparse.Namespace, fmt: str) -> dict[str, str]:
@@ -162,6 +165,58 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return EXIT_OK if report.ok else EXIT_TAMPERED
 
 
+def cmd_proof(args: argparse.Namespace) -> int:
+    """Fetch a task's proof; with --out, save it as `errand audit verify-proof` reads it."""
+    body = admin_request(args, "GET", f"/admin/tasks/{args.task}/proof")
+    text = json.dumps(body, indent=2) + "\n"
+    if args.out:
+        Path(args.out).write_text(text)
+        print(f"proof of task {printable(args.task)} written to {printable(args.out)}")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def cmd_verify_proof(args: argparse.Namespace) -> int:
+    """Offline: exit 0 the proof verifies, 1 it does not (altered, or not signed by the keys),
+    2 the file or key set cannot be read."""
+    try:
+        raw = Path(args.file).read_text().strip()
+        saved: dict[str, Any] = json.loads(raw) if raw.startswith("{") else {"proof": raw}
+        jwks = json.loads(Path(args.jwks).read_text()) if args.jwks else saved.get("jwks")
+        jws = saved["proof"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        print(f"errand: not a task proof file: {err}", file=sys.stderr)
+        return EXIT_UNUSABLE
+    if not isinstance(jwks, dict) or not isinstance(jws, str):
+        print("errand: no key set: pass the broker's published keys with --jwks", file=sys.stderr)
+        return EXIT_UNUSABLE
+    try:
+        claims = verify_proof(jws, jwks, args.issuer or saved.get("issuer"))
+    except EvidenceInvalid as err:
+        if args.json:
+            print(json.dumps({"ok": False, "problem": str(err)}, indent=2))
+        else:
+            print(printable(f"INVALID: {err}"))
+        return EXIT_TAMPERED
+    if args.json:
+        print(json.dumps({"ok": True, "claims": claims}, indent=2))
+        return EXIT_OK
+    print(
+        printable(
+            f"OK: every token of task {claims['task']} ({claims['state']} at "
+            f"{iso_utc(claims['ended_at'])}) dead at {iso_utc(claims['dead_at'])}: "
+            f"{claims['grant_count']} grant(s), epoch {claims['epoch']}, issuer {claims['iss']}"
+        )
+    )
+    if not args.jwks:
+        print(
+            "  signature checked against the key the file carries: compare its kid with the "
+            "broker's published JWKS, or pass --jwks"
+        )
+    return EXIT_OK
+
+
 def cmd_hash(args: argparse.Namespace) -> int:
     """The value is read from stdin, never the command line (it may be a live token)."""
     value = sys.stdin.read().strip() if args.value in (None, "-") else args.value
@@ -223,6 +278,24 @@ def register(sub: Any) -> None:
     )
     s.add_argument("--issuer", help="the broker's issuer (default: the export's)")
     s.set_defaults(fn=cmd_verify)
+
+    s = asub.add_parser("proof", help="an ended task's signed proof that its tokens are dead")
+    add_admin_arguments(s)
+    s.add_argument("task", help="the task id")
+    s.add_argument("--out", "-o", help="save the proof to this file (default: print it)")
+    s.set_defaults(fn=cmd_proof)
+
+    s = asub.add_parser(
+        "verify-proof",
+        help="verify a saved task proof offline: exit 0 ok, 1 invalid, 2 unusable",
+    )
+    s.add_argument("file", help="a file saved by `errand audit proof TASK --out FILE`")
+    s.add_argument(
+        "--jwks", help="the broker's published JSON Web Key Set (default: the key in the file)"
+    )
+    s.add_argument("--issuer", help="the broker's issuer (default: the file's)")
+    s.add_argument("--json", action="store_true", help="print the result as JSON")
+    s.set_defaults(fn=cmd_verify_proof)
 
     s = asub.add_parser("hash", help="the audit HMACs of a token or jti, to find its events")
     add_admin_arguments(s)

@@ -59,7 +59,8 @@ def _event(svc: Services, name: str, approval: Approval, **fields: object) -> No
             "scope": " ".join(approval.scopes),
             "policies": list(approval.policies),
             **fields,
-        }
+        },
+        required=True,  # an approval opened or decided without its event is refused (503)
     )
 
 

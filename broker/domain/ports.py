@@ -261,8 +261,11 @@ class AuthFailureCounter(Protocol):
 
 
 class AuditSink(Protocol):
-    def record(self, event: Mapping[str, Any], *, stored: bool = False) -> None:
-        """Log the event; also append it to the audit stream unless `stored` already did."""
+    def record(
+        self, event: Mapping[str, Any], *, stored: bool = False, required: bool = False
+    ) -> None:
+        """Log the event; also append it to the audit stream unless `stored` already did.
+        `required`: raise AuditUnavailable (domain/audit_failure.py) when it cannot."""
 
 
 class JobScheduler(Protocol):

@@ -8,6 +8,7 @@ from typing import Any
 
 from broker.domain.ports import Services
 from broker.domain.task_lifecycle import owner_from_token, transition
+from broker.domain.task_proof import TaskProofs, begin_proof, finish_proof
 from broker.domain.token_revocation import revoke_grant
 from broker.errors import Conflict
 
@@ -39,12 +40,42 @@ def complete_task(
     return {"task_id": task_id, "completed": True}
 
 
-def cleanup_task(task_id: str, svc: Services) -> int:
-    """Revoke every grant of an ended task (every grant indexed under it). Idempotent."""
+def cleanup_task(task_id: str, svc: Services, proofs: TaskProofs | None = None) -> int:
+    """Revoke every grant of an ended task (every grant indexed under it). Idempotent.
+
+    With `proofs`, the task's proof that all its tokens are dead is signed and stored once
+    none is left (domain/task_proof.py); it is written before the clean-up is marked done,
+    so a job that fails before the proof is re-enqueued by the sweeper."""
     state = svc.store.task_terminal_state(task_id) or "completed"
+    jtis = svc.store.task_grant_ids(task_id)
+    end = begin_proof(task_id, jtis, proofs) if proofs is not None else None
     count = 0
-    for jti in svc.store.task_grant_ids(task_id):
+    for jti in jtis:
         if revoke_grant(jti, svc, reason=f"task_{state}", actor="worker", task_id=task_id):
             count += 1
+    if proofs is not None and end is not None:
+        claims = finish_proof(
+            task_id,
+            end,
+            proofs,
+            keyring=svc.keyring,
+            issuer=svc.config.broker.issuer,
+            now=int(svc.clock.now()),
+            epoch=svc.store.current_epoch(),
+            skew_seconds=svc.config.broker.clock_skew_seconds,
+        )
+        if claims is not None:
+            svc.audit.record(
+                {
+                    "ts": svc.clock.now(),
+                    "event": "task.proved",
+                    "outcome": "proved",
+                    "task": task_id,
+                    "state": end.state,
+                    "actor": "worker",
+                    "grant_count": claims["grant_count"],
+                    "proof_id": claims["jti"],
+                }
+            )
     svc.store.finish_task_cleanup(task_id)
     return count

@@ -137,7 +137,8 @@ def _rotate(emergency: bool) -> dict[str, object]:
             "event": "keys.rotated",
             "actor": operator_label(request),
             **result,
-        }
+        },
+        required=True,
     )
     return result
 

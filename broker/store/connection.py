@@ -41,8 +41,11 @@ from redis.exceptions import NoScriptError, RedisError
 from redis.retry import Retry
 from redis.sentinel import Sentinel, SentinelConnectionPool, SentinelManagedConnection
 
+from broker.domain.audit_failure import AuditUnavailable
 from broker.domain.ports import StoreUnavailable
+from broker.metrics import count_audit_write_failure
 from broker.settings import Settings, SettingsError
+from broker.store import keys
 
 log = logging.getLogger(__name__)
 
@@ -240,4 +243,14 @@ def store_errors() -> Iterator[None]:
     try:
         yield
     except RedisError as err:
+        if is_audit_refusal(err):
+            count_audit_write_failure("script", "refused")
+            raise AuditUnavailable(f"{type(err).__name__}: {err}") from err
         raise StoreUnavailable(f"{type(err).__name__}: {err}") from err
+
+
+def is_audit_refusal(err: RedisError) -> bool:
+    """A script refused a change because the audit stream cannot take its event: the
+    prelude's audit_refusal, or a script's own type check naming the audit stream."""
+    text = str(err)
+    return "ERRAND_AUDIT " in text or f"{keys.AUDIT_STREAM} holds a " in text

@@ -15,6 +15,7 @@ from typing import Any, cast
 
 import redis
 
+from broker.domain.audit_hmac import jti_hmac
 from broker.domain.models import Grant, GrantState
 from broker.domain.ports import PreflightState, WriteRefused
 from broker.domain.tasks import COMPLETED, TaskSpec
@@ -247,10 +248,20 @@ class RedisGrants(RedisTaskLifecycle, RedisAuditStream):
 
     @store_errors()
     def sweep_expired(self, *, now: int, batch: int) -> int:
+        """Read a batch of expired members, then remove them in one script whose events carry
+        each jti's HMAC, computed here (Lua has no HMAC): the chain seals them as written."""
+        members = _strings(
+            self._r.zrangebyscore(keys.EXPIRY_INDEX, "-inf", now, start=0, num=batch)
+        )
+        if not members:
+            return 0
+        pairs: list[str] = []
+        for member in members:
+            pairs += [member, jti_hmac(member.split(" ", 1)[0])]
         return int(
             self._sweep(
                 keys=[keys.EXPIRY_INDEX, keys.AUDIT_STREAM],
-                args=[now, batch, self._audit_maxlen, now],
+                args=[now, self._audit_maxlen, now, *pairs],
             )
         )
 

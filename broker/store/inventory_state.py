@@ -11,6 +11,8 @@ import json
 from collections.abc import Mapping
 from typing import Any, cast
 
+import redis
+
 from broker.store import keys
 from broker.store.audit_stream import RedisAuditStream
 from broker.store.connection import store_errors
@@ -63,6 +65,11 @@ class RedisInventoryState(RedisAuditStream):
             previous = state_record(pipe.hget(keys.IDENTITY_STATE, identity_id))
             if previous is not None and previous.get("state") == "offboarded":
                 return
+            # A MULTI does not stop at a failed command: check the audit stream first, so a
+            # state never changes without its event (store_errors answers AuditUnavailable).
+            kind = pipe.type(keys.AUDIT_STREAM)
+            if kind not in ("none", "stream", b"none", b"stream"):
+                raise redis.ResponseError(f"ERRAND_AUDIT {keys.AUDIT_STREAM} holds a {kind}")
             pipe.multi()
             if record is None:
                 pipe.hdel(keys.IDENTITY_STATE, identity_id)

@@ -136,6 +136,20 @@ AUDIT_CHAIN = PREFIX + "audit:chain"  # hash: head, last_id, seq, added, checkpo
 AUDIT_CHECKPOINTS = PREFIX + "audit:checkpoints"
 AUDIT_KEYS = PREFIX + "audit:keys"  # hash kid -> public JWK of every key that signed one
 AUDIT_SEAL_LOCK = PREFIX + "lock:audit-seal"  # one sealer at a time (value: its token)
-AUDIT_PROOFS = PREFIX + "audit:proofs"  # hash task -> signed proof that its tokens are dead
+AUDIT_PROOFS = PREFIX + "audit:proofs"  # prefix of the two per-task keys below
+
+
+def audit_proof(task_id: str) -> str:
+    """A task's signed proof that its tokens are dead (domain/task_proof.py); the
+    tombstone's TTL."""
+    return f"{AUDIT_PROOFS}:{task_id}"
+
+
+def audit_proof_cover(task_id: str) -> str:
+    """Set of the jti HMACs a task's proof covers, gathered before its grants are revoked;
+    the tombstone's TTL."""
+    return f"{AUDIT_PROOFS}-cover:{task_id}"
+
+
 # The audit HMAC key when no file or KEK provides one (broker/audit_key.py). No TTL.
 AUDIT_HMAC_KEY = PREFIX + "audit:hmac-key"

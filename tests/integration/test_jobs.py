@@ -128,7 +128,7 @@ def test_sweep_removes_expired_grants_from_every_index(worker_env, svc, raw, sub
     assert raw.zrange(keys.identity_index("acme-deploy"), 0, -1) == [live.grant.jti]
     assert raw.zcard(keys.task_index("sweep-task")) == 0
     expired = [e for e in audit_events(raw) if e["event"] == "grant.expired"]
-    assert sorted(e["jti"] for e in expired) == sorted(t.grant.jti for t in short)
+    assert sorted(e["jti_hmac"] for e in expired) == sorted(jti_hmac(t.grant.jti) for t in short)
     assert all(e["outcome"] == "expired" and e["task"] == "sweep-task" for e in expired)
     assert all(e["identity"] == "acme-deploy" for e in expired)
     assert introspect(live.access_token, svc)["active"] is True

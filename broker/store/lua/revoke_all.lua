@@ -7,10 +7,12 @@
 -- count of live grants are added here).
 -- Returns {new epoch, grants live at the cut}.
 --
--- Redis does not roll a script back, and there is no check to make before writing: the
--- first write is the cut itself, so should a later command fail (the log, the fan-out
+-- Redis does not roll a script back. The one check before writing: the audit stream can
+-- take the event (no cut without it). The first write is the cut itself, so should a later command fail (the log, the fan-out
 -- entry, the audit event), the cut has still happened. The epoch starts at Redis's clock
 -- if it is missing, never at 0.
+local refused = audit_refusal(KEYS[3])
+if refused then return refused end
 if redis.call('EXISTS', KEYS[1]) == 0 then redis.call('SET', KEYS[1], redis.call('TIME')[1]) end
 local epoch = redis.call('INCR', KEYS[1])
 local live = redis.call('ZCOUNT', KEYS[5], '(' .. ARGV[1], '+inf')

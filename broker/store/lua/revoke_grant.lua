@@ -9,11 +9,13 @@
 -- listed in the audit event as `descendants`.
 --
 -- The task and identity index keys come from the grant's own fields.
--- Redis does not roll a script back: the one check (is the grant live?) comes before the
--- first write, and that write deletes the grant, so should a later command fail the token
+-- Redis does not roll a script back: the checks (is the grant live? can the audit stream
+-- take the event?) come before the first write, and that write deletes the grant, so should a later command fail the token
 -- is already dead.
 local g = redis.call('HMGET', KEYS[1], 't', 'i', 'e')
 if not g[1] then return 0 end
+local refused = audit_refusal(KEYS[3])  -- no revocation without its audit event
+if refused then return refused end
 drop_grant(KEYS[2], ARGV[1], g[1], g[2])
 redis.call('XADD', KEYS[4], '*', 'k', 'jti', 'v', ARGV[1], 'n', g[3], 'x', g[3])
 local below = revoke_descendants(KEYS[2], KEYS[4], ARGV[1], 10000)

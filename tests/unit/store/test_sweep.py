@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from broker.domain.audit_hmac import jti_hmac
 from broker.store import keys
 from tests.support.jws import token_parts
 from tests.support.redis import stream_events
@@ -39,9 +40,10 @@ def test_sweep_removes_expired_entries_from_every_index(issued, svc, clock) -> N
         assert members(r, index) == {long}
     assert expiry_jtis(r) == {long}
     expired = [e for e in stream_events(svc) if e.get("event") == "grant.expired"]
-    assert [(e["jti"], e["task"], e["identity"]) for e in expired] == [
-        (short, "sweep-task", "acme-deploy")
+    assert [(e["jti_hmac"], e["task"], e["identity"]) for e in expired] == [
+        (jti_hmac(short), "sweep-task", "acme-deploy")
     ]
+    assert "jti" not in expired[0]  # never the plain jti
 
     # Idempotent: nothing more until `long` expires.
     assert svc.store.sweep_expired(now=int(clock.now()), batch=100) == 0
