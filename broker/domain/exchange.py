@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from broker.domain.audit_event import ExchangeAudit
 from broker.domain.audit_shape import bounded_event
 from broker.domain.exchange_refusals import Refused, error_for, record_refusal
+from broker.domain.grant_ids import new_grant_id
 from broker.domain.identity_state import state_name
 from broker.domain.limits import check_before_signature, check_identity_rate, identity_window
 from broker.domain.models import (
@@ -229,7 +230,7 @@ def mint(
     has moved since) and its signed access token (tokens/mint.py, RFC 9068)."""
     identity, iat = caller.identity, int(now)
     grant = Grant(
-        jti=new_id(),
+        jti=new_grant_id(caller.task_id),  # carries its task's bucket (grant_ids.py)
         identity_id=identity.id,
         identity_type=identity.type,
         owner=identity.owner,

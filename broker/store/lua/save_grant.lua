@@ -19,8 +19,8 @@
 -- cannot fail half-way and leave a partial grant or a burned jti. In order:
 --   1. every key written below holds the type the writes expect (or nothing), and the grant
 --      key is new: a wrong type would make a write fail after others had happened;
---   2. the task is this identity's (its owner key, or for an older task its earliest live
---      grant), before the tombstone, so a stranger learns nothing of another's task;
+--   2. the task is this identity's (its owner key), before the tombstone, so a stranger
+--      learns nothing of another's task;
 --   3. the task is not complete; 4. the identity is not suspended or offboarded;
 --   5. the identity is under its live-grant quota;
 --   6. the epoch has not moved (if Redis lost it, the script restarts it and refuses: that
@@ -48,12 +48,6 @@ local me = ARGV[12]
 -- before the tombstone, so a stranger learns nothing about another identity's task.
 local owner = redis.call('GET', KEYS[11])
 if owner and owner ~= me then return 'task_foreign' end
-if not owner then
-  -- A task opened before owners were recorded: its earliest live grant speaks for it.
-  local live = redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. ARGV[3], '+inf', 'LIMIT', 0, 1)
-  local holder = live[1] and redis.call('HGET', GRANT .. live[1], 'i')
-  if holder and holder ~= me then return 'task_foreign' end
-end
 if redis.call('EXISTS', KEYS[6]) == 1 then return 'task_completed' end
 -- A suspended or offboarded identity gets nothing, even if the suspension landed a moment ago.
 if redis.call('HEXISTS', KEYS[9], me) == 1 then return 'identity_blocked' end
