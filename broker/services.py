@@ -18,10 +18,10 @@ from broker.policy.matcher import IdentityMatcher
 from broker.runtime import Runtime
 from broker.settings import Settings
 from broker.store.auth_failures import RedisAuthFailures
-from broker.store.connection import RedisLocation, ReplicaWait, connect
+from broker.store.connection import RedisLocation, ReplicaWait, connect, is_cluster
 from broker.store.jwks_mirror import JwksMirror
 from broker.store.limits import RedisLimits
-from broker.store.redis import RedisGrantStore
+from broker.store.redis import ClusterGrantStore, RedisGrantStore
 from broker.store.revocations import RedisRevocationStore
 from broker.store.signing_keys import RedisKeyRecords
 from broker.tokens.keyrecord import load_kek
@@ -45,9 +45,12 @@ def build_services(
     clock = clock or SystemClock()
     where, wait = RedisLocation.of(settings), ReplicaWait.of(settings)
     r = redis_client or connect(where, timeout=settings.redis_timeout_seconds)
-    r_rq = rq_client or connect(where, timeout=5.0, decode=False)
+    # RQ needs a plain Redis: ERRAND_QUEUE_REDIS_URL when set (required with a cluster).
+    queue = settings.queue_redis_url or where
+    r_rq = rq_client or connect(queue, timeout=5.0, decode=False)
     keyring = build_keyring(settings, config, r, clock)
-    store = RedisGrantStore(r, audit_maxlen=config.broker.audit_stream_maxlen, wait=wait)
+    store_class = ClusterGrantStore if is_cluster(r) else RedisGrantStore
+    store = store_class(r, audit_maxlen=config.broker.audit_stream_maxlen, wait=wait)
     jwks = JwksCache(fetcher or HttpJwksFetcher(), JwksMirror(r), clock)
     try:
         store.ensure_epoch()

@@ -3,7 +3,7 @@
 A task's grants, its index, tombstone and owner live together in one Redis Cluster slot, so
 that each atomic step on a task is one script on one node (docs/architecture.md, "Redis key
 scheme"). The slot is chosen by the task's bucket: a number in [0, TASK_BUCKETS) derived
-from the task id. A new jti starts with that bucket ("3a7_" then 22 random characters; base64url, as before), so
+from the task id. A new jti starts with that bucket ("3a7_" then 22 base64url characters), so
 the grant's key is found from the jti alone, by anyone: introspection, an operator's
 `errand grant revoke <jti>`, a clean-up job that read an identity's index.
 

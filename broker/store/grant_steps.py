@@ -83,7 +83,7 @@ def publish(
         pipe.xadd(keys.AUDIT_STREAM, {"e": event}, maxlen=int(audit_maxlen), approximate=True)
     if completing is not None:
         pipe.zadd(keys.COMPLETING, {completing[0]: completing[1]})
-    if pipe.command_stack:
+    if len(pipe):
         pipe.execute()
 
 
@@ -128,7 +128,7 @@ def unindex(client: Any, refs: Iterable[Ref], *, task_index_too: bool = False) -
             pipe.zrem(keys.task_index(ref.task), ref.jti)
         pipe.zrem(keys.identity_index(ref.identity), ref.jti)
         pipe.zrem(keys.EXPIRY_INDEX, ref.member)
-    if pipe.command_stack:
+    if len(pipe):
         pipe.execute()
 
 
