@@ -16,10 +16,11 @@ from broker.identity.verifier import SubjectTokenVerifier
 from broker.jobs import RqScheduler
 from broker.policy.matcher import IdentityMatcher
 from broker.runtime import Runtime
-from broker.settings import Settings
+from broker.settings import Settings, SettingsError
 from broker.store.auth_failures import RedisAuthFailures
-from broker.store.connection import RedisLocation, ReplicaWait, connect, is_cluster
+from broker.store.connection import RedisLocation, ReplicaWait, connect, is_cluster, store_errors
 from broker.store.jwks_mirror import JwksMirror
+from broker.store.key_migration import old_keys_present
 from broker.store.limits import RedisLimits
 from broker.store.redis import ClusterGrantStore, RedisGrantStore
 from broker.store.revocations import RedisRevocationStore
@@ -53,6 +54,13 @@ def build_services(
     store = store_class(r, audit_maxlen=config.broker.audit_stream_maxlen, wait=wait)
     jwks = JwksCache(fetcher or HttpJwksFetcher(), JwksMirror(r), clock)
     try:
+        with store_errors():
+            if old_keys_present(r):
+                raise SettingsError(
+                    "Redis holds keys under the names before the hash-tagged key scheme: stop "
+                    "the old version and run `python -m broker.store.key_migration REDIS_URL` "
+                    "once (docs/runbook.md)"
+                )
         store.ensure_epoch()
     except StoreUnavailable:
         log.warning("Redis unreachable at start-up; the epoch is created on first use")

@@ -321,7 +321,7 @@ def _redis_cluster(
     flag = env.get("ERRAND_REDIS_CLUSTER", "").strip().lower()
     if flag not in ("", "0", "1", "true", "false", "yes", "no"):
         raise SettingsError("ERRAND_REDIS_CLUSTER must be 1 or 0")
-    scheme, sep, rest = redis_url.partition("://")
+    scheme, sep, _ = redis_url.partition("://")
     cluster_url = scheme in ("redis+cluster", "rediss+cluster")
     if not (cluster_url or flag in ("1", "true", "yes")):
         return {"redis_cluster_nodes": (), "queue_redis_url": queue_url}

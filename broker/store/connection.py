@@ -137,7 +137,7 @@ class _Cluster(RedisCluster):
     """RedisCluster retrying what connect() retries: not a timeout (the command may have run;
     a write run twice is not a write run once)."""
 
-    ERRORS_ALLOW_RETRY = (RedisConnectionError, ClusterDownError, SlotNotCoveredError)
+    ERRORS_ALLOW_RETRY = (RedisConnectionError, ClusterDownError, SlotNotCoveredError)  # type: ignore[assignment]
 
 
 def _cluster(location: RedisLocation, options: dict[str, Any]) -> redis.Redis:
@@ -147,7 +147,10 @@ def _cluster(location: RedisLocation, options: dict[str, Any]) -> redis.Redis:
     # enough that a cluster without a primary for a slot is a quick 503.
     options["retry"] = Retry(ExponentialBackoff(cap=0.5, base=0.05), 3)
     client = _Cluster(
-        startup_nodes=[ClusterNode(host, port) for host, port in location.cluster_nodes],
+        startup_nodes=[
+            ClusterNode(host, port)  # type: ignore[no-untyped-call]
+            for host, port in location.cluster_nodes
+        ],
         ssl=location.cluster_tls,
         **options,
     )

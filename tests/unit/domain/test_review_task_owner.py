@@ -154,8 +154,8 @@ def test_task_owner_key_lives_as_long_as_the_task(client, issued, clock, svc) ->
     assert r.get(owner_key) == "acme-deploy"
 
 
-# A task opened before owner keys existed has none: `errand store migrate-keys` (store/
-# key_migration.py) gives it its earliest live grant's identity as owner when it renames the
+# A task opened before owner keys existed has none: `python -m broker.store.key_migration`
+# gives it its earliest live grant's identity as owner when it renames the
 # keys, so the grant write no longer reads another key to find one (every key in KEYS).
 
 
