@@ -36,6 +36,7 @@ GLOBALS = {
     OLD + "fanouts": keys.FANOUTS,
     OLD + "keys": keys.SIGNING_KEYS,
     OLD + "keys:version": keys.SIGNING_KEYS_VERSION,
+    OLD + "keys:bootstrap": keys.SIGNING_KEYS + ":bootstrap",
     OLD + "identity:state": keys.IDENTITY_STATE,
     OLD + "identity:last-exchange": keys.LAST_EXCHANGE,
 }
