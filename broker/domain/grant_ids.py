@@ -5,7 +5,7 @@ that each atomic step on a task is one script on one node (docs/architecture.md,
 scheme"). The slot is chosen by the task's bucket: a number in [0, TASK_BUCKETS) derived
 from the task id. A new jti starts with that bucket ("3a7_" then 22 base64url characters), so
 the grant's key is found from the jti alone, by anyone: introspection, an operator's
-`errand grant revoke <jti>`, a clean-up job that read an identity's index.
+`errand revoke --jti JTI`, a clean-up job that read an identity's index.
 
 Plain Python, no Redis: the domain mints the jti, the store (broker/store/keys.py) reads it."""
 
