@@ -270,7 +270,7 @@ class ClusterGrants(RedisGrants):
                     feed_expiry,
                 ],
             )
-        return TransitionResult(outcome=str(outcome), before=str(before))
+        return TransitionResult(outcome=outcome, before=str(before))
 
 
 def save_global(

@@ -23,6 +23,7 @@ from redis.cluster import RedisCluster
 
 from broker.domain.grant_ids import task_bucket
 from broker.store import keys as K
+from tests.support.delegation import ACTORS, actor_ref, add_actors, hop_form
 from tests.support.redis import RedisDbs
 from tests.support.redis_cluster import RedisClusterProcesses
 from tests.support.stack import (
@@ -59,6 +60,8 @@ def cstack(
         dev_issuer.issuer,
         extra_env={"ERRAND_QUEUE_REDIS_URL": redis_dbs.url("cluster-queue")},
     )
+    # The delegation story's actors (test_a_delegation_chain_and_a_task_suspension_...).
+    stack.edit_config(lambda doc: add_actors(doc, "dev-ci", "acme-app-deploy"))
     stack.start(timeout=60)
     try:
         yield stack
@@ -98,6 +101,15 @@ def jti_of(token: str) -> str:
 def complete(stack: TunedStack, token: str) -> requests.Response:
     return requests.post(
         stack.url + "/tasks/complete", headers={"Authorization": f"Bearer {token}"}, timeout=10
+    )
+
+
+def post_hop(stack: TunedStack, dev_issuer: Any, subject: str, actor: str) -> requests.Response:
+    actor_token = mint(dev_issuer, **actor_ref(actor))
+    return requests.post(
+        stack.url + "/token",
+        data=hop_form(subject, actor_token, scope="deploy:read"),
+        timeout=10,
     )
 
 
@@ -179,6 +191,49 @@ def test_short_grants_are_swept_on_every_node(cstack, dev_issuer, peek):
     assert left == 0
     assert not any(peek.exists(K.task_index(t)) for t in tasks)
     assert not any(peek.exists(K.grant(j)) for j in jtis)
+
+
+def test_a_delegation_chain_and_a_task_suspension_on_a_cluster(cstack, dev_issuer, peek):
+    """Hops are minted in the root task's bucket (their write checks every link in one
+    slot); revoking the middle hop revokes the one below it; a suspended task refuses new
+    grants and hops and its tokens are inactive until it resumes."""
+    task = "cl-chain-" + secrets.token_hex(4)
+    root = issue(cstack, dev_issuer, task_id=task, scope="deploy:read deploy:write")
+    tokens, token = [], root["access_token"]
+    for actor in ACTORS[:3]:
+        resp = post_hop(cstack, dev_issuer, token, actor)
+        assert resp.status_code == 200, resp.text
+        token = resp.json()["access_token"]
+        tokens.append(token)
+    jtis = [jti_of(t) for t in (root["access_token"], *tokens)]
+    slot = peek.keyslot(K.task_index(task))
+    assert {peek.keyslot(K.grant(j)) for j in jtis} == {slot}
+    assert {peek.keyslot(K.children_index(j)) for j in jtis} == {slot}
+    assert peek.zscore(K.children_index(jtis[1]), jtis[2]) is not None
+
+    assert requests.post(cstack.url + "/revoke", data={"token": tokens[1]}, timeout=10).ok
+    assert active(cstack, root["access_token"]) and active(cstack, tokens[0])
+    assert not active(cstack, tokens[1]) and not active(cstack, tokens[2])
+    feed = {f["v"]: f.get("p") for _, f in peek.xrange(K.REVOCATION_FEED, "-", "+")}
+    assert feed[jtis[3]] == jtis[2] and not peek.exists(K.grant(jtis[3]))
+
+    bearer = {"Authorization": f"Bearer {root['access_token']}"}
+    moved = requests.post(f"{cstack.url}/tasks/{task}/suspend", headers=bearer, timeout=10)
+    assert moved.status_code == 200 and moved.json()["state"] == "suspended", moved.text
+    assert not active(cstack, root["access_token"]) and not active(cstack, tokens[0])
+    refused = post_token(cstack, mint(dev_issuer), task_id=task)
+    assert refused.status_code == 400 and "suspended" in refused.json()["error_description"]
+    assert post_hop(cstack, dev_issuer, tokens[0], ACTORS[1]).status_code == 400
+    kinds = [f["k"] for _, f in peek.xrange(K.REVOCATION_FEED, "-", "+") if f["v"] == task]
+    assert kinds[-1] == "task_suspended"
+
+    moved = requests.post(f"{cstack.url}/tasks/{task}/resume", headers=bearer, timeout=10)
+    assert moved.status_code == 200 and moved.json()["state"] == "running", moved.text
+    assert active(cstack, root["access_token"]) and active(cstack, tokens[0])
+    again = post_hop(cstack, dev_issuer, tokens[0], ACTORS[1])
+    assert again.status_code == 200, again.text
+    assert jti_of(again.json()["access_token"]).startswith(task_bucket(task) + "_")
+    assert peek.zscore(K.TASKS_OPEN, task) is not None  # the open-tasks gauge, on {g}
 
 
 # -- topology changes under load -----------------------------------------------------------
