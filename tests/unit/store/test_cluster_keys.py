@@ -24,6 +24,9 @@ def test_a_task_its_grants_tombstone_and_owner_share_a_slot() -> None:
         assert jti_bucket(jti) == task_bucket(task)
         group = {slot(keys.grant(jti)), slot(keys.task_index(task))}
         group |= {slot(keys.task_tombstone(task)), slot(keys.task_owner(task))}
+        group |= {slot(keys.task_state(task)), slot(keys.children_index(jti))}
+        hop = new_grant_id(task)  # a delegation hop: minted in its root task's bucket
+        group |= {slot(keys.grant(hop)), slot(keys.children_index(hop))}
         assert len(group) == 1
 
 
@@ -32,7 +35,8 @@ def test_the_global_group_is_one_slot() -> None:
         keys.EPOCH, keys.EXPIRY_INDEX, keys.AUDIT_STREAM, keys.COMPLETING, keys.REVOCATION_FEED,
         keys.EPOCH_LOG, keys.EVIDENCE_STREAM, keys.FANOUTS, keys.SIGNING_KEYS,
         keys.SIGNING_KEYS_VERSION, keys.IDENTITY_STATE, keys.LAST_EXCHANGE, keys.NO_KEY,
-        keys.fanout_progress(7),
+        keys.fanout_progress(7), keys.TASKS_OPEN, keys.TASKS_COMPLETED, keys.WORKER_HEARTBEATS,
+        keys.APPROVALS_PENDING, keys.approval("apr_x"),
     ]  # fmt: skip
     assert len({slot(k) for k in names}) == 1
 
@@ -99,8 +103,17 @@ def test_old_key_names_are_renamed_once(tmp_path: Path) -> None:
     r.expire("errand:task:task1", 300)
     r.set("errand:task-done:task2", "1", ex=60)
     r.zadd("errand:ident:ci", {"OLDJTI": 2_000_000_000})
+    # The task lifecycle's, delegation's, gauges' and approvals' keys
+    r.hset("errand:task-state:task1", mapping={"s": "suspended"})
+    r.zadd("errand:children:OLDJTI", {"HOPJTI": 2_000_000_000})
+    r.zadd("errand:tasks:open", {"task1": 2_000_000_000})
+    r.hset("errand:approval:apr_1", mapping={"s": "pending"})
+    r.zadd("errand:approvals:pending", {"apr_1": 2_000_000_000})
     counts = key_migration.migrate(r)
-    assert counts["renamed"] == 7 and counts["owners"] == 1
+    assert counts["renamed"] == 12 and counts["owners"] == 1
+    assert r.hget(keys.task_state("task1"), "s") == "suspended"
+    assert r.zscore(keys.children_index("OLDJTI"), "HOPJTI") is not None
+    assert r.exists(keys.TASKS_OPEN, keys.APPROVALS_PENDING, keys.approval("apr_1")) == 3
     assert r.get(keys.EPOCH) == "100" and r.hget(keys.IDENTITY_STATE, "bad")
     assert r.hget(keys.grant("OLDJTI"), "t") == "task1" and r.ttl(keys.grant("OLDJTI")) > 0
     assert r.get(keys.task_owner("task1")) == "ci" and r.ttl(keys.task_owner("task1")) > 0
