@@ -17,17 +17,19 @@ from broker.identity.verifier import SubjectTokenVerifier
 from broker.jobs import RqScheduler
 from broker.policy.matcher import IdentityMatcher
 from broker.runtime import Runtime
-from broker.settings import Settings
+from broker.settings import Settings, SettingsError
 from broker.store.approvals import RedisApprovals
 from broker.store.auth_failures import RedisAuthFailures
 from broker.store.chains import RedisChains
-from broker.store.connection import RedisLocation, ReplicaWait, connect
+from broker.store.cluster_grants import ClusterChains
+from broker.store.connection import RedisLocation, ReplicaWait, connect, is_cluster, store_errors
 from broker.store.console_sessions import RedisConsoleSessions
 from broker.store.dpop_replay import RedisDpopReplay
 from broker.store.gauges import RedisGauges
 from broker.store.jwks_mirror import JwksMirror
+from broker.store.key_migration import old_keys_present
 from broker.store.limits import RedisLimits
-from broker.store.redis import RedisGrantStore
+from broker.store.redis import ClusterGrantStore, RedisGrantStore
 from broker.store.revocations import RedisRevocationStore
 from broker.store.signing_keys import RedisKeyRecords
 from broker.tokens.keyrecord import load_kek
@@ -52,13 +54,25 @@ def build_services(
     clock = clock or SystemClock()
     where, wait = RedisLocation.of(settings), ReplicaWait.of(settings)
     r = redis_client or connect(where, timeout=settings.redis_timeout_seconds)
-    r_rq = rq_client or connect(where, timeout=5.0, decode=False)
+    # RQ needs a plain Redis: ERRAND_QUEUE_REDIS_URL when set (required with a cluster).
+    queue = settings.queue_redis_url or where
+    r_rq = rq_client or connect(queue, timeout=5.0, decode=False)
     keyring = build_keyring(settings, config, r, clock)
     configure_audit_key(settings, r)
-    store = RedisGrantStore(r, audit_maxlen=config.broker.audit_stream_maxlen, wait=wait)
+    cluster = is_cluster(r)
+    store_class = ClusterGrantStore if cluster else RedisGrantStore
+    store = store_class(r, audit_maxlen=config.broker.audit_stream_maxlen, wait=wait)
+    chains_class = ClusterChains if cluster else RedisChains
     jobs = RqScheduler(r_rq)
     jwks = JwksCache(fetcher or HttpJwksFetcher(), JwksMirror(r), clock)
     try:
+        with store_errors():
+            if old_keys_present(r):
+                raise SettingsError(
+                    "Redis holds keys under the names before the hash-tagged key scheme: stop "
+                    "the old version and run `python -m broker.store.key_migration REDIS_URL` "
+                    "once (docs/runbook.md)"
+                )
         store.ensure_epoch()
     except StoreUnavailable:
         log.warning("Redis unreachable at start-up; the epoch is created on first use")
@@ -81,14 +95,14 @@ def build_services(
         dpop_replay=RedisDpopReplay(r),
         tracer=build_tracer(settings.observability),
         approvals=RedisApprovals(r),
-        chains=RedisChains(r, audit_maxlen=config.broker.audit_stream_maxlen, wait=wait),
+        chains=chains_class(r, audit_maxlen=config.broker.audit_stream_maxlen, wait=wait),
         settings=settings,
         redis=r,
         rq_redis=r_rq,
         jwks=jwks,
         health=store,
         console_sessions=RedisConsoleSessions(r),
-        gauges=RedisGauges(r, jobs.job_keys()),
+        gauges=RedisGauges(r, jobs.job_keys(), r_rq),
     )
 
 

@@ -79,6 +79,12 @@ class Settings:
     # ERRAND_AUDIT_KEY_FILE: base64 of 32 bytes, the key of the HMACs that stand for tokens
     # and jtis in audit events. Unset: derived from the KEK, else kept in Redis (docs/audit.md).
     audit_key_file: Path | None = None
+    # ERRAND_REDIS_CLUSTER=1, or a redis+cluster:// URL listing seed nodes: Redis is a Redis
+    # Cluster found from these nodes (broker/store/connection.py). Empty: not a cluster.
+    redis_cluster_nodes: tuple[tuple[str, int], ...] = ()
+    # ERRAND_QUEUE_REDIS_URL: a plain Redis for the RQ job queues (RQ cannot use a cluster).
+    # Empty: the main Redis. Required with a cluster.
+    queue_redis_url: str = ""
     # Values for ${NAME} / ${NAME:-default} references in the YAML configuration.
     config_vars: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 
@@ -348,7 +354,9 @@ def _redis_where(
             f"ERRAND_REDIS_TIMEOUT_SECONDS ({timeout * 1000:g} ms), so that the write's reply "
             "arrives before the client stops waiting for it"
         )
+    cluster = _redis_cluster(env, redis_url, sentinels, replicas)
     return {
+        **cluster,
         "redis_sentinels": sentinels,
         "redis_sentinel_service": service,
         "redis_sentinel_password_file": Path(sentinel_password) if sentinel_password else None,
@@ -357,6 +365,48 @@ def _redis_where(
         "redis_wait_replicas": replicas,
         "redis_wait_timeout_ms": wait_ms,
     }
+
+
+def _redis_cluster(
+    env: Mapping[str, str], redis_url: str, sentinels: tuple[tuple[str, int], ...], replicas: int
+) -> dict[str, Any]:
+    """ERRAND_REDIS_CLUSTER / redis+cluster:// and ERRAND_QUEUE_REDIS_URL, with the
+    combinations a cluster cannot honour refused."""
+    queue_url = env.get("ERRAND_QUEUE_REDIS_URL", "").strip()
+    flag = env.get("ERRAND_REDIS_CLUSTER", "").strip().lower()
+    if flag not in ("", "0", "1", "true", "false", "yes", "no"):
+        raise SettingsError("ERRAND_REDIS_CLUSTER must be 1 or 0")
+    scheme, sep, _ = redis_url.partition("://")
+    cluster_url = scheme in ("redis+cluster", "rediss+cluster")
+    if not (cluster_url or flag in ("1", "true", "yes")):
+        return {"redis_cluster_nodes": (), "queue_redis_url": queue_url}
+    if sentinels:
+        raise SettingsError("a Redis Cluster and ERRAND_REDIS_SENTINELS exclude each other")
+    if replicas:
+        raise SettingsError(
+            "ERRAND_REDIS_WAIT_REPLICAS is not supported on a Redis Cluster: a grant write "
+            "there is several steps on several nodes, and WAIT covers one connection's writes"
+        )
+    if not queue_url:
+        raise SettingsError(
+            "missing environment settings: ERRAND_QUEUE_REDIS_URL (RQ cannot use a Redis "
+            "Cluster: give it a plain Redis for the job queues)"
+        )
+    netloc = urlsplit(redis_url).netloc.rpartition("@")[2] if sep else ""
+    nodes = _host_ports(netloc, "REDIS_URL")
+    if not nodes:
+        raise SettingsError("a Redis Cluster URL must name at least one node (host:port)")
+    return {"redis_cluster_nodes": nodes, "queue_redis_url": queue_url}
+
+
+def _host_ports(text: str, name: str) -> tuple[tuple[str, int], ...]:
+    out = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        host, _, port = item.rpartition(":")
+        if not host or not port.isdigit():
+            raise SettingsError(f"{name}: {item!r} is not host:port")
+        out.append((host.strip("[]"), int(port)))
+    return tuple(out)
 
 
 def _url_has_password(url: str) -> bool:

@@ -21,7 +21,6 @@ what concerns the actor token names `actor_token`, what concerns the chain `subj
 
 from __future__ import annotations
 
-import secrets
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -31,6 +30,7 @@ from broker.domain.audit_shape import bounded_event
 from broker.domain.decision import Asked, PolicyOutcome, runtime_decision
 from broker.domain.dpop import check_dpop_required, claim_proof
 from broker.domain.exchange_refusals import Refused, error_for, record_refusal
+from broker.domain.grant_ids import new_grant_id
 from broker.domain.identity_state import state_name
 from broker.domain.introspection import grant_state, is_live
 from broker.domain.limits import check_before_signature, check_identity_rate, identity_window
@@ -332,7 +332,8 @@ def mint(
 ) -> tuple[Grant, str]:
     parent, identity, iat = hop.parent, hop.identity, int(now)
     grant = Grant(
-        jti=secrets.token_urlsafe(16),
+        # In the ROOT task's bucket (grant_ids.py): the chain's grants share one slot.
+        jti=new_grant_id(parent.task_id),
         identity_id=identity.id,
         identity_type=identity.type,
         owner=identity.owner,

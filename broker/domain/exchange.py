@@ -26,6 +26,7 @@ from broker.domain.decision import Asked, PolicyOutcome, runtime_decision
 from broker.domain.delegation import exchange_delegated
 from broker.domain.dpop import check_dpop_required, claim_proof
 from broker.domain.exchange_refusals import Refused, error_for, record_refusal
+from broker.domain.grant_ids import new_grant_id
 from broker.domain.identity_state import state_name
 from broker.domain.limits import check_before_signature, check_identity_rate, identity_window
 from broker.domain.models import (
@@ -278,7 +279,7 @@ def mint(
     has moved since) and its signed access token (tokens/mint.py, RFC 9068)."""
     identity, iat = caller.identity, int(now)
     grant = Grant(
-        jti=new_id(),
+        jti=new_grant_id(caller.task_id),  # carries its task's bucket (grant_ids.py)
         identity_id=identity.id,
         identity_type=identity.type,
         owner=identity.owner,

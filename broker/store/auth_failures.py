@@ -14,9 +14,8 @@ import redis
 from broker.store import keys
 from broker.store.connection import store_errors
 
-# Key prefixes (each key expires with its window).
-AUTH_FAILURES = keys.PREFIX + "rl:authfail:"  # + address hash: failures in the window
-AUTH_AUDIT_GATE = keys.PREFIX + "rl:authaudit:"  # + address hash: set while a failure is audited
+# Keys (each expires with its window): keys.auth_failures(address hash) names the failures
+# in the window and the gate set while a failure is audited; one slot, so one script.
 
 # KEYS: failure counter, audit gate. ARGV: window seconds, gate seconds.
 # Returns {failures in the window, seconds until it resets, 1 if this failure opened the gate}.
@@ -42,7 +41,7 @@ class RedisAuthFailures:
 
     def failures(self, address: str) -> tuple[int, int]:
         """(failures in the current window, seconds until it resets); nothing is written."""
-        key = AUTH_FAILURES + _address_hash(address)
+        key = keys.auth_failures(_address_hash(address))[0]
         with store_errors():
             pipe = self._r.pipeline(transaction=False)
             pipe.get(key)
@@ -58,7 +57,7 @@ class RedisAuthFailures:
         digest = _address_hash(address)
         with store_errors():
             failures, ttl, first = self._note(
-                keys=[AUTH_FAILURES + digest, AUTH_AUDIT_GATE + digest],
+                keys=list(keys.auth_failures(digest)),
                 args=[window_seconds, gate_seconds],
             )
         return int(failures), max(int(ttl), 1), bool(first)

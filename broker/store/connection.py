@@ -21,6 +21,14 @@ client follows a failover without a restart:
 While the Sentinels name no reachable primary, every call fails with a ConnectionError
 (MasterNotFoundError among them): StoreUnavailable, a 503.
 
+On Redis Cluster (RedisLocation.cluster_nodes) the client is redis-py's RedisCluster: it
+learns the slot map from any seed node, follows MOVED and ASK redirections (a resharding)
+and, after a primary failover, refreshes the map and retries on the promoted replica. Its
+retries are the same as above: a connection error, a cluster that is down or a slot not
+covered, a few times; never a timeout. Every script and MULTI it sends must keep to one slot
+(broker/store/keys.py); redis-py refuses one that does not before sending it, so a
+cross-slot step fails whole (StoreUnavailable), never half-done.
+
 ReplicaWait puts WAIT after the writes that must survive a failover."""
 
 from __future__ import annotations
@@ -35,9 +43,10 @@ from typing import Any
 
 import redis
 from redis.backoff import ExponentialBackoff, NoBackoff
+from redis.cluster import ClusterNode, RedisCluster
 from redis.commands.core import Script
+from redis.exceptions import ClusterDownError, NoScriptError, RedisError, SlotNotCoveredError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisError
 from redis.retry import Retry
 from redis.sentinel import Sentinel, SentinelConnectionPool, SentinelManagedConnection
 
@@ -64,11 +73,15 @@ class RedisLocation:
     db: int = 0
     password_file: Path | None = None
     sentinel_password_file: Path | None = None
+    cluster_nodes: tuple[tuple[str, int], ...] = ()  # seed nodes of a Redis Cluster
+    cluster_tls: bool = False
 
     @classmethod
     def of(cls, settings: Settings) -> RedisLocation:
         return cls(
             url=settings.redis_url,
+            cluster_nodes=settings.redis_cluster_nodes,
+            cluster_tls=settings.redis_url.startswith("rediss"),
             sentinels=settings.redis_sentinels,
             service=settings.redis_sentinel_service,
             db=settings.redis_db,
@@ -97,6 +110,8 @@ def connect(where: str | RedisLocation, *, timeout: float, decode: bool = True) 
     }
     if password is not None:
         options["password"] = password
+    if location.cluster_nodes:
+        return _cluster(location, options)
     if not location.sentinels:
         return redis.Redis.from_url(location.url, **options)
     sentinel = Sentinel(  # type: ignore[no-untyped-call]
@@ -119,6 +134,35 @@ def connect(where: str | RedisLocation, *, timeout: float, decode: bool = True) 
         **options,
     )
     return client
+
+
+class _Cluster(RedisCluster):
+    """RedisCluster retrying what connect() retries: not a timeout (the command may have run;
+    a write run twice is not a write run once)."""
+
+    ERRORS_ALLOW_RETRY = (RedisConnectionError, ClusterDownError, SlotNotCoveredError)  # type: ignore[assignment]
+
+
+def _cluster(location: RedisLocation, options: dict[str, Any]) -> redis.Redis:
+    options = dict(options)
+    options.pop("health_check_interval", None)
+    # A few attempts, backing off: enough to ride out a MOVED storm or a reconnect, short
+    # enough that a cluster without a primary for a slot is a quick 503.
+    options["retry"] = Retry(ExponentialBackoff(cap=0.5, base=0.05), 3)
+    client = _Cluster(
+        startup_nodes=[
+            ClusterNode(host, port)  # type: ignore[no-untyped-call]
+            for host, port in location.cluster_nodes
+        ],
+        ssl=location.cluster_tls,
+        **options,
+    )
+    return client  # type: ignore[return-value]  # the commands the stores use, same shape
+
+
+def is_cluster(client: Any) -> bool:
+    """Whether `client` talks to a Redis Cluster (scripts and MULTI then keep to a slot)."""
+    return isinstance(client, RedisCluster)
 
 
 class _FollowingPool(SentinelConnectionPool):

@@ -59,9 +59,16 @@ class RedisGauges:
     """Scrape-time readings and the worker heartbeat. `job_keys` are RQ's own keys of the
     errand queue and its registries (broker/jobs.py names them), by state."""
 
-    def __init__(self, client: redis.Redis, job_keys: dict[str, tuple[str, str]]) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        job_keys: dict[str, tuple[str, str]],
+        queue_client: redis.Redis | None = None,
+    ) -> None:
         self._r = client
         self._job_keys = job_keys  # state -> (redis type: "list" | "zset", key)
+        # RQ's keys live on the queue Redis (ERRAND_QUEUE_REDIS_URL), the main one by default.
+        self._q = queue_client if queue_client is not None else client
 
     @store_errors()
     def read(self, *, now: float, ended_before: float) -> StoreReading:
@@ -69,18 +76,20 @@ class RedisGauges:
         pipe.zcount(keys.EXPIRY_INDEX, _above(now), "+inf")
         for count in TASK_STATES.values():
             count(pipe, now)
+        queue = pipe if self._q is self._r else self._q.pipeline(transaction=False)
         for kind, key in self._job_keys.values():
             if kind == "list":
-                pipe.llen(key)
+                queue.llen(key)
             else:
-                pipe.zcard(key)
+                queue.zcard(key)
         pipe.zrangebyscore(keys.COMPLETING, "-inf", ended_before, start=0, num=ENDED_TASKS_CHECKED)
         pipe.zrevrange(keys.WORKER_HEARTBEATS, 0, 0, withscores=True)
         pipe.zcount(keys.WORKER_HEARTBEATS, now - HEARTBEAT_KEEP_SECONDS, "+inf")
         replies = iter(pipe.execute())
         live = int(next(replies))
         tasks = {state: int(next(replies)) for state in TASK_STATES}
-        jobs = {state: int(next(replies)) for state in self._job_keys}
+        job_replies = replies if queue is pipe else iter(queue.execute())
+        jobs = {state: int(next(job_replies)) for state in self._job_keys}
         ended = list(next(replies))
         newest = list(next(replies))
         reporting = int(next(replies))

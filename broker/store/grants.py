@@ -15,11 +15,10 @@ from typing import Any, cast
 
 import redis
 
-from broker.domain.audit_hmac import jti_hmac
 from broker.domain.models import Grant, GrantState
-from broker.domain.ports import PreflightState, WriteRefused
+from broker.domain.ports import PreflightState, StoreUnavailable, WriteRefused
 from broker.domain.tasks import COMPLETED, TaskSpec
-from broker.store import keys, lua_scripts
+from broker.store import grant_steps, keys, lua_scripts
 from broker.store.audit_stream import RedisAuditStream, event_json
 from broker.store.connection import NO_WAIT, ReplicaWait, store_errors
 from broker.store.grant_record import expiry_member, grant_fields, grant_from
@@ -38,7 +37,7 @@ def save_grant_call(
     task: str = "",
 ) -> tuple[list[str], list[str | int]]:
     """KEYS and ARGV of lua/save_grant.lua for one grant, in the order its header names."""
-    replay_key = keys.replay(replay[0], replay[1]) if replay else keys.EPOCH + ":none"
+    replay_key = keys.replay(replay[0], replay[1]) if replay else keys.NO_KEY
     script_keys = [
         keys.grant(grant.jti),
         keys.task_index(grant.task_id),
@@ -82,7 +81,7 @@ class RedisGrants(RedisTaskLifecycle, RedisAuditStream):
         self._save = client.register_script(lua_scripts.SAVE_GRANT)
         self._revoke = client.register_script(lua_scripts.REVOKE_GRANT)
         self._init_tasks(client)
-        self._sweep = client.register_script(lua_scripts.SWEEP)
+        self._drop = client.register_script(lua_scripts.DROP_GRANTS)
         self._ensure_epoch = client.register_script(lua_scripts.ENSURE_EPOCH)
         self._preflight = client.register_script(lua_scripts.PREFLIGHT)
 
@@ -116,7 +115,7 @@ class RedisGrants(RedisTaskLifecycle, RedisAuditStream):
         epoch, replayed, done, raw_state, requests, reset, owner, task, deadline = self._preflight(
             keys=[
                 keys.EPOCH,
-                keys.replay(issuer_id, jti) if jti else keys.EPOCH + ":none",
+                keys.replay(issuer_id, jti) if jti else keys.NO_KEY,
                 keys.task_tombstone(task_id),
                 keys.IDENTITY_STATE,
                 keys.rate_counter("identity", identity_id or "-"),
@@ -191,16 +190,40 @@ class RedisGrants(RedisTaskLifecycle, RedisAuditStream):
     # -- revocation and completion ---------------------------------------------------------
     @store_errors()
     def revoke_grant(self, jti: str, *, audit: Mapping[str, Any]) -> tuple[str, str] | None:
-        """Revoke one grant; returns its (task, identity), or None if it was not live."""
-        found = self._wait.run(
-            self._revoke,
-            keys=[keys.grant(jti), keys.EXPIRY_INDEX, keys.AUDIT_STREAM, keys.REVOCATION_FEED],
-            args=[jti, self._audit_maxlen, event_json(audit)],
-            what=f"revocation of grant {jti}",
-        )
-        if not found:
-            return None
-        return str(found[0]), str(found[1])
+        """Revoke one grant and every delegation hop below it; returns its (task,
+        identity), or None if it was not live. The grant's fields name its index keys, so
+        they are read first (every key a script touches is passed in KEYS); a grant
+        rewritten in between is read again. The hops go next (grant_steps.cascade), also
+        when the grant was already gone: the repeat of a revocation that stopped half-way
+        finishes it."""
+        found = self._revoke_one(jti, audit)
+        grant_steps.cascade(self._r, self._drop, [jti], wait=self._wait)
+        return found
+
+    def _revoke_one(self, jti: str, audit: Mapping[str, Any]) -> tuple[str, str] | None:
+        below = grant_steps.live_descendants(self._r, jti)
+        if below:
+            audit = {**audit, "descendants": below}
+        for _ in range(3):
+            ref = grant_steps.read_refs(self._r, [jti]).get(jti)
+            if ref is None:
+                return None
+            found = self._wait.run(
+                self._revoke,
+                keys=[
+                    keys.grant(jti),
+                    keys.EXPIRY_INDEX,
+                    keys.AUDIT_STREAM,
+                    keys.REVOCATION_FEED,
+                    keys.task_index(ref.task),
+                    keys.identity_index(ref.identity),
+                ],
+                args=[jti, self._audit_maxlen, event_json(audit), ref.task, ref.identity],
+                what=f"revocation of grant {jti}",
+            )
+            if found != "moved":
+                return (str(found[0]), str(found[1])) if found else None
+        raise StoreUnavailable(f"grant {jti} kept changing while it was revoked")
 
     @store_errors()
     def complete_task(
@@ -248,22 +271,7 @@ class RedisGrants(RedisTaskLifecycle, RedisAuditStream):
 
     @store_errors()
     def sweep_expired(self, *, now: int, batch: int) -> int:
-        """Read a batch of expired members, then remove them in one script whose events carry
-        each jti's HMAC, computed here (Lua has no HMAC): the chain seals them as written."""
-        members = _strings(
-            self._r.zrangebyscore(keys.EXPIRY_INDEX, "-inf", now, start=0, num=batch)
-        )
-        if not members:
-            return 0
-        pairs: list[str] = []
-        for member in members:
-            pairs += [member, jti_hmac(member.split(" ", 1)[0])]
-        return int(
-            self._sweep(
-                keys=[keys.EXPIRY_INDEX, keys.AUDIT_STREAM],
-                args=[now, self._audit_maxlen, now, *pairs],
-            )
-        )
+        return grant_steps.sweep(self._r, now=now, batch=batch, audit_maxlen=self._audit_maxlen)
 
     # -- operator views ---------------------------------------------------------------------
     @store_errors()

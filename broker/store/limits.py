@@ -10,7 +10,7 @@ from __future__ import annotations
 import redis
 
 from broker.store import keys, lua_scripts
-from broker.store.connection import store_errors
+from broker.store.connection import is_cluster, store_errors
 
 
 class RedisLimits:
@@ -24,10 +24,15 @@ class RedisLimits:
     ) -> list[tuple[int, int]]:
         """Count one event on each (kind, value) counter in one round trip (lua/hit_many.lua);
         returns, per counter, (events in the current window, seconds until it resets)."""
-        results = self._hit_many(
-            keys=[keys.rate_counter(kind, value) for kind, value in counters],
-            args=[window_seconds],
-        )
+        counter_keys = [keys.rate_counter(kind, value) for kind, value in counters]
+        if is_cluster(self._r):
+            # The counters sit in different slots: one script each (no atomicity is needed:
+            # lua/hit_many.lua says why a partial count is safe).
+            results = []
+            for key in counter_keys:
+                results += self._hit_many(keys=[key], args=[window_seconds])
+        else:
+            results = self._hit_many(keys=counter_keys, args=[window_seconds])
         return [(int(results[i]), max(int(results[i + 1]), 1)) for i in range(0, len(results), 2)]
 
     def hit(self, kind: str, value: str, *, window_seconds: int) -> tuple[int, int]:

@@ -1,10 +1,9 @@
 """The Lua scripts of broker/store/lua/, read once, at import.
 
-Each script runs with lua/prelude.lua in front of it (the functions several scripts share)
-and with the key prefixes of store/keys.py filled in where its text says `{{GRANT}}`,
-`{{TASK}}` or `{{IDENT}}`, so no Lua text spells a key prefix. Scripts need those prefixes
-because they reach a grant's hash and index keys from an expiry-index member or from the
-grant's own fields, keys the caller cannot know in advance to pass as KEYS.
+Each script runs with lua/prelude.lua in front of it (the functions several scripts share).
+No script builds a key name: every key it touches comes in KEYS, named by store/keys.py, so
+Redis Cluster can route it (a script's keys must share a slot). A placeholder (`{{NAME}}`)
+mechanism remains for values filled in at load time; none is defined today.
 
 A store registers each script once per client (`client.register_script(SAVE_GRANT)`);
 redis-py then calls it by SHA (EVALSHA) and loads it again after a NOSCRIPT, say when
@@ -15,14 +14,7 @@ from __future__ import annotations
 import re
 from importlib.resources import files
 
-from broker.store import keys
-
-PLACEHOLDERS = {
-    "GRANT": keys.GRANT_PREFIX,
-    "TASK": keys.TASK_INDEX_PREFIX,
-    "IDENT": keys.IDENTITY_INDEX_PREFIX,
-    "CHILDREN": keys.CHILDREN_INDEX_PREFIX,
-}
+PLACEHOLDERS: dict[str, str] = {}
 _PLACEHOLDER = re.compile(r"\{\{(\w+)\}\}")
 _LEFTOVER = re.compile(r"\{\{|\}\}")
 # A prefix lands inside a single-quoted Lua string: nothing in it may end or escape it.
@@ -65,13 +57,19 @@ PREFLIGHT = load("preflight")
 ENSURE_EPOCH = load("ensure_epoch")
 REVOKE_GRANT = load("revoke_grant")
 TASK_TRANSITION = load("task_transition")
-SWEEP = load("sweep")
 # store/chains.py
 SAVE_HOP = load("save_hop")
 # store/revocations.py
 REVOKE_ALL = load("revoke_all")
-REVOKE_MANY = load("revoke_many")
-FANOUT_BATCH = load("fanout_batch")
+# store/grant_steps.py
+DROP_GRANTS = load("drop_grants")
+# store/cluster_grants.py: the grant write, the hop write and a task's move as single-slot steps
+CLUSTER_SAVE_IDENTITY = load("cluster_save_identity")
+CLUSTER_SAVE_TASK = load("cluster_save_task")
+CLUSTER_SAVE_HOP_TASK = load("cluster_save_hop_task")
+CLUSTER_SAVE_GLOBAL = load("cluster_save_global")
+CLUSTER_TASK_TRANSITION = load("cluster_task_transition")
+CLUSTER_TASK_GLOBAL = load("cluster_task_global")
 # store/limits.py
 HIT_MANY = load("hit_many")
 # store/console_sessions.py

@@ -7,6 +7,7 @@ Each concept lives in its own module; this class only puts them together:
 - store/inventory_state.py  suspension and offboarding, last exchanges, live-grant counts
 - store/audit_stream.py     the bounded audit stream
 - store/connection.py       connect() and the one translation of a RedisError
+- store/cluster_grants.py   on Redis Cluster: the multi-slot steps as single-slot sequences
 Revoke-all, the revocation feed and signed records are store/revocations.py; rate counters
 store/limits.py; the JWKS mirror store/jwks_mirror.py."""
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 from redis.exceptions import ResponseError
 
 from broker.domain.ports import StoreUnavailable
+from broker.store.cluster_grants import ClusterGrants
 from broker.store.connection import store_errors
 from broker.store.grants import RedisGrants
 from broker.store.inventory_state import RedisInventoryState
@@ -33,3 +35,8 @@ class RedisGrantStore(RedisGrants, RedisInventoryState):
         except (StoreUnavailable, ResponseError):
             return None
         return str(value) if value is not None else None
+
+
+class ClusterGrantStore(ClusterGrants, RedisGrantStore):
+    """The same store on Redis Cluster: the grant write, preflight, completion and
+    revocation as single-slot steps (store/cluster_grants.py)."""

@@ -15,7 +15,7 @@ from typing import Any, cast
 
 import redis
 
-from broker.store import keys, lua_scripts
+from broker.store import grant_steps, keys, lua_scripts
 from broker.store.audit_stream import event_json
 from broker.store.connection import NO_WAIT, ReplicaWait, store_errors
 
@@ -38,8 +38,7 @@ class RedisRevocationStore:
         self._wait = wait
         self._audit_maxlen = str(audit_maxlen)
         self._revoke_all = client.register_script(lua_scripts.REVOKE_ALL)
-        self._revoke_many = client.register_script(lua_scripts.REVOKE_MANY)
-        self._fanout = client.register_script(lua_scripts.FANOUT_BATCH)
+        self._drop = client.register_script(lua_scripts.DROP_GRANTS)
 
     # -- revoke-all ---------------------------------------------------------------------------
     @store_errors()
@@ -59,9 +58,20 @@ class RedisRevocationStore:
 
     @store_errors()
     def fanout_batch(self, epoch: int, offset: int, batch: int) -> tuple[int, int, int]:
-        """Returns (examined, revoked, survivors)."""
-        res = self._fanout(keys=[keys.EXPIRY_INDEX], args=[epoch, offset, batch])
-        return int(res[0]), int(res[1]), int(res[2])
+        """One page of the expiry index, from `offset`: grants stamped before `epoch` are
+        dropped (store/grant_steps.py; they are already dead by the epoch), along with the
+        index entries of grants that are gone. Returns (examined, revoked, survivors)."""
+        members = [str(m) for m in self._r.zrange(keys.EXPIRY_INDEX, offset, offset + batch - 1)]
+        refs = [r for r in (grant_steps.parse_member(m) for m in members) if r is not None]
+        outcome = grant_steps.drop(self._drop, refs, epoch_cut=epoch)
+        survivors = sum(1 for status, _ in outcome.values() if status == grant_steps.KEPT)
+        revoked = sum(1 for status, _ in outcome.values() if status == grant_steps.DROPPED)
+        leftovers = [r for r in refs if outcome[r.jti][0] != grant_steps.KEPT]
+        grant_steps.unindex(self._r, leftovers, task_index_too=True)
+        malformed = [m for m in members if grant_steps.parse_member(m) is None]
+        if malformed:
+            self._r.zrem(keys.EXPIRY_INDEX, *malformed)
+        return len(members), revoked, survivors
 
     @store_errors()
     def record_fanout_progress(self, epoch: int, fields: Mapping[str, Any]) -> None:
@@ -102,17 +112,34 @@ class RedisRevocationStore:
     def revoke_many(
         self, jtis: list[str], *, publish_each: bool, issuer_id: str = "", index: str | None = None
     ) -> int:
+        """Revoke a batch of grants (store/grant_steps.py: read, publish, drop, unindex,
+        then the delegation hops below them); returns how many live grants it revoked. Every
+        jti passed leaves `index` (the index it was read from), expired ones included, so a
+        caller's loop ends."""
         if not jtis:
             return 0
-        index_keys = [index] if index else []
-        return int(
-            self._wait.run(
-                self._revoke_many,
-                keys=[keys.EXPIRY_INDEX, keys.REVOCATION_FEED, *index_keys],
-                args=["1" if publish_each else "0", issuer_id, *jtis],
-                what=f"bulk revocation of {len(jtis)} grant(s)",
-            )
-        )
+        live = grant_steps.read_refs(self._r, jtis)
+        chosen = list(live.values())
+        if issuer_id:
+            issuers = self._issuers(list(live))
+            chosen = [r for r in chosen if issuers.get(r.jti) == issuer_id]
+        if publish_each and chosen:
+            grant_steps.publish(self._r, feed=[("jti", r.jti, r.exp, r.exp) for r in chosen])
+        outcome = grant_steps.drop(self._drop, chosen, issuer_id=issuer_id, wait=self._wait)
+        dropped = [ref for status, ref in outcome.values() if status == grant_steps.DROPPED]
+        grant_steps.unindex(self._r, dropped)
+        # The delegation hops below them, published one by one whatever publish_each says:
+        # they are other identities'. Counted, so a caller paging by offset skips nothing.
+        below = grant_steps.cascade(self._r, self._drop, [r.jti for r in dropped], wait=self._wait)
+        if index:
+            self._r.zrem(index, *jtis)
+        return len(dropped) + len(below)
+
+    def _issuers(self, jtis: list[str]) -> dict[str, str]:
+        pipe = self._r.pipeline(transaction=False)
+        for jti in jtis:
+            pipe.hget(keys.grant(jti), "u")
+        return {j: str(u) for j, u in zip(jtis, pipe.execute(), strict=True) if u}
 
     # -- the feed -------------------------------------------------------------------------------
     @staticmethod

@@ -33,7 +33,7 @@ from broker.store.audit_stream import event_json
 from broker.store.connection import NO_WAIT, ReplicaWait, store_errors
 from broker.store.grant_record import grant_from
 
-_OUTCOMES = ("changed", "same", "illegal", "foreign", "unknown")
+OUTCOMES = ("changed", "same", "illegal", "foreign", "unknown")
 
 
 def terminal_state(tombstone: str | None) -> str | None:
@@ -103,7 +103,7 @@ class RedisTaskLifecycle:
             ],
             what=f"{target} of task {task_id}",
         )
-        if outcome not in _OUTCOMES:
+        if outcome not in OUTCOMES:
             raise ValueError(f"task_transition.lua answered {outcome!r}")
         return TransitionResult(outcome=outcome, before=str(before))
 

@@ -10,6 +10,7 @@ import jwt
 import pytest
 import requests
 
+from broker.store import keys as K
 from tests.support.clocks import wait_until
 from tests.support.stack import EXPIRY_IDENTITY, EXPIRY_REF, LOCAL, introspect, mint, post_token
 
@@ -52,17 +53,17 @@ def test_two_hundred_short_grants_expire_through_the_worker(stack, dev_issuer, p
     # grants can take longer than their 2 s life, so only those not yet expired are checked.
     still_live = [str(c["jti"]) for c in claims if c["exp"] > time.time() + 0.5]
     if still_live:
-        assert peek.exists(*[f"errand:grant:{j}" for j in still_live]) == len(still_live)
-        scores = peek.zmscore(f"errand:ident:{EXPIRY_IDENTITY}", still_live)
+        assert peek.exists(*[K.grant(j) for j in still_live]) == len(still_live)
+        scores = peek.zmscore(K.identity_index(EXPIRY_IDENTITY), still_live)
         assert all(s is not None for s in scores)
 
     def all_cleared() -> bool:
         pipe = peek.pipeline(transaction=False)
-        pipe.exists(*[f"errand:grant:{j}" for j in jtis])
-        pipe.zmscore("errand:expiry", members)
-        pipe.zcard(f"errand:ident:{EXPIRY_IDENTITY}")
+        pipe.exists(*[K.grant(j) for j in jtis])
+        pipe.zmscore(K.EXPIRY_INDEX, members)
+        pipe.zcard(K.identity_index(EXPIRY_IDENTITY))
         for task in tasks:
-            pipe.zcard(f"errand:task:{task}")
+            pipe.zcard(K.task_index(task))
         grants, scores, *counts = pipe.execute()
         return grants == 0 and all(s is None for s in scores) and not any(counts)
 
@@ -70,16 +71,16 @@ def test_two_hundred_short_grants_expire_through_the_worker(stack, dev_issuer, p
     deadline = last_exp + 6 - time.time()
     assert wait_until(all_cleared, timeout=max(deadline, 1.0), interval=0.25), (
         "expired grants left behind: "
-        f"{peek.exists(*[f'errand:grant:{j}' for j in jtis])} grant keys, "
-        f"{sum(s is not None for s in peek.zmscore('errand:expiry', members))} expiry members"
+        f"{peek.exists(*[K.grant(j) for j in jtis])} grant keys, "
+        f"{sum(s is not None for s in peek.zmscore(K.EXPIRY_INDEX, members))} expiry members"
     )
     cleared_after = time.time() - last_exp
     assert cleared_after < 6, cleared_after
     # Nothing expired lingers anywhere in the expiry index (a 2 s grace for the next sweep).
-    assert peek.zcount("errand:expiry", "-inf", time.time() - 2) == 0
+    assert peek.zcount(K.EXPIRY_INDEX, "-inf", time.time() - 2) == 0
     for key in (
-        f"errand:ident:{EXPIRY_IDENTITY}",
-        *(f"errand:task:{t}" for t in tasks),
+        K.identity_index(EXPIRY_IDENTITY),
+        *(K.task_index(t) for t in tasks),
     ):
         assert peek.exists(key) == 0 or peek.zcard(key) == 0
 

@@ -21,6 +21,7 @@ import redis
 import requests
 
 from broker.dev.issuer import github_claims
+from broker.store import keys as K
 from broker.tokens.keyrecord import new_kek
 from tests.support.forms import deploy_form
 from tests.support.redis import RedisDbs
@@ -150,12 +151,12 @@ def test_revoke_all_under_load(kstack: KekStack, dev_issuer: Any, db: redis.Redi
             assert token_epoch < epoch
     # The worker's fan-out finishes and leaves only post-cut grants.
     deadline = time.time() + 20
-    while time.time() < deadline and db.hget(f"errand:fanout:{epoch}", "done") != "1":
+    while time.time() < deadline and db.hget(K.fanout_progress(epoch), "done") != "1":
         time.sleep(0.1)
-    assert db.hget(f"errand:fanout:{epoch}", "done") == "1"
+    assert db.hget(K.fanout_progress(epoch), "done") == "1"
     status = json.loads(cli(kstack, "revoke-all-status", str(epoch), "--json").stdout)
     assert int(status["progress"]["done"]) == 1
-    for key in db.scan_iter("errand:grant:*"):
+    for key in db.scan_iter("errand:*:grant:*"):
         assert int(db.hget(key, "p")) >= epoch
 
 
@@ -165,7 +166,7 @@ def _fill(db: redis.Redis, n: int) -> None:
     from scripts._bulk import BulkGrantWriter as RedisGrantStore
 
     now = int(time.time())
-    epoch = int(db.get("errand:epoch") or 0)
+    epoch = int(db.get(K.EPOCH) or 0)
     grants = [
         Grant(
             jti=f"fill{i:08d}",
@@ -194,7 +195,7 @@ def test_worker_killed_during_fanout_is_recovered(
     body = json.loads(cli(kstack, "revoke-all", "--yes", "--reason", "kill test", "--json").stdout)
     epoch = body["epoch"]
     assert not active(kstack, before)  # the cut holds before any clean-up
-    key = f"errand:fanout:{epoch}"
+    key = K.fanout_progress(epoch)
     deadline = time.time() + 20
     while time.time() < deadline and int(db.hget(key, "batches") or 0) < 2:
         time.sleep(0.005)
@@ -206,10 +207,10 @@ def test_worker_killed_during_fanout_is_recovered(
     while time.time() < deadline and db.hget(key, "done") != "1":
         time.sleep(0.2)
     assert db.hget(key, "done") == "1", kstack.logs()
-    left = [k for k in db.scan_iter("errand:grant:*") if int(db.hget(k, "p") or 0) < epoch]
+    left = [k for k in db.scan_iter("errand:*:grant:*") if int(db.hget(k, "p") or 0) < epoch]
     assert left == []
-    assert db.zcount("errand:expiry", "-inf", "+inf") == sum(
-        1 for _ in db.scan_iter("errand:grant:*")
+    assert db.zcount(K.EXPIRY_INDEX, "-inf", "+inf") == sum(
+        1 for _ in db.scan_iter("errand:*:grant:*")
     )
     if not killed_mid_way:
         pytest.skip("the fan-out finished before the kill landed; recovery path not exercised")

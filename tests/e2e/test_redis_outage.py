@@ -13,6 +13,7 @@ import redis
 import requests
 
 from broker.dev.embedded_redis import RedisProcess
+from broker.store import keys as K
 from tests.support.clocks import wait_until
 from tests.support.stack import Stack, introspect, issue, mint, post_token
 
@@ -117,7 +118,7 @@ def test_redis_killed_mid_run(outage_stack, outage_redis, dev_issuer, request):
     peek = redis.Redis.from_url(outage_redis.url, decode_responses=True)
     try:
         cleaned = wait_until(
-            lambda: peek.exists("errand:task:after-outage") == 0, timeout=15, interval=0.25
+            lambda: peek.exists(K.task_index("after-outage")) == 0, timeout=15, interval=0.25
         )
         assert cleaned, "the worker did not clean up after Redis returned:\n" + stack.logs()
     finally:

@@ -7,6 +7,7 @@ import secrets
 
 import pytest
 
+from broker.store import keys as K
 from tests.support.clocks import wait_until
 from tests.support.stack import errand_cli, introspect, issue, mint, post_token
 
@@ -52,8 +53,8 @@ def test_completing_a_task_ends_every_token_of_it(stack, dev_issuer, http, peek)
         ]
     ]
     assert len(jtis) == 1
-    assert peek.keys(f"errand:task:{task}") == []
-    assert peek.zscore("errand:completing", task) is None
+    assert peek.keys(K.task_index(task)) == []
+    assert peek.zscore(K.COMPLETING, task) is None
 
     # A completed task stays completed: a new exchange naming it is refused.
     late = post_token(stack, mint(dev_issuer), http, task_id=task)

@@ -9,6 +9,7 @@ import pytest
 
 from broker.domain.dpop import check_dpop_header, token_endpoint
 from broker.errors import InvalidDpopProof
+from broker.store import keys
 from tests.support.domain import exchange
 from tests.support.dpop import DpopKey
 
@@ -24,7 +25,7 @@ def test_a_proof_used_at_one_node_is_refused_at_another(make_svc, subject, raw) 
 
     issued = exchange(node_a, subject(), dpop=binding)
     assert issued.grant.dpop_jkt == key.jkt
-    assert raw.hget(f"errand:grant:{issued.grant.jti}", "k") == key.jkt
+    assert raw.hget(keys.grant(issued.grant.jti), "k") == key.jkt
 
     with pytest.raises(InvalidDpopProof):
         exchange(node_b, subject(), dpop=check_dpop_header([proof], node_b.config, time.time()))

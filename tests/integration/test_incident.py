@@ -20,6 +20,7 @@ from broker.domain.models import TOKEN_TYPE_JWT, ExchangeRequest
 from broker.errors import BrokerError, InvalidRequest
 from broker.services import build_services
 from broker.settings import Settings
+from broker.store import keys as K
 from broker.tokens.evidence import EvidenceInvalid, verify_record
 from broker.tokens.keyrecord import new_kek
 from broker.tokens.keyring import KeyError_
@@ -79,8 +80,8 @@ def test_revoke_all_is_immediate_and_later_exchanges_work(svc, issuer_key):
     totals = fanout(svc, result.epoch)
     assert totals["revoked"] == 30
     r = svc.redis
-    assert r.keys("errand:grant:*") == [f"errand:grant:{after.grant.jti}"]
-    assert r.zcard("errand:expiry") == 1
+    assert r.keys("errand:*:grant:*") == [K.grant(after.grant.jti)]
+    assert r.zcard(K.EXPIRY_INDEX) == 1
     assert _active(svc, after)
     assert fanout(svc, result.epoch)["revoked"] == 0  # idempotent
 
@@ -98,7 +99,7 @@ def test_exchange_in_flight_during_revoke_all_does_not_survive(svc, issuer_key, 
     with pytest.raises(BrokerError) as err:
         _exchange(svc, issuer_key)
     assert err.value.error == "temporarily_unavailable"
-    assert svc.redis.keys("errand:grant:*") == []
+    assert svc.redis.keys("errand:*:grant:*") == []
 
 
 @pytest.mark.parametrize("kind", ["task", "identity", "owner", "identity_type", "issuer"])
@@ -194,7 +195,7 @@ def test_scheduled_rotation_publishes_before_signing_and_keeps_old_key(svc, issu
 
 def test_keys_are_shared_by_nodes_and_sealed_at_rest(svc, redis_url, tmp_path, issuer_key):
     svc.keyring.active  # noqa: B018 - the first node creates the first key on first use
-    raw = svc.redis.hgetall("errand:keys")
+    raw = svc.redis.hgetall(K.SIGNING_KEYS)
     assert raw and all("PRIVATE KEY" not in v for v in raw.values())
     # A second node with the same KEK signs with the same key; one with another KEK fails.
     settings = svc.settings
@@ -212,7 +213,7 @@ def test_keys_are_shared_by_nodes_and_sealed_at_rest(svc, redis_url, tmp_path, i
     # Its records fail authentication: refused (never used), and no key of its own is made.
     with pytest.raises(KeyError_, match="refused"):
         build_services(wrong, config=svc.config).keyring.active  # noqa: B018
-    assert svc.redis.hgetall("errand:keys") == raw
+    assert svc.redis.hgetall(K.SIGNING_KEYS) == raw
 
 
 def test_emergency_rotation_removes_old_key_at_once(svc, issuer_key):

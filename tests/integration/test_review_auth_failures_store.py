@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from broker.store.auth_failures import AUTH_AUDIT_GATE, AUTH_FAILURES, RedisAuthFailures
+from broker.store.auth_failures import RedisAuthFailures
 
 pytestmark = pytest.mark.integration
 
@@ -27,9 +27,11 @@ def test_auth_failures_window_and_audit_gate_on_real_redis(raw) -> None:
 
     names = set(raw.scan_iter("errand:*"))
     assert len(names) == 2
-    assert all(n.startswith((AUTH_FAILURES, AUTH_AUDIT_GATE)) for n in names)
+    assert all(
+        n.startswith("errand:{a.") and n.endswith((":authfail", ":authaudit")) for n in names
+    )
     assert not any(":" in n.rsplit(":", 1)[-1] or "2001" in n for n in names), names
     for name in names:
         assert 0 < raw.ttl(name) <= 60  # every key expires
-    gate = next(n for n in names if n.startswith(AUTH_AUDIT_GATE))
+    gate = next(n for n in names if n.endswith(":authaudit"))
     assert raw.ttl(gate) == 1

@@ -188,7 +188,7 @@ def test_a_denied_request_never_yields_a_token(policy_app, baseline, team, scope
     svc, client = policy_app["svc"], policy_app["client"]
     policy = from_texts(baseline, team, AUDIENCES)
     svc.config = replace(svc.config, runtime_policy=policy)
-    before = set(svc.redis.keys(keys.GRANT_PREFIX + "*"))
+    before = set(svc.redis.keys(keys.PREFIX + "*:grant:*"))
     token = gha_token(policy_app["key"], UNIT_ISSUER, now=policy_app["clock"].now())
     resp = client.post(
         "/token",
@@ -196,7 +196,7 @@ def test_a_denied_request_never_yields_a_token(policy_app, baseline, team, scope
             token, audience=AUD, scope=" ".join(scopes), task_id=f"t{next(_ids)}", purpose="p"
         ),
     )
-    after = set(svc.redis.keys(keys.GRANT_PREFIX + "*"))
+    after = set(svc.redis.keys(keys.PREFIX + "*:grant:*"))
     if resp.status_code != 200:
         assert after == before and "access_token" not in resp.get_json()
     else:

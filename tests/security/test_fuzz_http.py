@@ -20,7 +20,6 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from broker.store.auth_failures import AUTH_FAILURES
 from tests.support.builders import ADMIN_TOKEN, CLIENT_ID, CLIENT_SECRET
 from tests.support.hostile import ObservedBroker, build_world, observe
 from tests.support.servers import CountingListener
@@ -110,7 +109,7 @@ def _headers(case: Any) -> dict[str, str]:
 def _forget_auth_failures(world: ObservedBroker) -> None:
     """Every case comes from one address: without this, the failed credentials the fuzzer
     sends would soon throttle the address (429) and no case would reach past the checks."""
-    for key in world.redis.scan_iter(AUTH_FAILURES + "*"):
+    for key in world.redis.scan_iter("errand:{a.*}:authfail"):
         world.redis.delete(key)
 
 

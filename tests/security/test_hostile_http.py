@@ -19,6 +19,7 @@ import requests
 from broker.dev.issuer import github_claims
 from broker.domain.audit_hmac import token_hmac
 from broker.store import keys
+from broker.store import keys as K
 from tests.support.audit import use_broker_audit_key
 from tests.support.forms import DEPLOY_REQUEST, bearer_form, deploy_form
 from tests.support.hostile import observe
@@ -65,12 +66,12 @@ def _claims(issuer: FaultIssuer, **overrides: Any) -> dict[str, Any]:
 def _grant_keys(db: redis.Redis) -> set[str]:
     out: set[str] = set()
     for pattern in (
-        "errand:grant:*",
-        "errand:task:*",
-        "errand:ident:*",
+        "errand:*:grant:*",
+        "errand:*:task:*",
+        "errand:*:grants",
         "errand:owner:*",
         "errand:replay:*",
-        "errand:expiry",
+        K.EXPIRY_INDEX,
     ):
         out |= set(db.scan_iter(pattern))
     return out

@@ -16,6 +16,7 @@ from urllib.parse import quote, urlencode
 import pytest
 
 from broker.domain.models import GRANT_TYPE_TOKEN_EXCHANGE, TOKEN_TYPE_JWT
+from broker.store import keys as K
 from tests.support.builders import CLIENT_ID, CLIENT_SECRET, DEPLOY_AUD
 from tests.support.hostile import ObservedBroker, observe
 from tests.support.jws import es256_sign, hs256_sign, new_es256_key, public_pem, unverified_claims
@@ -60,7 +61,7 @@ PARAMS: list[tuple[str, Any, str]] = [
     # task_id: a safe alphabet, because it becomes part of Redis keys and log lines.
     ("task_id", "a:b*", "invalid_request"),
     ("task_id", "*", "invalid_request"),
-    ("task_id", "errand:grant:*", "invalid_request"),
+    ("task_id", "errand:*:grant:*", "invalid_request"),
     ("task_id", "a?b", "invalid_request"),
     ("task_id", "a[b]", "invalid_request"),
     ("task_id", '\r\n{"event":"fake"}', "invalid_request"),
@@ -511,4 +512,4 @@ def test_every_token_the_broker_issues_is_one_it_accepts(make_world) -> None:
     observe(case="8 allowed audiences of ~500 chars", token_bytes=len(token))
     assert world.introspect(token).get_json()["active"] is True
     world.client.post("/revoke", data={"token": token})
-    assert not world.redis.exists(f"errand:grant:{jti}"), "revocation left the grant live"
+    assert not world.redis.exists(K.grant(jti)), "revocation left the grant live"

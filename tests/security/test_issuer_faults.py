@@ -68,7 +68,7 @@ class IssuerWorld:
 
     def state_keys(self) -> set[str]:
         r = self.svc.redis
-        allowed = (keys.AUDIT_STREAM, keys.PREFIX + "jwks:", keys.PREFIX + "lock:jwks:")
+        allowed = (keys.AUDIT_STREAM, keys.PREFIX + "{j.")  # the JWKS mirror and its lock
         return {k for k in r.scan_iter("*") if not k.startswith(allowed)}
 
     def last_event(self) -> dict[str, Any]:

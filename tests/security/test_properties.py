@@ -20,6 +20,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from broker.domain.models import GRANT_TYPE_JWT_BEARER, GRANT_TYPE_TOKEN_EXCHANGE
+from broker.store import keys as K
 from tests.support.builders import DEPLOY_AUD
 from tests.support.hostile import DROP, ObservedBroker
 from tests.support.jws import unverified_claims
@@ -133,7 +134,7 @@ def test_one_hostile_field_grants_only_what_was_asked_and_allowed(
         assert values[0].isascii() and values[0].isdigit()
         assert claims["exp"] - claims["iat"] <= min(int(values[0]), 600)
     # What the grant holds in Redis is what the token says.
-    grant_record = world.redis.hgetall("errand:grant:" + claims["jti"])
+    grant_record = world.redis.hgetall(K.grant(claims["jti"]))
     assert grant_record["t"] == claims["task_id"]
     assert json.loads(grant_record["a"]) == granted_aud
 

@@ -49,7 +49,7 @@ RULE_VALUES = ("100200300", "4242", "refs/heads/main", "refs/heads/release")
 # counters keyed by the client address or a configured issuer (limit by the
 # claimed issuer before the signature check). Counters keyed by an identity are checked
 # separately: only a *verified* identity may be counted, never a claimed one.
-ALLOWED_NEW_KEYS = (keys.AUDIT_STREAM, keys.PREFIX + "jwks:", keys.PREFIX + "lock:jwks:")
+ALLOWED_NEW_KEYS = (keys.AUDIT_STREAM, keys.PREFIX + "{j.")  # JWKS mirror and its lock
 RATE_PREFIX = keys.PREFIX + "rl:"
 ANONYMOUS_COUNTERS = (RATE_PREFIX + "addr:", RATE_PREFIX + "issuer:")
 

@@ -13,6 +13,7 @@ import redis
 
 from broker.dev.embedded_redis import RedisProcess
 from broker.store import keys
+from broker.store import keys as K
 from tests.support.builders import DENIAL_MAY_TOUCH
 
 # -- what the broker wrote -------------------------------------------------------------------
@@ -33,12 +34,12 @@ def redis_keys(svc: Any, pattern: str = "errand:*") -> set[str]:
 
 
 STATE_PATTERNS = (
-    "errand:grant:*",
+    "errand:*:grant:*",
     "errand:replay:*",
-    "errand:task:*",
-    "errand:ident:*",
+    "errand:*:task:*",
+    "errand:*:grants",
     "errand:owner:*",
-    "errand:expiry",
+    K.EXPIRY_INDEX,
 )
 
 

@@ -22,8 +22,8 @@
 -- cannot fail half-way and leave a partial grant or a burned jti. In order:
 --   1. every key written below holds the type the writes expect (or nothing), and the grant
 --      key is new: a wrong type would make a write fail after others had happened;
---   2. the task is this identity's (its owner key, or for an older task its earliest live
---      grant), before the tombstone, so a stranger learns nothing of another's task;
+--   2. the task is this identity's (its owner key; the key migration gave every older task
+--      one), before the tombstone, so a stranger learns nothing of another's task;
 --   3. the task is not complete (or failed, cancelled), not suspended, not past its
 --      deadline; a deadline and labels are the task's own from when it opened, and the
 --      grant's exp is within the deadline; 4. the identity is not suspended or offboarded;
@@ -48,18 +48,15 @@ if ARGV[5] == '1' and rtype ~= 'none' and rtype ~= 'string' then
   return redis.error_reply('ERRAND_CORRUPT ' .. KEYS[7] .. ' holds a ' .. rtype)
 end
 local me = ARGV[12]
+local task_id = ''
+for k = 11, #ARGV - 2, 2 do  -- the grant's fields: 't' is its task
+  if ARGV[k] == 't' then task_id = ARGV[k + 1] end
+end
 -- A task belongs to the identity that opened it, for its whole life: the owner key is set
 -- once and outlives every grant of the task (and, once complete, its tombstone). Checked
 -- before the tombstone, so a stranger learns nothing about another identity's task.
 local owner = redis.call('GET', KEYS[11])
 if owner and owner ~= me then return 'task_foreign' end
-local holder = nil
-if not owner then
-  -- A task opened before owners were recorded: its earliest live grant speaks for it.
-  local live = redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. ARGV[3], '+inf', 'LIMIT', 0, 1)
-  holder = live[1] and redis.call('HGET', GRANT .. live[1], 'i')
-  if holder and holder ~= me then return 'task_foreign' end
-end
 if redis.call('EXISTS', KEYS[6]) == 1 then return 'task_completed' end
 -- The task's lifecycle (docs/agents.md): suspended or past its deadline, nothing new.
 local task = redis.call('HMGET', KEYS[12], 's', 'd', 'l')
@@ -68,7 +65,7 @@ if task[1] == 'suspended' then return 'task_suspended' end
 local deadline = tonumber(task[2])
 if deadline and tonumber(ARGV[3]) >= deadline then return 'task_expired' end
 local spec = ARGV[#ARGV] ~= '' and cjson.decode(ARGV[#ARGV]) or nil
-local opening = not owner and not holder and not recorded
+local opening = not owner and not recorded
 if spec and not opening then
   -- Set once, when the task opens: a renewal may repeat them, never change or add them.
   if (spec.d and tonumber(spec.d) ~= deadline) or (spec.l and spec.l ~= task[3]) then
@@ -124,8 +121,8 @@ elseif recorded and redis.call('TTL', KEYS[12]) < ttl then
   redis.call('EXPIREAT', KEYS[12], exp)
 end
 redis.call('ZADD', KEYS[4], exp, ARGV[7])
--- Counted by /metrics (tasks by state); the task id is what follows the task index prefix.
-redis.call('ZADD', KEYS[13], 'GT', exp, string.sub(KEYS[2], #TASK + 1))
+-- Counted by /metrics (tasks by state).
+redis.call('ZADD', KEYS[13], 'GT', exp, task_id)
 if redis.call('TTL', KEYS[13]) < ttl then redis.call('EXPIREAT', KEYS[13], exp) end
 redis.call('XADD', KEYS[8], 'MAXLEN', '~', ARGV[8], '*', 'e', ARGV[9])
 redis.call('HSET', KEYS[10], me, ARGV[3])

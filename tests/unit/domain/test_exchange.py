@@ -61,14 +61,14 @@ def test_concurrent_replay_is_refused_by_the_atomic_write(
     after_preflight(svc, monkeypatch, other_request_wins)
     body = assert_oauth_error(exchange(token), 400, "invalid_request")
     assert "already been used" in body["error_description"]
-    assert set(r.scan_iter("errand:grant:*")) == set()
+    assert set(r.scan_iter("errand:*:grant:*")) == set()
 
 
 def test_issued_grant_state_is_written_together(issued, svc) -> None:
     body = issued(task_id="atomic")
     r = svc.redis
-    (grant_key,) = r.scan_iter("errand:grant:*")
-    jti = grant_key.split(":", 2)[2]
+    (grant_key,) = r.scan_iter("errand:*:grant:*")
+    jti = grant_key.split(":grant:", 1)[1]
     assert r.zscore(keys.task_index("atomic"), jti) is not None
     assert r.zscore(keys.identity_index("acme-deploy"), jti) is not None
     assert not r.exists("errand:owner:platform-team")  # owners go through their identities

@@ -21,7 +21,7 @@ def assert_refused_without_state(svc: Any, resp: Any) -> None:
     assert "revoked while the exchange ran" in body["error_description"]
     assert int(resp.headers["Retry-After"]) >= 1
     assert grant_state_keys(svc) == set()  # no grant, index entry or spent jti
-    assert redis_keys(svc, "errand:task-owner:*") == set()
+    assert redis_keys(svc, "errand:*:task-owner:*") == set()
     denied = [e for e in stream_events(svc) if e.get("outcome") == "denied"]
     assert denied[-1]["reason"] == "epoch_changed"
 

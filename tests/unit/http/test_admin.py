@@ -155,14 +155,15 @@ def test_admin_revokes_a_grant(client, issued, monkeypatch) -> None:
 
 
 def test_admin_can_revoke_every_issued_grant(client, issued, monkeypatch) -> None:
-    import broker.domain.exchange as exchange_mod
+    import broker.domain.grant_ids as grant_ids_mod
 
-    real = exchange_mod.secrets.token_urlsafe
-    # A value token_urlsafe really returns about 3% of the time: a leading '-' or '_'.
-    monkeypatch.setattr(exchange_mod.secrets, "token_urlsafe", lambda n: "-" + real(n)[1:])
+    real = grant_ids_mod.secrets.token_urlsafe
+    # A value token_urlsafe really returns about 3% of the time: a leading '-' or '_'
+    # (after the task's bucket, which is hex).
+    monkeypatch.setattr(grant_ids_mod.secrets, "token_urlsafe", lambda n: "-" + real(n)[1:])
     body = issued(task_id="ops")
     jti = jti_of(body)
-    assert jti.startswith("-")
+    assert jti[3:5] == "_-"
     resp = client.post(f"/admin/grants/{jti}/revoke", headers=admin_headers())
     assert resp.status_code == 200, resp.get_json()
     assert resp.get_json() == {"revoked": 1}

@@ -8,6 +8,7 @@ from typing import Any
 import jwt
 import pytest
 
+from broker.store import keys as K
 from broker.tokens.mint import access_token_claims
 from tests.support.builders import CLIENT_ID, CLIENT_SECRET, DEPLOY_AUD
 from tests.support.http import assert_oauth_error, introspect
@@ -217,7 +218,7 @@ def test_completed_task_makes_all_its_tokens_inactive(client, issued) -> None:
 
 def test_revoke_all_epoch_makes_older_grants_inactive(client, issued, svc) -> None:
     token = issued()["access_token"]
-    svc.redis.incr("errand:epoch")
+    svc.redis.incr(K.EPOCH)
     assert introspect(client, token).get_json() == {"active": False}
     assert introspect(client, issued()["access_token"]).get_json()["active"] is True
 

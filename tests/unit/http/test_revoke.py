@@ -8,6 +8,7 @@ import jwt
 import pytest
 
 from broker.domain.audit_hmac import jti_hmac
+from broker.store import keys as K
 from tests.support.builders import CLIENT_ID, CLIENT_SECRET
 from tests.support.http import assert_oauth_error, introspect
 from tests.support.jws import assert_not_leaked, new_es256_key, token_parts
@@ -62,10 +63,10 @@ def test_holder_revokes_its_own_token(client, issued, svc, logs) -> None:
 
     # The grant and its index entries are gone.
     r = svc.redis
-    assert not r.exists(f"errand:grant:{jti}")
-    for index in ("errand:task:rev-task", "errand:ident:acme-deploy"):
+    assert not r.exists(K.grant(jti))
+    for index in (K.task_index("rev-task"), K.identity_index("acme-deploy")):
         assert r.zscore(index, jti) is None
-    assert not any(m.startswith(jti + " ") for m in r.zrange("errand:expiry", 0, -1))
+    assert not any(m.startswith(jti + " ") for m in r.zrange(K.EXPIRY_INDEX, 0, -1))
 
 
 def test_revoking_twice_is_200_and_audited_once(client, issued, svc) -> None:
@@ -117,4 +118,4 @@ def test_redis_down_is_503(client, issued, fake_server, svc) -> None:
     assert introspect(client, token).get_json()["active"] is True
     assert client.post("/revoke", data={"token": token}).status_code == 200
     assert introspect(client, token).get_json()["active"] is False
-    assert redis_keys(svc, "errand:grant:*") == set()
+    assert redis_keys(svc, "errand:*:grant:*") == set()

@@ -1,5 +1,6 @@
-"""The Lua scripts of broker/store/lua/: shipped with the package, prefixes from keys.py,
-the shared prelude in front of each, and called by SHA with a reload after NOSCRIPT."""
+"""The Lua scripts of broker/store/lua/: shipped with the package, every key in KEYS (Redis
+Cluster routes a script by them), the shared prelude in front of each, and called by SHA
+with a reload after NOSCRIPT."""
 
 from __future__ import annotations
 
@@ -23,10 +24,14 @@ SCRIPTS = {
     "ensure_epoch": lua_scripts.ENSURE_EPOCH,
     "revoke_grant": lua_scripts.REVOKE_GRANT,
     "task_transition": lua_scripts.TASK_TRANSITION,
-    "sweep": lua_scripts.SWEEP,
     "revoke_all": lua_scripts.REVOKE_ALL,
-    "revoke_many": lua_scripts.REVOKE_MANY,
-    "fanout_batch": lua_scripts.FANOUT_BATCH,
+    "drop_grants": lua_scripts.DROP_GRANTS,
+    "cluster_save_identity": lua_scripts.CLUSTER_SAVE_IDENTITY,
+    "cluster_save_task": lua_scripts.CLUSTER_SAVE_TASK,
+    "cluster_save_global": lua_scripts.CLUSTER_SAVE_GLOBAL,
+    "cluster_save_hop_task": lua_scripts.CLUSTER_SAVE_HOP_TASK,
+    "cluster_task_transition": lua_scripts.CLUSTER_TASK_TRANSITION,
+    "cluster_task_global": lua_scripts.CLUSTER_TASK_GLOBAL,
     "hit_many": lua_scripts.HIT_MANY,
     "console_touch": lua_scripts.CONSOLE_TOUCH,
     "approval_poll": lua_scripts.APPROVAL_POLL,
@@ -55,14 +60,20 @@ def test_no_lua_text_spells_a_key_prefix() -> None:
         assert keys.PREFIX not in text, name
 
 
-def test_every_script_runs_with_the_prelude_and_its_prefixes_filled_in() -> None:
+def test_every_script_runs_with_the_prelude() -> None:
     prelude = lua_scripts.render(lua_scripts.read("prelude"))
     for name, text in SCRIPTS.items():
         assert text.startswith(prelude), name
         assert "{{" not in text and "}}" not in text, name
-    assert f"local GRANT = '{keys.GRANT_PREFIX}'" in prelude
-    assert f"local TASK = '{keys.TASK_INDEX_PREFIX}'" in prelude
-    assert f"local IDENT = '{keys.IDENTITY_INDEX_PREFIX}'" in prelude
+
+
+def test_every_key_a_script_touches_comes_in_keys() -> None:
+    """No key name is built inside Lua: Redis Cluster must see every key in KEYS."""
+    for name, text in shipped().items():
+        # hit_many loops over KEYS (`for i, key in ipairs(KEYS)`)
+        for command, first in re.findall(r"redis\.call\('(\w+)',?\s*([^,)]*)", text):
+            if command != "TIME" and not (name == "hit_many" and first == "key"):
+                assert re.fullmatch(r"KEYS\[[^\]]+\]", first.strip()), (name, command, first)
 
 
 def test_every_script_names_its_keys_and_arguments() -> None:
@@ -72,13 +83,10 @@ def test_every_script_names_its_keys_and_arguments() -> None:
             assert "Redis does not roll a script back" in text, name  # and why that is safe
 
 
-def test_only_the_prelude_deletes_a_grant() -> None:
-    """Dropping a grant and its index entries is written once, in the prelude."""
+def test_only_the_revocation_scripts_delete_a_grant() -> None:
     for name, text in shipped().items():
-        if name != "prelude":
+        if name not in ("drop_grants", "revoke_grant"):
             assert "'DEL'" not in text, name
-            assert "local function" not in text, name
-    assert len(re.findall(r"local function drop_grant\b", shipped()["prelude"])) == 1
 
 
 def test_an_unknown_or_unfilled_placeholder_is_refused() -> None:
