@@ -15,7 +15,7 @@ from examples.mcp_server.server import NotesConfig, build_app
 from examples.mcp_server.upstream import Upstream
 
 
-def main(argv: list[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m examples.mcp_server")
     parser.add_argument("--issuer", required=True, help="the Errand broker's URL (its issuer)")
     parser.add_argument("--port", type=int, default=8001, help="loopback port (default 8001)")
@@ -42,6 +42,11 @@ def main(argv: list[str] | None = None) -> None:
     up.add_argument("--identity", help="this server's own Errand identity id (the actor)")
     up.add_argument("--key-file", type=Path, help="its EC P-256 private key (PEM)")
     up.add_argument("--kid", help="the key's registered kid")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
     args = parser.parse_args(argv)
 
     upstream = None

@@ -66,7 +66,7 @@ async def run(tokens: McpTokens, servers: list[str]) -> dict[str, Any]:
     return out
 
 
-def main(argv: list[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m examples.mcp_server.agent")
     parser.add_argument("--broker", required=True)
     parser.add_argument("--identity", required=True)
@@ -76,6 +76,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--dpop", action="store_true", help="bind the tokens to a key (DPoP); a proof per call"
     )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
     args = parser.parse_args(argv)
     key = AgentKey.from_file(
         args.identity, args.key_file, args.kid, args.broker.rstrip("/") + "/token"
