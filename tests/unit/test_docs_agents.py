@@ -24,7 +24,6 @@ from broker.config import ConfigSchema
 from broker.config.schema import IdentitySchema
 from examples.mcp_server import __main__ as server_main
 from examples.mcp_server import agent, demo_config
-from tests.unit.test_docs import _anchors
 
 ROOT = Path(__file__).resolve().parents[2]
 AGENTS = ROOT / "docs" / "agents.md"
@@ -164,6 +163,13 @@ def test_python_blocks_compile_and_import_what_exists() -> None:
                 module = importlib.import_module(node.module)
                 for alias in node.names:
                     assert hasattr(module, alias.name), f"{node.module}.{alias.name}"
+
+
+def _anchors(path: Path) -> set[str]:
+    """GitHub's anchors for the headings of a markdown file."""
+    text = re.sub(r"```.*?```", "", path.read_text(), flags=re.S)
+    headings = re.findall(r"^#{1,6} (.+)$", text, flags=re.M)
+    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in headings}
 
 
 def test_links_and_anchors_resolve() -> None:

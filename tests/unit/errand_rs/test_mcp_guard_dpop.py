@@ -5,6 +5,7 @@ scope the call needs; a stolen token without the key is refused however it is se
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable
 from typing import Any
@@ -21,7 +22,6 @@ from errand_rs.mcp_wsgi import McpWsgiMiddleware
 from errand_rs.protected_resource import ProtectedResource
 from tests.support.challenges import parse_challenge
 from tests.support.dpop import DpopKey
-from tests.unit.errand_rs.test_mcp_guard import run_asgi
 
 NOTES = "https://notes.acme.example/mcp"
 METADATA_URL = "https://notes.acme.example/.well-known/oauth-protected-resource/mcp"
@@ -29,6 +29,22 @@ SCOPES = McpScopes(
     discovery="notes:discover",
     tools={"read_notes": "notes:read", "write_note": "notes:write notes:read"},
 )
+
+
+def run_asgi(app: Any, method: str, path: str, body: bytes, headers: dict[str, str]) -> Any:
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def send_(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    raw = [(k.lower().encode(), v.encode()) for k, v in headers.items()]
+    asyncio.run(
+        app({"type": "http", "method": method, "path": path, "headers": raw}, receive, send_)
+    )
+    return sent[0]["status"], b"".join(m.get("body", b"") for m in sent[1:])
 
 
 def make_guard(published: Any, checker: DpopChecker | None) -> McpGuard:
@@ -200,12 +216,12 @@ def test_asgi_with_dpop(published: Any, bound: Any, key: DpopKey) -> None:
     app = McpAsgiMiddleware(inner, make_guard(published, DpopChecker()))
     token, body = bound(), body_of("read_notes")
     headers = {"Mcp-Method": "tools/call", "Mcp-Name": "read_notes"}
-    status, _, out = run_asgi(
+    status, out = run_asgi(
         app, "POST", "/mcp", body, {**headers, **key.headers(token, "POST", NOTES, body=body)}
     )
     assert status == 200 and out == body
     tampered = body_of("read_notes", page=2)
     signed = key.headers(token, "POST", NOTES, body=body)
     signed.pop("Content-Digest")
-    status, _, out = run_asgi(app, "POST", "/mcp", tampered, {**headers, **signed})
+    status, out = run_asgi(app, "POST", "/mcp", tampered, {**headers, **signed})
     assert status == 401 and json.loads(out)["error"] == "invalid_dpop_proof"
