@@ -14,9 +14,13 @@ would accept. The first request for a server exchanges; later ones reuse the tok
 `refresh_margin(expires_in)` before it expires (errand_client/task.py; the client's clock is
 injectable). All of a run's tokens belong to one task id, so completing it ends them all.
 
-DPoP: pass `dpop=` anything with `headers(access_token, method, url, *, body=None)` (the
-DPoP key the ErrandClient binds its tokens to); requests then carry `Authorization: DPoP`
-and a fresh proof instead of a bearer header."""
+DPoP (RFC 9449): with `ErrandClient(..., dpop=True)` every token is bound to the client's
+key (`client.dpop_key`), and McpTokens uses that key by itself (`dpop=True` says so
+explicitly and fails if the client has none): each request then carries
+`Authorization: DPoP <token>`, a fresh proof naming its method and URL and, for the MCP DPoP
+profile, `content_digest` over the exact body (pass `body=`), plus a `Content-Digest` header.
+A key other than the client's is refused: the tokens would be bound to the wrong key. Any
+other object with `headers(access_token, method, url, *, body=None)` is used as given."""
 
 from __future__ import annotations
 
@@ -28,6 +32,7 @@ from contextlib import contextmanager
 from typing import Any, Protocol
 
 from errand_client.client import ErrandClient
+from errand_client.dpop import DpopKey
 from errand_client.errors import ErrandError
 from errand_client.task import TaskToken
 from errand_client.wire import new_task_id
@@ -56,13 +61,13 @@ class McpTokens:
         purpose: str | None,
         scopes: Mapping[str, str | Sequence[str]] | None = None,
         lifetime: int | None = None,
-        dpop: ResourceProof | None = None,
+        dpop: bool | ResourceProof | None = None,
     ) -> None:
         self.client = client
         self.task_id = task_id
         self.purpose = purpose
         self.lifetime = lifetime
-        self.dpop = dpop
+        self.dpop = _resource_proof(client, dpop)
         self._scopes = dict(scopes or {})
         for resource in self._scopes:
             _check_resource(resource)
@@ -120,6 +125,25 @@ class McpTokens:
         return self.client.complete(tokens[0])
 
 
+def _resource_proof(
+    client: ErrandClient, dpop: bool | ResourceProof | None
+) -> ResourceProof | None:
+    """What signs each request: the client's DPoP key whenever it binds tokens to one (a
+    bound token sent as Bearer is refused everywhere), never a key it does not bind to."""
+    key = client.dpop_key
+    if dpop is None or dpop is False:
+        if dpop is False and key is not None:
+            raise ValueError("the client binds its tokens to a DPoP key: they need DPoP proofs")
+        return key
+    if dpop is True:
+        if key is None:
+            raise ValueError("dpop=True needs ErrandClient(..., dpop=True or a DpopKey)")
+        return key
+    if isinstance(dpop, DpopKey) and dpop is not key:
+        raise ValueError("the tokens are bound to the client's DPoP key; pass that key")
+    return dpop
+
+
 def _check_resource(resource: str) -> None:
     # RFC 8707 §2: an absolute URI without a fragment; the broker checks it again.
     if not isinstance(resource, str) or not _ABSOLUTE_URI.fullmatch(resource):
@@ -135,7 +159,7 @@ def mcp_task(
     scopes: Mapping[str, str | Sequence[str]] | None = None,
     lifetime: int | None = None,
     task_id: str | None = None,
-    dpop: ResourceProof | None = None,
+    dpop: bool | ResourceProof | None = None,
 ) -> Iterator[McpTokens]:
     """Run an agent task against MCP servers; the task is completed when the block exits,
     on success or on an exception (whose completion failure is logged, not raised over it)."""

@@ -66,8 +66,13 @@ class TaskToken:
         self._renew_if_due()
         return self._issued.access_token
 
+    @property
+    def token_type(self) -> str:
+        return self._issued.token_type  # DPoP when bound to the client's key
+
     def headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.access_token}"}
+        self._renew_if_due()
+        return self._issued.headers()  # refuses a DPoP-bound token: it needs a proof
 
     def current_token(self) -> str:
         """The token as it is now, without renewing (used to complete the task)."""

@@ -158,7 +158,9 @@ class DpopChallenge(BearerError):
     ) -> tuple[int, list[tuple[str, str]], bytes]:
         status, headers, body = super().response_parts(realm, extra)
         if self.also_bearer:
-            headers.append(("WWW-Authenticate", f'Bearer realm="{realm}"' if realm else "Bearer"))
+            # The Bearer alternative carries no error (the request used neither scheme
+            # wrongly as Bearer), but the same `extra`: RFC 9728 resource_metadata and scope.
+            headers.append(("WWW-Authenticate", MissingToken().www_authenticate(realm, extra)))
         return status, headers, body
 
 

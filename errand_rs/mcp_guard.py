@@ -19,7 +19,15 @@ Order, for a POST to the MCP endpoint:
    challenge, so a client asks once for what it lacks.
 
 Other methods on the endpoint (GET for a server stream, DELETE to end a session) need a
-valid token and no scope. The metadata (errand_rs/protected_resource.py) is public."""
+valid token and no scope. The metadata (errand_rs/protected_resource.py) is public.
+
+DPoP (RFC 9449, `dpop=DpopChecker(...)`): `Authorization: DPoP <token>` goes through
+errand_rs/dpop.py with this request's method, this server's configured URL for `htu`
+(`checker.public_url` or the resource's origin, never the Host header), and the exact body
+for the MCP DPoP profile's `content_digest`, so a proof signed for one JSON-RPC body does not
+carry another. Every challenge then uses the DPoP scheme (plus a Bearer one unless
+`require_dpop`), each still naming `resource_metadata` and every scope the call needs.
+Without a checker a DPoP-bound token is refused (errand_rs.bearer: fail closed)."""
 
 from __future__ import annotations
 
@@ -30,6 +38,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from errand_rs.bearer import authenticate
+from errand_rs.dpop import DpopChallenge, DpopChecker, authenticate_dpop
 from errand_rs.errors import BearerError, InsufficientScope, InvalidToken
 from errand_rs.feed import RevocationFeed
 from errand_rs.mcp import McpCall, McpRefused, McpScopes, read_call
@@ -84,6 +93,7 @@ class McpGuard:
         scopes: McpScopes,
         endpoint_path: str | None = None,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        dpop: DpopChecker | None = None,
     ) -> None:
         if verifier.audience != resource.resource:
             # The audience a token must carry IS the resource identifier (RFC 8707): one
@@ -97,7 +107,14 @@ class McpGuard:
         self.scopes = scopes
         self.endpoint_path = endpoint_path or _path_of(resource.resource)
         self.max_body_bytes = max_body_bytes
-        self._metadata = json.dumps(resource.metadata()).encode()
+        self.dpop = dpop
+        doc = resource.metadata()
+        if dpop is not None:
+            # RFC 9728 §2: what a client needs to know before it asks for a token.
+            doc.setdefault("dpop_signing_alg_values_supported", list(dpop.algorithms))
+            if dpop.require_dpop:
+                doc.setdefault("dpop_bound_access_tokens_required", True)
+        self._metadata = json.dumps(doc).encode()
         if feed is not None:
             feed.ensure_started()
 
@@ -154,6 +171,8 @@ class McpGuard:
                         "errand_mcp_call": f"{call.method} {call.name}" if call else None,
                     },
                 )
+            if self.dpop is not None and not isinstance(err, DpopChallenge):
+                err = self.dpop.challenge(err)  # RFC 9449 §7.1: the DPoP scheme's challenge
             status, out_headers, out_body = err.response_parts(
                 None, self.resource.challenge_params(needed)
             )
@@ -171,6 +190,24 @@ class McpGuard:
         authorization = headers.get("authorization", [])
         if len(authorization) > 1:
             raise InvalidToken("Send one Authorization header.", reason="repeated_header")
+        if self.dpop is not None:
+            digest = headers.get("content-digest", [])
+            return authenticate_dpop(
+                self.verifier,
+                self.feed,
+                self.dpop,
+                authorization=authorization[0] if authorization else None,
+                # A WSGI server folds repeated headers into one comma-joined value: split,
+                # so two proofs are two (refused) either way.
+                proofs=[
+                    x.strip() for v in headers.get("dpop", []) for x in v.split(",") if x.strip()
+                ],
+                method=method,
+                url=self.dpop.request_url(path, self.resource.origin + path),
+                body=body,
+                content_digest_header=",".join(digest) if digest else None,
+                context=f"{method} {path}",
+            )
         return authenticate(
             self.verifier,
             self.feed,

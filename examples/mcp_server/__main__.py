@@ -10,12 +10,12 @@ from pathlib import Path
 import uvicorn
 
 from errand_client import AgentKey
-from errand_rs import RevocationFeed
+from errand_rs import DpopChecker, RevocationFeed
 from examples.mcp_server.server import NotesConfig, build_app
 from examples.mcp_server.upstream import Upstream
 
 
-def main(argv: list[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m examples.mcp_server")
     parser.add_argument("--issuer", required=True, help="the Errand broker's URL (its issuer)")
     parser.add_argument("--port", type=int, default=8001, help="loopback port (default 8001)")
@@ -27,6 +27,13 @@ def main(argv: list[str] | None = None) -> None:
         "--feed-client-id", help="a client registered at Errand: follow its revocation feed"
     )
     parser.add_argument("--feed-secret-file", type=Path, help="that client's secret (a file)")
+    parser.add_argument(
+        "--dpop",
+        choices=("off", "accept", "require"),
+        default="off",
+        help="DPoP-bound tokens: off (bearer only), accept (both), require (DPoP only, each "
+        "proof binding the body)",
+    )
     up = parser.add_argument_group("upstream (publish_note; needs delegation at Errand)")
     up.add_argument("--upstream-url", help="the upstream API's URL (its resource identifier)")
     up.add_argument(
@@ -35,6 +42,11 @@ def main(argv: list[str] | None = None) -> None:
     up.add_argument("--identity", help="this server's own Errand identity id (the actor)")
     up.add_argument("--key-file", type=Path, help="its EC P-256 private key (PEM)")
     up.add_argument("--kid", help="the key's registered kid")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
     args = parser.parse_args(argv)
 
     upstream = None
@@ -57,6 +69,11 @@ def main(argv: list[str] | None = None) -> None:
         name=args.name,
         feed=feed,
         upstream=upstream,
+        dpop=None
+        if args.dpop == "off"
+        else DpopChecker(
+            require_dpop=args.dpop == "require", require_content_digest=args.dpop == "require"
+        ),
     )
     uvicorn.run(build_app(config), host="127.0.0.1", port=args.port, log_level="warning")
 

@@ -5,7 +5,7 @@ Writes what the MCP walkthrough (docs/agents.md, "MCP servers") needs next to `e
     agent.pem     the agent's EC P-256 private key (mode 0600)
     agent.kid     its key id, as registered
     errand.yaml   config/errand.dev.yaml plus the `notes-agent` identity: its public key, the
-                  two example servers as audiences, the notes scopes
+                  three example servers as audiences, the notes scopes
 
 Start the broker with it: ERRAND_CONFIG=$PWD/.errand/mcp-demo/errand.yaml errand run"""
 
@@ -22,7 +22,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from jwt.algorithms import ECAlgorithm
 
 ROOT = Path(__file__).resolve().parents[2]
-SERVERS = ("http://127.0.0.1:8001/mcp", "http://127.0.0.1:8002/mcp")
+SERVERS = (
+    "http://127.0.0.1:8001/mcp",
+    "http://127.0.0.1:8002/mcp",
+    "http://127.0.0.1:8003/mcp",  # the walkthrough's DPoP-only server
+)
 SCOPES = ["notes:discover", "notes:read", "notes:write"]
 
 
@@ -60,9 +64,14 @@ def write_demo(out: Path) -> str:
     return kid
 
 
-def main(argv: list[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m examples.mcp_server.demo_config")
     parser.add_argument("out", type=Path, help="a directory for the key and the configuration")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
     args = parser.parse_args(argv)
     kid = write_demo(args.out)
     print(f"wrote {args.out}/agent.pem, agent.kid ({kid}) and errand.yaml")

@@ -12,6 +12,9 @@ its own URL, and each tool needs its own scope:
 (no passthrough): it exchanges it at Errand for a token addressed to the upstream, narrowed
 to one scope, with the server's own identity as the actor (examples/mcp_server/upstream.py).
 
+With `dpop` set it also accepts DPoP-bound tokens (RFC 9449), each request with a fresh proof
+whose `content_digest` binds the exact JSON-RPC body; `require_dpop` refuses bearer tokens.
+
 Run it: see examples/mcp_server/README.md."""
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from typing import Any
 
 from mcp.server.mcpserver import Context, MCPServer
 
-from errand_rs import ErrandVerifier, RevocationFeed
+from errand_rs import DpopChecker, ErrandVerifier, RevocationFeed
 from errand_rs.asgi import McpAsgiMiddleware
 from errand_rs.mcp_guard import McpGuard
 from errand_rs.protected_resource import ProtectedResource
@@ -36,6 +39,7 @@ class NotesConfig:
     name: str = "notes"
     feed: RevocationFeed | None = None  # None: revocation is seen only at expiry
     upstream: Upstream | None = None  # where publish_note sends notes
+    dpop: DpopChecker | None = None  # accept DPoP-bound tokens (require_dpop: only those)
     notes: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -94,6 +98,7 @@ def build_app(config: NotesConfig) -> Any:
         config.feed,
         resource=resource,
         scopes=scopes,
+        dpop=config.dpop,
     )
     mcp_app = build_server(config).streamable_http_app(stateless_http=True, json_response=True)
     return McpAsgiMiddleware(mcp_app, guard)

@@ -16,7 +16,10 @@ challenge:
 - the run ends, the task completes, both servers refuse its tokens;
 - no passthrough: server A's `publish_note` exchanges the agent's token (subject) with its
   own identity (actor) for a token addressed to the upstream archive, narrowed to one scope;
-  the archive sees `act` and never the agent's token, and the hop dies with the task."""
+  the archive sees `act` and never the agent's token, and the hop dies with the task;
+- DPoP: a third server (notes-c) requires DPoP-bound tokens; an agent run with tokens bound
+  to its key (a fresh proof per request, binding the JSON-RPC body) works, and the same
+  token without the key is refused, however it is sent."""
 
 from __future__ import annotations
 
@@ -38,6 +41,7 @@ from werkzeug.serving import make_server
 
 from broker.dev.issuer import load_or_create_key
 from errand_client import AgentKey, ErrandClient
+from errand_client.dpop import DpopKey
 from errand_client.mcp import McpTokens, mcp_task
 from errand_rs import ErrandMiddleware, ErrandVerifier
 from examples.mcp_server.agent import session_for
@@ -91,9 +95,9 @@ class McpWorld:
     kid: str
     archive: Archive
 
-    def client(self) -> ErrandClient:
+    def client(self, *, dpop: bool = False) -> ErrandClient:
         key = AgentKey.from_file(AGENT, self.agent_key, self.kid, self.stack.url + "/token")
-        return ErrandClient(self.stack.url, key, grant="jwt-bearer", allow_http=True)
+        return ErrandClient(self.stack.url, key, grant="jwt-bearer", allow_http=True, dpop=dpop)
 
 
 def _identities(
@@ -171,7 +175,7 @@ def world(tmp_path_factory: pytest.TempPathFactory, redis_dbs: RedisDbs) -> Iter
     workdir = tmp_path_factory.mktemp("mcp")
     agent_key, server_key_file = workdir / "agent.pem", workdir / "server-a.pem"
     key, server_key = load_or_create_key(agent_key), load_or_create_key(server_key_file)
-    ports = {"notes-a": free_port(), "notes-b": free_port()}
+    ports = {"notes-a": free_port(), "notes-b": free_port(), "notes-c": free_port()}
     servers = {name: f"http://127.0.0.1:{port}/mcp" for name, port in ports.items()}
     # The stack's own dev issuer is not used: the agent signs with its registered key.
     stack = TunedStack(workdir / "stack", redis_dbs.url("e2e-mcp"), "http://127.0.0.1:9")
@@ -187,6 +191,7 @@ def world(tmp_path_factory: pytest.TempPathFactory, redis_dbs: RedisDbs) -> Iter
             *("--key-file", str(server_key_file), "--kid", server_key.kid),
         ],
         "notes-b": [],
+        "notes-c": ["--dpop", "require"],
     }
     procs: list[Any] = []
     stack.start()
@@ -349,3 +354,61 @@ def test_no_passthrough_the_upstream_call_goes_through_a_narrowed_exchanged_toke
     # The task ended with the run: the exchanged hop is dead too.
     hop = archive.raw_tokens[-1]
     assert introspect(world.stack, hop).json() == {"active": False}
+
+
+async def _dpop_run(tokens: McpTokens, c: str) -> dict[str, Any]:
+    async with session_for(tokens, c) as mcp:  # ErrandAuth: a fresh proof per request
+        tools = sorted(t.name for t in (await mcp.list_tools()).tools)
+        wrote = await mcp.call_tool("write_note", {"text": "bound to a key"})
+        read = await mcp.call_tool("read_notes", {})
+        return {"tools": tools, "wrote": wrote.structured_content, "read": read.structured_content}
+
+
+def test_dpop_bound_tokens_at_a_server_that_requires_them(world: McpWorld) -> None:
+    c = world.servers["notes-c"]
+    metadata = LOCAL.get(c.replace("/mcp", "/.well-known/oauth-protected-resource/mcp"), timeout=5)
+    assert metadata.json()["dpop_bound_access_tokens_required"] is True
+    client = world.client(dpop=True)
+    assert client.dpop_key is not None
+    with mcp_task(client, "dpop", purpose="notes with a bound token", scopes={c: WRITE}) as tokens:
+        out = anyio.run(_dpop_run, tokens, c)
+        assert out["wrote"]["by"] == AGENT and out["read"]["result"][0]["text"] == "bound to a key"
+        assert tokens.token(c).token_type == "DPoP" and tokens.exchanges == 1
+        stolen = tokens.access_token(c)
+        assert introspect(world.stack, stolen).json()["cnf"] == {"jkt": client.dpop_key.jkt}
+
+        doc = rpc("tools/call", "read_notes")
+        body = json.dumps(doc).encode()
+        routing = {"Mcp-Method": "tools/call", "Mcp-Name": "read_notes"}
+
+        def send(headers: dict[str, str], data: bytes = body) -> Any:
+            return LOCAL.post(
+                c,
+                data=data,
+                headers={"Content-Type": "application/json", "Accept": "application/json, "
+                         "text/event-stream", **routing, **headers},
+                timeout=10,
+            )  # fmt: skip
+
+        # The key holder, raw: one proof, once.
+        own = client.dpop_key.headers(stolen, "POST", c, body=body)
+        assert send(own).status_code == 200
+        replayed = send(own)
+        assert replayed.status_code == 401 and replayed.json()["error"] == "invalid_dpop_proof"
+        # The stolen token without the key: as Bearer, with no proof, with the thief's key.
+        thief = DpopKey.generate()
+        for headers in (
+            {"Authorization": f"Bearer {stolen}"},
+            {"Authorization": f"DPoP {stolen}"},
+            thief.headers(stolen, "POST", c, body=body),
+        ):
+            resp = send(headers)
+            assert resp.status_code == 401, headers
+            scheme, params = parse_challenge(resp.headers["WWW-Authenticate"])
+            assert scheme == "dpop"  # required: no Bearer alternative
+            assert params["resource_metadata"] == metadata.url and params["scope"] == "notes:read"
+        # A body changed after signing: the proof's content_digest names the old one.
+        signed = client.dpop_key.headers(stolen, "POST", c, body=body)
+        other = json.dumps(rpc("tools/call", "read_notes", page=2)).encode()
+        signed.pop("Content-Digest")
+        assert send(signed, other).status_code == 401

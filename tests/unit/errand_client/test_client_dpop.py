@@ -87,3 +87,27 @@ def test_a_given_key_is_used_and_no_key_sends_no_proof() -> None:
     client(plain, False).exchange(task_id="t1")
     assert "DPoP" not in plain.sent[0]
     assert "DpopKey(jkt=" in repr(key) and "private" not in repr(key).lower()
+
+
+def test_mcp_tokens_sign_every_request_with_the_clients_key() -> None:
+    from errand_client.mcp import McpTokens
+
+    session = ScriptedSession(ok())
+    c = client(session)
+    tokens = McpTokens(c, "t1", purpose=None)  # the client binds: its key signs
+    assert (
+        tokens.dpop is c.dpop_key and McpTokens(c, "t1", purpose=None, dpop=True).dpop is c.dpop_key
+    )
+    url = "https://mcp.example/mcp"
+    first = tokens.headers(url, body=b'{"a":1}')
+    second = tokens.headers(url, body=b'{"a":1}')
+    assert first["Authorization"] == "DPoP eyJ.at" and first["DPoP"] != second["DPoP"]
+    claims = jwt.decode(first["DPoP"], options={"verify_signature": False})
+    assert claims["htu"] == url and claims["content_digest"] == first["Content-Digest"]
+    assert len(session.sent) == 1  # one token for the server, a fresh proof per request
+    with pytest.raises(ValueError, match="bound to the client's"):
+        McpTokens(c, "t1", purpose=None, dpop=DpopKey.generate())
+    with pytest.raises(ValueError, match="need DPoP proofs"):
+        McpTokens(c, "t1", purpose=None, dpop=False)
+    with pytest.raises(ValueError, match="dpop=True needs"):
+        McpTokens(client(ScriptedSession(), dpop=False), "t1", purpose=None, dpop=True)
