@@ -149,7 +149,10 @@ def test_scope_heads_pin_what_they_name() -> None:
 def test_a_team_forbid_after_a_baseline_permit_is_the_team_tiers_denial() -> None:
     """The case one evaluation of both tiers cannot settle alone."""
     baseline = '@id("b")\npermit (principal, action, resource);\n'
-    team = '@id("t")\npermit (principal, action, resource);\n@id("f")\nforbid (principal, action == Action::"s:pay", resource);\n'
+    team = (
+        '@id("t")\npermit (principal, action, resource);\n'
+        '@id("f")\nforbid (principal, action == Action::"s:pay", resource);\n'
+    )
     req = policy_request(
         {
             "scopes": ["s:read", "s:pay"],
