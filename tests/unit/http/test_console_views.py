@@ -14,7 +14,7 @@ from broker.app import create_app
 from broker.http.console.events import event_rows
 from broker.settings import Settings, SettingsError, load_settings
 from tests.support.builders import ADMIN_TOKEN, BROKER_ISSUER, UNIT_ISSUER, make_config
-from tests.unit.domain.test_runtime_policy import PAY, with_policy
+from tests.support.policy import PAY, with_policy
 
 ORIGIN = {"Origin": BROKER_ISSUER}
 
