@@ -88,6 +88,18 @@ class RqScheduler:
             failure_ttl=3600,
         )
 
+    def schedule_approval_notice(self, approval_id: str) -> None:
+        """Announce a new approval to the webhook (workers/approval_webhook.py): one attempt,
+        audited either way; people can always list the pending approvals."""
+        self.queue.enqueue(
+            "workers.approval_webhook.notify_approvers",
+            approval_id,
+            job_id=f"approval-notice-{approval_id}",
+            job_timeout=60,
+            result_ttl=3600,
+            failure_ttl=86400,
+        )
+
     def schedule_contract_revocation(self, audience: str, version: str) -> None:
         """Revoke the grants bound to older contract versions of `audience`
         (workers/contracts.py)."""

@@ -14,8 +14,10 @@ from typing import Any
 from marshmallow import ValidationError, fields, validate, validates_schema
 
 from broker.config.values import _flag, _id, _positive, _scope, _Strict
+from broker.domain.approval_webhook import webhook_url_problem
 from broker.domain.models import (
     SCOPE_CLASSES,
+    ApprovalWebhook,
     AudienceSpec,
     Identity,
     PolicyOptions,
@@ -49,8 +51,15 @@ class AudienceSchema(_Strict):
             raise ValidationError("contract_widening needs a contract_version", "contract_version")
 
 
+class ApprovalWebhookSchema(_Strict):
+    url = fields.String(required=True, validate=validate.Length(min=1, max=2048))
+    secret_file = fields.String(required=True, validate=validate.Length(min=1))
+    timeout_seconds = fields.Float(load_default=5.0, validate=validate.Range(min=0.1, max=30))
+
+
 class PolicySchema(_Strict):
     dir = fields.String(load_default=None, validate=validate.Length(min=1))
+    approval_webhook = fields.Nested(ApprovalWebhookSchema, load_default=None)
     approvers = fields.List(fields.String(validate=_id), load_default=list)
     approval_ttl_seconds = fields.Integer(
         load_default=900, validate=validate.Range(min=30, max=86400), strict=True
@@ -73,6 +82,35 @@ def audiences_from(items: list[dict[str, Any]], errors: list[str]) -> dict[str, 
     return out
 
 
+MIN_WEBHOOK_SECRET_BYTES = 32
+
+
+def webhook_from(
+    raw: Mapping[str, Any] | None, base_dir: Path, errors: list[str]
+) -> ApprovalWebhook | None:
+    """The approval webhook, its secret read from its file here, once (never in the YAML)."""
+    if not raw:
+        return None
+    problem = webhook_url_problem(raw["url"])
+    if problem:
+        errors.append(f"policy.approval_webhook.url: {problem}")
+    path = Path(raw["secret_file"])
+    path = path if path.is_absolute() else base_dir / path
+    try:
+        secret = path.read_bytes().strip()
+    except OSError as err:
+        errors.append(f"policy.approval_webhook.secret_file: cannot read {path}: {err.strerror}")
+        return None
+    if len(secret) < MIN_WEBHOOK_SECRET_BYTES:
+        errors.append(
+            "policy.approval_webhook.secret_file: the secret must be at least "
+            f"{MIN_WEBHOOK_SECRET_BYTES} bytes"
+        )
+    return ApprovalWebhook(
+        url=raw["url"], secret=secret, timeout_seconds=float(raw["timeout_seconds"])
+    )
+
+
 def policy_from(
     raw: Mapping[str, Any] | None,
     base_dir: Path,
@@ -91,6 +129,7 @@ def policy_from(
         approvers=tuple(raw.get("approvers", ())),
         approval_ttl_seconds=raw.get("approval_ttl_seconds", 900),
         approval_poll_interval_seconds=raw.get("approval_poll_interval_seconds", 5),
+        approval_webhook=webhook_from(raw.get("approval_webhook"), base_dir, errors),
     )
     by_id = {i.id: i for i in identities}
     for approver in options.approvers:

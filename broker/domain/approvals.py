@@ -11,6 +11,7 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass
 
+from broker.domain.approval_webhook import announce
 from broker.domain.bulk_revocation import check_reason
 from broker.domain.ports import Approval, ApprovalStore, Services
 from broker.errors import (
@@ -84,6 +85,7 @@ def request_approval(svc: Services, asked: ApprovalRequest) -> AuthorizationPend
     )
     _store(svc).create(approval)
     _event(svc, "approval.requested", approval, outcome="pending", expires_at=approval.expires_at)
+    announce(svc, approval)  # the webhook, if configured: enqueued, never blocking
     return AuthorizationPending(
         approval.id,
         approval.interval,

@@ -281,6 +281,17 @@ class PolicyOptions:
     approvers: tuple[str, ...] = ()  # human identity ids that may approve or deny
     approval_ttl_seconds: int = 900
     approval_poll_interval_seconds: int = 5
+    approval_webhook: ApprovalWebhook | None = None  # None: approvers are not notified
+
+
+@dataclass(frozen=True)
+class ApprovalWebhook:
+    """Config `policy.approval_webhook`: where a new approval is announced (a worker job
+    POSTs it, HMAC-signed with `secret`; broker/domain/approval_webhook.py)."""
+
+    url: str
+    secret: bytes = field(repr=False)
+    timeout_seconds: float = 5.0
 
 
 @dataclass(frozen=True)

@@ -275,6 +275,8 @@ class JobScheduler(Protocol):
 
     def schedule_sweep(self) -> None: ...
 
+    def schedule_approval_notice(self, approval_id: str) -> None: ...
+
 
 class SigningKeys(Protocol):
     """Our signing key and the verification keys still published (files or Redis)."""

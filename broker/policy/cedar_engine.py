@@ -30,7 +30,6 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -44,22 +43,18 @@ from broker.domain.models import (
     PolicyRequest,
     PolicyVerdict,
 )
+from broker.policy.cedar_partitions import Outcome, PartitionedSet, authorize
 
 SCHEMA_FILE = "schema.cedarschema"
 BASELINE_FILE = "baseline.cedar"
 APPROVAL_ANNOTATION = "approval"
 MAX_TAG_CHARS = 256  # claim values longer than this are not offered to policies as tags
 MAX_TAGS = 64
+MAX_CACHED_IDENTITIES = 4096  # encoded identity heads kept per loaded policy set
 
 
 class PolicyError(Exception):
     """The policy directory is unusable; the message says which file and why."""
-
-
-@dataclass(frozen=True)
-class _Compiled:
-    policies: cedarpy.PolicySet
-    ids: tuple[str, ...]
 
 
 def _scope_action(scope: str) -> str:
@@ -102,17 +97,12 @@ def _parse_file(path: Path, seen: dict[str, str]) -> dict[str, Any]:
     return out
 
 
-def _compile(policies: Mapping[str, Any], what: str) -> _Compiled:
-    doc = {"staticPolicies": dict(policies), "templates": {}, "templateLinks": []}
-    try:
-        compiled = cedarpy.PolicySet.from_json_str(json.dumps(doc))
-    except ValueError as err:  # pragma: no cover - each file parsed on its own already
-        raise PolicyError(f"{what}: {err}") from err
-    return _Compiled(compiled, tuple(policies))
-
-
 class CedarPolicy:
-    """A compiled policy directory (RuntimePolicy). Immutable; a reload builds a new one."""
+    """A compiled policy directory (RuntimePolicy). Immutable; a reload builds a new one.
+
+    `partitioned=False` evaluates every policy of a tier on every request, as Cedar alone
+    would: the reference the partitioned decision is tested against, and the benchmark's
+    "before"."""
 
     def __init__(
         self,
@@ -121,11 +111,20 @@ class CedarPolicy:
         team: Mapping[str, Any],
         audiences: Mapping[str, AudienceSpec],
         digest: str,
+        partitioned: bool = True,
     ) -> None:
         forbids = {k: v for k, v in baseline.items() if v["effect"] == "forbid"}
-        self._baseline = _compile(baseline, BASELINE_FILE)
-        self._team = _compile({**team, **forbids}, "team policies") if team else None
         everything = {**baseline, **team}
+        try:
+            self._baseline = PartitionedSet(baseline, partitioned=partitioned)
+            self._team = (
+                PartitionedSet({**team, **forbids}, partitioned=partitioned) if team else None
+            )
+            # Both tiers in one set: one Cedar call answers most decisions (see _fast).
+            self._union = PartitionedSet(everything) if partitioned and team else None
+        except ValueError as err:  # pragma: no cover - each file parsed on its own already
+            raise PolicyError(f"policies: {err}") from err
+        self._baseline_ids = frozenset(baseline)
         self._approval = frozenset(
             k
             for k, v in everything.items()
@@ -134,6 +133,8 @@ class CedarPolicy:
         )
         self._forbids = frozenset(k for k, v in everything.items() if v["effect"] == "forbid")
         self._audiences = dict(audiences)
+        self._audience_json = {a: _audience_json(a, spec) for a, spec in audiences.items()}
+        self._identity_json: dict[tuple[str, str, str, str], str] = {}
         self._digest = digest
         self._count = len(everything)
 
@@ -164,75 +165,165 @@ class CedarPolicy:
         )
 
     def _evaluate(self, request: PolicyRequest, *, approved: bool) -> PolicyVerdict:
-        entities = self._entities(request)
-        requests = [
-            {
-                "principal": {"type": "Identity", "id": request.identity.id},
-                "action": {"type": "Action", "id": scope},
-                "resource": {"type": "Audience", "id": audience},
-                "context": _context(request, scope, approved),
-            }
+        asked = self._requests(request, approved)
+        if not asked:
+            return PolicyVerdict(allowed=True, detail="nothing requested")
+        entities = self._entities_json(request)
+        principal = request.identity.id
+        if self._union is not None:
+            verdict = self._fast(asked, authorize(self._union, principal, asked, entities))
+            if verdict is not None:
+                return verdict
+        return self._tiered(asked, principal, entities)
+
+    def _tiered(
+        self, asked: list[tuple[str, str, str]], principal: str, entities: str
+    ) -> PolicyVerdict:
+        """The definition: the baseline tier on every request, then the team tier."""
+        permits: list[str] = []
+        for tier, policies in (("baseline", self._baseline), ("team", self._team)):
+            if policies is None:
+                continue
+            results = authorize(policies, principal, asked, entities)
+            for (scope, audience, _), (allowed, reasons, errors) in zip(
+                asked, results, strict=True
+            ):
+                if errors:
+                    return _error(tier, scope, reasons, errors)
+                if not allowed:
+                    return self._denied(tier, scope, audience, reasons)
+                permits.extend(reasons)
+        return _permitted(permits)
+
+    def _fast(
+        self, asked: list[tuple[str, str, str]], results: list[Outcome]
+    ) -> PolicyVerdict | None:
+        """Both tiers' answers from one evaluation of baseline + team policies, or None when
+        that evaluation cannot tell (an error, or only team forbids matched: what the
+        baseline alone says is then unknown) and the tiers must be evaluated one by one.
+
+        With no forbid matched Cedar names every permit that matched, so the baseline tier
+        allows a request iff a baseline permit matched and the team tier iff a team permit
+        did; with a baseline forbid matched the baseline tier denies, naming those."""
+        base: list[PolicyVerdict | None] = []
+        team: list[PolicyVerdict | None] = []
+        base_permits: list[str] = []
+        team_permits: list[str] = []
+        for (scope, audience, _), (allowed, reasons, errors) in zip(asked, results, strict=True):
+            if errors:
+                return None
+            forbids = [r for r in reasons if r in self._forbids] if not allowed else []
+            if forbids:
+                mine = [r for r in forbids if r in self._baseline_ids]
+                if not mine:
+                    return None
+                base.append(self._denied("baseline", scope, audience, mine))
+                team.append(None)
+                continue
+            bp = [r for r in reasons if r in self._baseline_ids]
+            tp = [r for r in reasons if r not in self._baseline_ids]
+            base.append(None if bp else self._denied("baseline", scope, audience, []))
+            team.append(None if tp else self._denied("team", scope, audience, []))
+            base_permits += bp
+            team_permits += tp
+        for verdict in (*base, *team):
+            if verdict is not None:
+                return verdict
+        return _permitted(base_permits + team_permits)
+
+    def _denied(
+        self, tier: str, scope: str, audience: str, reasons: Iterable[str]
+    ) -> PolicyVerdict:
+        forbids = tuple(r for r in reasons if r in self._forbids)
+        if forbids:
+            return PolicyVerdict(
+                allowed=False,
+                deny_class="policy_forbid",
+                policies=forbids,
+                detail=f"{tier}: forbidden for scope {scope} at {audience}",
+            )
+        return PolicyVerdict(
+            allowed=False,
+            deny_class="policy_no_permit",
+            detail=f"{tier}: no policy permits scope {scope} at {audience}",
+        )
+
+    def _requests(self, request: PolicyRequest, approved: bool) -> list[tuple[str, str, str]]:
+        """(scope, audience, context JSON) per audience and scope, in the order decided."""
+        if not request.audiences or not request.scopes:
+            return []
+        # The context differs between scopes only in its last two fields: encode the rest
+        # once and splice them in.
+        head = json.dumps(_context(request))[:-1]
+        tail = ', "approved": true}' if approved else ', "approved": false}'
+        contexts = {
+            scope: f'{head}, "scope_class": {json.dumps(request.scope_classes.get(scope, ""))}'
+            + tail
+            for scope in request.scopes
+        }
+        return [
+            (scope, audience, contexts[scope])
             for audience in request.audiences
             for scope in request.scopes
         ]
-        if not requests:
-            return PolicyVerdict(allowed=True, detail="nothing requested")
-        permits: list[str] = []
-        for tier, compiled in (("baseline", self._baseline), ("team", self._team)):
-            if compiled is None:
-                continue
-            results = cedarpy.is_authorized_batch(requests, compiled.policies, entities)
-            for req, result in zip(requests, results, strict=True):
-                diag = result.diagnostics
-                if diag.errors:
-                    return PolicyVerdict(
-                        allowed=False,
-                        deny_class="policy_error",
-                        policies=tuple(diag.reasons),
-                        detail=f"{tier}: evaluation error for {req['action']['id']}: "
-                        + "; ".join(str(e) for e in diag.errors)[:500],
-                    )
-                if not result.allowed:
-                    forbids = tuple(r for r in diag.reasons if r in self._forbids)
-                    if forbids:
-                        return PolicyVerdict(
-                            allowed=False,
-                            deny_class="policy_forbid",
-                            policies=forbids,
-                            detail=f"{tier}: forbidden for scope {req['action']['id']} "
-                            f"at {req['resource']['id']}",
-                        )
-                    return PolicyVerdict(
-                        allowed=False,
-                        deny_class="policy_no_permit",
-                        detail=f"{tier}: no policy permits scope {req['action']['id']} "
-                        f"at {req['resource']['id']}",
-                    )
-                permits.extend(diag.reasons)
-        return PolicyVerdict(
-            allowed=True, policies=tuple(dict.fromkeys(permits)), detail="permitted"
-        )
 
-    def _entities(self, request: PolicyRequest) -> list[dict[str, Any]]:
-        out = [_identity_entity(request.identity, request.issuer_id, request.claims)]
+    def _entities_json(self, request: PolicyRequest) -> str:
+        """The entity list as JSON: the identity (its fixed part encoded once per identity,
+        its tags per token) and each audience (encoded once per load when declared)."""
+        identity = request.identity
+        cache_key = (identity.id, identity.type, identity.owner, request.issuer_id)
+        head = self._identity_json.get(cache_key)
+        if head is None:
+            if len(self._identity_json) >= MAX_CACHED_IDENTITIES:
+                self._identity_json.clear()
+            head = _identity_head(identity, request.issuer_id)
+            self._identity_json[cache_key] = head
+        parts = [head + json.dumps(_tags(request.claims)) + "}"]
         for audience in request.audiences:
-            spec = self._audiences.get(audience)
-            out.append(
-                {
-                    "uid": {"type": "Audience", "id": audience},
-                    "attrs": {
-                        "sensitivity": spec.sensitivity if spec else "normal",
-                        "contract_version": spec.contract_version if spec else "",
-                    },
-                    "parents": [],
-                }
-            )
-        return out
+            cached = self._audience_json.get(audience)
+            parts.append(cached if cached is not None else _audience_json(audience, None))
+        return "[" + ",".join(parts) + "]"
 
 
-def _identity_entity(
-    identity: Identity, issuer_id: str, claims: Mapping[str, Any]
-) -> dict[str, Any]:
+def _error(tier: str, scope: str, reasons: list[str], errors: list[str]) -> PolicyVerdict:
+    return PolicyVerdict(
+        allowed=False,
+        deny_class="policy_error",
+        policies=tuple(reasons),
+        detail=f"{tier}: evaluation error for {scope}: " + "; ".join(errors)[:500],
+    )
+
+
+def _permitted(permits: list[str]) -> PolicyVerdict:
+    return PolicyVerdict(allowed=True, policies=tuple(dict.fromkeys(permits)), detail="permitted")
+
+
+def _audience_json(audience: str, spec: AudienceSpec | None) -> str:
+    return json.dumps(
+        {
+            "uid": {"type": "Audience", "id": audience},
+            "attrs": {
+                "sensitivity": spec.sensitivity if spec else "normal",
+                "contract_version": spec.contract_version if spec else "",
+            },
+            "parents": [],
+        }
+    )
+
+
+def _identity_head(identity: Identity, issuer_id: str) -> str:
+    """The identity entity's JSON up to its tags: `{...,"tags":` (closed by the caller)."""
+    fixed = json.dumps(
+        {
+            "uid": {"type": "Identity", "id": identity.id},
+            "attrs": {"type": identity.type, "owner": identity.owner, "issuer": issuer_id},
+            "parents": [],
+        }
+    )
+    return fixed[:-1] + ', "tags": '
+
+
+def _tags(claims: Mapping[str, Any]) -> dict[str, str]:
     # The verified token's scalar claims become tags (principal.getTag("repository")):
     # Cedar records need declared attributes, tags do not.
     tags: dict[str, str] = {}
@@ -243,15 +334,11 @@ def _identity_entity(
             value = "true" if value else "false"
         if isinstance(value, str | int) and len(str(value)) <= MAX_TAG_CHARS:
             tags[str(key)[:MAX_TAG_CHARS]] = str(value)
-    return {
-        "uid": {"type": "Identity", "id": identity.id},
-        "attrs": {"type": identity.type, "owner": identity.owner, "issuer": issuer_id},
-        "parents": [],
-        "tags": tags,
-    }
+    return tags
 
 
-def _context(request: PolicyRequest, scope: str, approved: bool) -> dict[str, Any]:
+def _context(request: PolicyRequest) -> dict[str, Any]:
+    """The context without `scope_class` and `approved` (per scope; see _requests)."""
     at = datetime.fromtimestamp(request.now, UTC)
     return {
         "purpose": request.purpose,
@@ -264,14 +351,16 @@ def _context(request: PolicyRequest, scope: str, approved: bool) -> dict[str, An
         "chain": list(request.chain),
         "chain_length": len(request.chain),
         "dpop": request.dpop,
-        "scope_class": request.scope_classes.get(scope, ""),
-        "approved": approved,
     }
 
 
 # -- loading -----------------------------------------------------------------------------------
 def from_texts(
-    baseline: str, team: str | None, audiences: Mapping[str, AudienceSpec]
+    baseline: str,
+    team: str | None,
+    audiences: Mapping[str, AudienceSpec],
+    *,
+    partitioned: bool = True,
 ) -> CedarPolicy:
     """Compile policy texts without a schema check (tests and the benchmark; the broker
     always loads a directory, validated)."""
@@ -297,6 +386,7 @@ def from_texts(
         team=parse("team", team) if team else {},
         audiences=audiences,
         digest=digest,
+        partitioned=partitioned,
     )
 
 

@@ -1,5 +1,6 @@
 """The console's actions, each a POST behind the gate (session, origin, CSRF token):
-revoke a task's or an identity's live grants, and revoke-all behind a typed confirmation.
+revoke a task's or an identity's live grants, revoke-all behind a typed confirmation, and
+approve or deny a pending approval as the approver the session signed in as.
 
 They call the same domain functions as POST /admin/revoke and /admin/revoke-all, so each
 takes a reason, is audited with who asked (the console session's label) and leaves a signed
@@ -10,9 +11,11 @@ from __future__ import annotations
 from flask import redirect, request, url_for
 from werkzeug.wrappers import Response
 
+from broker.domain.approvals import decide_approval
 from broker.domain.bulk_revocation import check_reason, revoke_all, revoke_by
 from broker.domain.models import is_safe_id
 from broker.errors import InvalidRequest
+from broker.http.approvals import APPROVAL_ID
 from broker.http.console import guard
 from broker.http.console.blueprint import bp
 from broker.http.console.views import CONFIRM_WORDS
@@ -72,3 +75,27 @@ def revoke_everything() -> Response:
     return redirect(
         url_for("console.revoke_all_status", epoch=result.epoch, revoked=result.revoked), code=303
     )
+
+
+@bp.post("/approvals/<approval_id>/<verb>")
+def decide(approval_id: str, verb: str) -> Response:
+    """The approver is the identity the session signed in as, never a form field: the
+    domain checks it is a listed human approver and not the requester, and wants a reason."""
+    session = guard.current()
+    assert session is not None  # the gate let no POST through without one
+    if verb not in ("approve", "deny") or not APPROVAL_ID.fullmatch(approval_id):
+        raise InvalidRequest("no such approval action", reason="bad_parameter")
+    if not session.approver:
+        raise InvalidRequest(
+            "this console session has no approver identity: sign in again naming one",
+            reason="not_an_approver",
+        )
+    decision = decide_approval(
+        services(),
+        approval_id,
+        approve=verb == "approve",
+        approver=session.approver,
+        reason=request.form.get("reason", ""),  # required: the domain refuses an empty one
+        actor=session.actor,
+    )
+    return redirect(url_for("console.approvals", decided=decision.state), code=303)

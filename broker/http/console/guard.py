@@ -53,6 +53,9 @@ class CsrfRefused(Exception):
 class ConsoleSession:
     digest: str
     csrf: str
+    # The approver identity the operator named at sign-in ("" for none): the identity this
+    # session approves or denies as (docs/console.md, "Approvals").
+    approver: str = ""
 
     @property
     def actor(self) -> str:
@@ -123,7 +126,7 @@ def current() -> ConsoleSession | None:
             max_seconds=settings.console_max_seconds,
         ):
             assert record is not None
-            found = ConsoleSession(digest, record["csrf"])
+            found = ConsoleSession(digest, record["csrf"], record.get("approver", ""))
         elif record is not None:
             sessions().delete(digest)  # timed out: gone for every node, not only this answer
     g.console_session = found

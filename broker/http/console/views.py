@@ -15,8 +15,11 @@ from flask import current_app, redirect, render_template, request, url_for
 from werkzeug.wrappers import Response
 
 from broker.domain.access_review import access_review
+from broker.domain.approvals import list_pending
 from broker.domain.models import Grant, is_safe_id
-from broker.errors import InvalidRequest, InvalidToken, TooManyRequests
+from broker.domain.task_lifecycle import TaskCaller
+from broker.domain.task_lifecycle import show as show_task
+from broker.errors import InvalidRequest, InvalidToken, NotFound, TooManyRequests
 from broker.http.client_auth import check_admin_secret
 from broker.http.console import guard
 from broker.http.console import session as rules
@@ -72,7 +75,10 @@ def login_form() -> Response:
 def _login_page(error: str = "", status: int = 200) -> Response:
     nonce = rules.new_login_nonce()
     page = render_template(
-        "console/login.html", login_token=rules.login_token(guard.signing_key(), nonce), error=error
+        "console/login.html",
+        login_token=rules.login_token(guard.signing_key(), nonce),
+        error=error,
+        approvers=bool(runtime().config.policy_options.approvers),
     )
     response = Response(page, status=status, mimetype="text/html")
     guard.set_cookie(response, guard.LOGIN_COOKIE, nonce, guard.LOGIN_COOKIE_SECONDS)
@@ -90,15 +96,21 @@ def login() -> Response:
     except InvalidToken:
         return _login_page("That is not the admin credential.", 401)
     svc = runtime()
+    # Checked after the credential, so the form tells nobody who the approvers are.
+    approver = request.form.get("approver", "").strip()
+    if approver and approver not in svc.config.policy_options.approvers:
+        return _login_page("That identity is not an approver of this broker.", 400)
     made = rules.new_session(guard.signing_key(), now=svc.clock.now())
-    guard.sessions().create(made.digest, made.record, ttl_seconds=svc.settings.console_idle_seconds)
-    session = guard.ConsoleSession(made.digest, made.record["csrf"])
+    record = {**made.record, "approver": approver}
+    guard.sessions().create(made.digest, record, ttl_seconds=svc.settings.console_idle_seconds)
+    session = guard.ConsoleSession(made.digest, made.record["csrf"], approver)
     svc.audit.record(
         {
             "ts": svc.clock.now(),
             "event": "console.login",
             "outcome": "allowed",
             "actor": session.actor,
+            "approver": approver or None,
             "client_address": client_address(),
             "request_id": request_id(),
         }
@@ -237,14 +249,38 @@ def task(task_id: str) -> str:
     live = svc.store.list_grants(
         now=int(svc.clock.now()), task_id=task_id, identity_ids=None, limit=SCAN_LIMIT
     )
+    session = guard.current()
+    assert session is not None  # the gate let no request through without one
+    # The lifecycle store is the truth (what GET /tasks/{id} shows); the audit is only asked
+    # for a task the store no longer holds (ended long ago) or never held.
+    try:
+        lifecycle: dict[str, Any] | None = show_task(
+            task_id, TaskCaller.operator(session.actor), svc
+        )
+    except NotFound:
+        lifecycle = None
     return render_template(
         "console/task.html",
         task_id=task_id,
-        state=task_state(events, live_grants=len(live)),
+        lifecycle=lifecycle,
+        state=lifecycle["state"] if lifecycle else task_state(events, live_grants=len(live)),
         events=event_rows(events),
         capped=len(events) >= TASK_EVENTS,
         live=[_grant_row(g) for g in live],
         done=_count_arg("revoked"),
+    )
+
+
+@bp.get("/approvals")
+def approvals() -> str:
+    session = guard.current()
+    assert session is not None  # the gate let no request through without one
+    decided = request.args.get("decided", "")
+    return render_template(
+        "console/approvals.html",
+        approvals=list_pending(services()),
+        approver=session.approver,
+        decided=decided if decided in ("approved", "denied") else "",
     )
 
 

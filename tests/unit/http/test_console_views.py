@@ -5,6 +5,7 @@ token ever reaches a page. The real browser story is tests/e2e/test_console_brow
 from __future__ import annotations
 
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,8 @@ import pytest
 from broker.app import create_app
 from broker.http.console.events import event_rows
 from broker.settings import Settings, SettingsError, load_settings
-from tests.support.builders import ADMIN_TOKEN, BROKER_ISSUER
+from tests.support.builders import ADMIN_TOKEN, BROKER_ISSUER, UNIT_ISSUER, make_config
+from tests.support.policy import PAY, with_policy
 
 ORIGIN = {"Origin": BROKER_ISSUER}
 
@@ -23,12 +25,12 @@ def _token_in(page: bytes) -> str:
     return found.group(1).decode()
 
 
-def sign_in(client) -> str:
-    """Sign in; the session's CSRF token."""
+def sign_in(client, approver: str = "") -> str:
+    """Sign in (naming an approver identity, if any); the session's CSRF token."""
     login = client.get("/console/login")
     resp = client.post(
         "/console/login",
-        data={"csrf_token": _token_in(login.data), "credential": ADMIN_TOKEN},
+        data={"csrf_token": _token_in(login.data), "credential": ADMIN_TOKEN, "approver": approver},
         headers=ORIGIN,
     )
     assert resp.status_code == 303 and resp.headers["Location"] == "/console/"
@@ -51,6 +53,7 @@ def test_pages_behind_sign_in_with_security_headers(client):
         "/console/grants",
         "/console/identities",
         "/console/revoke-all",
+        "/console/approvals",
         "/console/tasks/t-1",
         "/console/grants?type=service&q=deploy&page=2",
     ):
@@ -255,3 +258,95 @@ def test_console_settings():
         load_settings({**with_admin, "ERRAND_CONSOLE": "yes"})
     with pytest.raises(SettingsError, match="IDLE"):
         load_settings({**with_admin, "ERRAND_CONSOLE_IDLE_SECONDS": "30"})
+
+
+def test_the_task_page_shows_the_lifecycle_store(client, issued):
+    sign_in(client)
+    issued(task_id="t-life", task_label=["ci_job=77"])
+    suspended = client.post(
+        "/tasks/t-life/suspend", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    )
+    assert suspended.status_code == 200, suspended.get_json()
+    page = client.get("/console/tasks/t-life").data.decode()
+    assert '<strong id="state">suspended</strong>' in page  # not inferred from the events
+    assert "ci_job=<code>77</code>" in page and 'id="lifecycle"' in page
+    unknown = client.get("/console/tasks/t-never").data.decode()
+    assert 'id="state-source"' in unknown and "no live grants" in unknown
+
+
+class TestApprovals:
+    """The approvals page, with the runtime policy on and alice an approver."""
+
+    @pytest.fixture
+    def config(self, tmp_path: Path):
+        policies = tmp_path / "policies"
+        shutil.copytree(Path(__file__).resolve().parents[3] / "config" / "policies", policies)
+        return make_config(UNIT_ISSUER, with_policy(policies))
+
+    @staticmethod
+    def pending(exchange) -> str:
+        resp = exchange(audience=PAY, scope="pay:refund", task_id="refund-9", purpose="refund")
+        assert resp.get_json()["error"] == "authorization_pending"
+        return str(resp.get_json()["approval_id"])
+
+    def test_an_approver_session_approves_with_a_reason(self, client, svc, exchange, clock):
+        approval_id = self.pending(exchange)
+        csrf = sign_in(client, approver="alice")
+        [login] = audit_of(svc, "console.login")
+        assert login["approver"] == "alice"
+        page = client.get("/console/approvals").data.decode()
+        assert approval_id in page and 'id="approver">alice<' in page
+        target = f"/console/approvals/{approval_id}/approve"
+        assert client.post(target, data={"reason": "ok"}, headers=ORIGIN).status_code == 403
+        no_reason = client.post(target, data={"csrf_token": csrf, "reason": ""}, headers=ORIGIN)
+        assert no_reason.status_code == 400
+        assert svc.approvals.get(approval_id).state == "pending"
+        done = client.post(
+            target,
+            data={"csrf_token": csrf, "reason": "order checked", "approver": "mallory"},
+            headers=ORIGIN,
+        )
+        assert done.status_code == 303 and done.headers["Location"].endswith("decided=approved")
+        decided = svc.approvals.get(approval_id)
+        assert (decided.state, decided.approver, decided.reason) == (
+            "approved",
+            "alice",  # the session's approver, never a form field
+            "order checked",
+        )
+        [event] = audit_of(svc, "approval.approved")
+        assert event["actor"].startswith("console:") and event["approver"] == "alice"
+        assert approval_id not in client.get("/console/approvals").data.decode()
+        clock.advance(10)
+        polled = exchange(
+            audience=PAY,
+            scope="pay:refund",
+            task_id="refund-9",
+            purpose="refund",
+            approval_id=approval_id,
+        )
+        assert polled.status_code == 200, polled.get_json()
+
+    def test_without_an_approver_identity_nothing_is_decided(self, client, svc, exchange):
+        approval_id = self.pending(exchange)
+        login = client.get("/console/login")
+        assert b'id="approver"' in login.data
+        refused = client.post(
+            "/console/login",
+            data={
+                "csrf_token": _token_in(login.data),
+                "credential": ADMIN_TOKEN,
+                "approver": "acme-deploy",
+            },
+            headers=ORIGIN,
+        )
+        assert refused.status_code == 400 and b"not an approver" in refused.data
+        csrf = sign_in(client)
+        page = client.get("/console/approvals").data.decode()
+        assert 'id="no-approver"' in page and "/approve" not in page
+        resp = client.post(
+            f"/console/approvals/{approval_id}/deny",
+            data={"csrf_token": csrf, "reason": "no"},
+            headers=ORIGIN,
+        )
+        assert resp.status_code == 400
+        assert svc.approvals.get(approval_id).state == "pending"
