@@ -11,7 +11,7 @@ import sys
 from collections.abc import Mapping
 from typing import Any, Protocol
 
-from broker.domain.audit_shape import bounded_event, serialised
+from broker.domain.audit_shape import bounded_event, event_text
 from broker.metrics import count_audit_event
 
 audit_log = logging.getLogger("errand.audit")
@@ -40,7 +40,7 @@ class AuditLog:
         """Log the event and append it to the stream; `stored=True` logs only (the stream
         already holds it, or it must not be written there)."""
         event = bounded_event(event)
-        audit_log.info(serialised(event))
+        audit_log.info(event_text(event))  # the JSON bounded_event measured, not a new one
         count_audit_event(event)
         if stored or self._appender is None:
             return

@@ -13,12 +13,16 @@ from typing import Any, cast
 
 import redis
 
+from broker.domain.audit_shape import ShapedEvent
 from broker.store import keys
 from broker.store.connection import store_errors
 
 
 def event_json(event: Mapping[str, Any]) -> str:
-    """The event as the stream stores it: compact JSON."""
+    """The event as the stream stores it: compact JSON (for a shaped event, the text
+    bounded_event already encoded: broker/domain/audit_shape.py)."""
+    if isinstance(event, ShapedEvent) and event.json_text is not None:
+        return event.json_text
     return json.dumps(event, separators=(",", ":"))
 
 
