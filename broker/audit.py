@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import Any, Protocol
 
 from broker.domain.audit_failure import AuditUnavailable
-from broker.domain.audit_shape import bounded_event, serialised
+from broker.domain.audit_shape import bounded_event, event_text
 from broker.metrics import count_audit_event, count_audit_write_failure
 
 audit_log = logging.getLogger("errand.audit")
@@ -47,7 +47,7 @@ class AuditLog:
         `required=True` for an event that must be in the audit trail: when the stream
         cannot take it, AuditUnavailable (503, counted) instead of the log alone."""
         event = bounded_event(event)  # also turns credentials and jtis into HMACs
-        audit_log.info(serialised(event))
+        audit_log.info(event_text(event))  # the JSON bounded_event measured, not a new one
         count_audit_event(event)
         if stored:
             return

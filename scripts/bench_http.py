@@ -1300,7 +1300,8 @@ def component_costs(stack: Stack, n: int, rounds: int = 5) -> list[dict[str, Any
     from errand_jose import read_compact_jws
 
     saved = dict(os.environ)
-    os.environ.update(stack.env(1))
+    # A generous Redis timeout: on a loaded machine a 0.5 s stall must not end the run.
+    os.environ.update(stack.env(1, ERRAND_REDIS_TIMEOUT_SECONDS="5"))
     try:
         settings = load_settings()
         svc = build_services(settings)

@@ -115,12 +115,61 @@ def _without_unverified_text(event: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+class ShapedEvent(dict[str, Any]):
+    """An event as `bounded_event` returned it, with the JSON text its size was measured on:
+    the log line and the stream entry write that text instead of encoding the event again
+    (`event_text`). Changing the dict drops the text."""
+
+    json_text: str | None = None
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self.json_text = None
+        super().__setitem__(key, value)
+
+    def __delitem__(self, key: str) -> None:
+        self.json_text = None
+        super().__delitem__(key)
+
+    def _dropped(self, result: Any) -> Any:
+        self.json_text = None
+        return result
+
+    def pop(self, *args: Any) -> Any:
+        return self._dropped(super().pop(*args))
+
+    def popitem(self) -> tuple[str, Any]:
+        return self._dropped(super().popitem())  # type: ignore[no-any-return]
+
+    def clear(self) -> None:
+        self._dropped(super().clear())
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        self._dropped(super().update(*args, **kwargs))
+
+    def setdefault(self, key: str, default: Any = None) -> Any:
+        return self._dropped(super().setdefault(key, default))
+
+    def __ior__(self, other: Any) -> ShapedEvent:  # type: ignore[override,misc]
+        self.json_text = None
+        super().__ior__(other)
+        return self
+
+
+def event_text(event: Mapping[str, Any]) -> str:
+    """The event as compact JSON: the text `bounded_event` measured, when it is still valid."""
+    text = event.json_text if isinstance(event, ShapedEvent) else None
+    return text if text is not None else serialised(event)
+
+
 def bounded_event(event: Mapping[str, Any]) -> dict[str, Any]:
     """The event as it may be written: credentials and jtis as HMACs (audit_hmac.py), no
     unverified text, within EVENT_BUDGET_BYTES."""
     shaped = _without_unverified_text(redact(event))
-    if len(serialised(shaped)) <= EVENT_BUDGET_BYTES:
-        return shaped  # the usual case: nothing to cut
+    text = serialised(shaped)
+    if len(text) <= EVENT_BUDGET_BYTES:
+        out = ShapedEvent(shaped)  # the usual case: nothing to cut
+        out.json_text = text
+        return out
     for budget in (FIELD_BUDGET_BYTES, 128, 64, 32):
         # Every field is kept (MAX_ITEMS applies to values inside it); fields outside the
         # core are cut shorter before any core field is.

@@ -14,12 +14,18 @@ from typing import Any, cast
 import redis
 
 from broker.domain.audit_hmac import redact
+from broker.domain.audit_shape import ShapedEvent
 from broker.store import keys
 from broker.store.connection import store_errors
 
 
 def event_json(event: Mapping[str, Any]) -> str:
-    """The event as the stream stores it: compact JSON, credentials and jtis as HMACs."""
+def event_json(event: Mapping[str, Any]) -> str:
+    """The event as the stream stores it: compact JSON, credentials and jtis as HMACs (for a
+    shaped event, the text bounded_event already encoded, already redacted:
+    broker/domain/audit_shape.py)."""
+    if isinstance(event, ShapedEvent) and event.json_text is not None:
+        return event.json_text
     return json.dumps(redact(event), separators=(",", ":"))
 
 

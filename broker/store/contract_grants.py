@@ -3,13 +3,11 @@ pipelined round trip per page of grants."""
 
 from __future__ import annotations
 
-import json
-
 import redis
 
 from broker.store import keys
 from broker.store.connection import store_errors
-from broker.store.grant_record import contracts_of_record
+from broker.store.grant_record import audiences_of, contracts_of_record
 
 
 class RedisGrantContracts:
@@ -27,7 +25,7 @@ class RedisGrantContracts:
                 continue
             try:
                 out[jti] = (
-                    tuple(json.loads(audiences)),
+                    audiences_of(audiences),  # one audience is stored as plain text
                     dict(contracts_of_record({"v": versions or ""})),
                 )
             except ValueError:

@@ -59,7 +59,7 @@ def test_grant_key_ttl_equals_token_lifetime(svc, raw, subject):
     assert record["o"] == "platform-team"
     assert record["e"] == str(grant.exp)
     assert record["p"] == raw.get(keys.EPOCH)  # stamped with the current revoke-all epoch
-    assert json.loads(record["a"]) == ["https://deploy.acme.example"]
+    assert record["a"] == "https://deploy.acme.example"  # one audience: as itself, not JSON
     # The per-task/identity indexes never outlive their newest grant by much, and never die
     # before it.
     for index in (
