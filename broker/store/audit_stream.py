@@ -20,7 +20,6 @@ from broker.store.connection import store_errors
 
 
 def event_json(event: Mapping[str, Any]) -> str:
-def event_json(event: Mapping[str, Any]) -> str:
     """The event as the stream stores it: compact JSON, credentials and jtis as HMACs (for a
     shaped event, the text bounded_event already encoded, already redacted:
     broker/domain/audit_shape.py)."""

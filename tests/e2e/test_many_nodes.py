@@ -430,7 +430,9 @@ def test_unknown_kids_on_both_nodes_fetch_once_per_cooldown(fleet: Fleet) -> Non
     assert {status for status, _ in answers} == {400}, answers
     assert {error for _, error in answers} == {"invalid_request"}, answers
     assert len(times) <= allowed, (len(times), elapsed)
-    assert all(g >= COOLDOWN_SECONDS * 0.9 for g in gaps), gaps
+    # The cooldown starts when a node takes the fetch lock; the issuer stamps the request when
+    # it arrives, which a loaded machine can delay for the first fetch and not the next.
+    assert all(g >= COOLDOWN_SECONDS * 0.75 for g in gaps), gaps
     print(
         f"\n[many nodes] {len(answers)} unknown kids over {elapsed:.2f} s on 2 nodes: "
         f"{len(times)} JWKS fetches (bound {allowed}), gaps {[round(g, 2) for g in gaps]}"

@@ -79,7 +79,9 @@ def test_completing_a_task_ends_every_token_of_it(stack, dev_issuer, http, peek)
         )
         == 1
     )
-    assert lines[-1] == f"11 event(s) for task {task}"
+    # and the task's signed proof, once the clean-up job has revoked every grant of it
+    assert sum("task.proved" in line for line in lines) == 1
+    assert lines[-1] == f"12 event(s) for task {task}"
     assert not any(t in audit.stdout for t in mine), "a token leaked into the audit trail"
     events = json.loads(errand_cli(stack, "audit", task, "--json").stdout)
     kinds = [(e["event"], e.get("outcome")) for e in events]

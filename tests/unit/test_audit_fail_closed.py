@@ -15,6 +15,7 @@ from broker.domain.audit_failure import AuditUnavailable
 from broker.domain.bulk_revocation import revoke_by
 from broker.store import keys
 from tests.support.builders import ADMIN_TOKEN
+from tests.support.jws import token_parts
 from tests.support.redis import grant_state_keys
 
 
@@ -77,8 +78,9 @@ def test_revocation_completion_and_revoke_all_refused_without_their_event(
     # Nothing changed: the grant is live, the task open, the epoch where it was.
     assert grant_state_keys(svc) == live
     assert svc.redis.get(keys.EPOCH) == epoch
-    (index,) = svc.redis.keys(keys.TASK_INDEX_PREFIX + "*")
-    assert not svc.redis.exists(keys.task_tombstone(index.removeprefix(keys.TASK_INDEX_PREFIX)))
+    task = token_parts(issued)[1]["task_id"]
+    assert svc.redis.zcard(keys.task_index(task)) == 1
+    assert not svc.redis.exists(keys.task_tombstone(task))
 
 
 def test_bulk_revocation_answers_503_when_its_event_is_lost(svc, exchange) -> None:

@@ -8,11 +8,10 @@ local function expiry_member(jti, task, ident)
 end
 
 -- The refusal of a change whose audit event could not be appended to the audit stream
--- `stream` (it holds another type), or nil. Called before a script's first write, so the
--- change and its event are written together or not at all; the store answers the error
--- with AuditUnavailable (broker/domain/audit_failure.py).
-local function audit_refusal(stream)
-  local have = redis.call('TYPE', stream)['ok']
+-- `stream`, whose TYPE the caller read (`have`): nil when it can take the event. Called
+-- before a script's first write, so the change and its event are written together or not
+-- at all; the store answers the error with AuditUnavailable (broker/domain/audit_failure.py).
+local function audit_refusal(have, stream)
   if have ~= 'none' and have ~= 'stream' then
     return redis.error_reply('ERRAND_AUDIT ' .. stream .. ' holds a ' .. have)
   end

@@ -11,7 +11,7 @@
 -- take the event (no cut without it). The first write is the cut itself, so should a later command fail (the log, the fan-out
 -- entry, the audit event), the cut has still happened. The epoch starts at Redis's clock
 -- if it is missing, never at 0.
-local refused = audit_refusal(KEYS[3])
+local refused = audit_refusal(redis.call('TYPE', KEYS[3])['ok'], KEYS[3])
 if refused then return refused end
 if redis.call('EXISTS', KEYS[1]) == 0 then redis.call('SET', KEYS[1], redis.call('TIME')[1]) end
 local epoch = redis.call('INCR', KEYS[1])

@@ -17,7 +17,8 @@
 local g = redis.call('HMGET', KEYS[1], 't', 'i', 'e')
 if not g[1] then return 0 end
 if g[1] ~= ARGV[4] or g[2] ~= ARGV[5] then return 'moved' end
-local refused = audit_refusal(KEYS[3])  -- no revocation without its audit event
+-- No revocation without its audit event.
+local refused = audit_refusal(redis.call('TYPE', KEYS[3])['ok'], KEYS[3])
 if refused then return refused end
 redis.call('DEL', KEYS[1])
 redis.call('ZREM', KEYS[5], ARGV[1])

@@ -51,7 +51,8 @@ elseif state ~= 'running' and state ~= 'suspended' then
   return {'illegal', state}
 end
 
-local refused = audit_refusal(KEYS[3])  -- no change without its audit event
+-- No change without its audit event.
+local refused = audit_refusal(redis.call('TYPE', KEYS[3])['ok'], KEYS[3])
 if refused then return refused end
 for i = 8, 9 do  -- the gauges' indexes: a wrong type must fail before the first write
   local have = redis.call('TYPE', KEYS[i])['ok']
