@@ -219,3 +219,39 @@ class ApprovalDenied(BrokerError):
     status_code = 400
     description = "A person denied this request."
     reason = "approval_denied"
+
+
+class DpopTokenRefused(BrokerError):
+    """RFC 9449 §7.1, §9, §12.2: our DPoP-bound access token, presented to one of our own
+    endpoints as the caller's credential, without a valid proof of its key. 401 with a `DPoP`
+    challenge naming the error and the accepted algorithms; `use_dpop_nonce` also carries the
+    nonce to put in the next proof."""
+
+    status_code = 401
+    error = "invalid_token"
+    description = "The access token is DPoP-bound: present it with a DPoP proof."
+    reason = "dpop_bound_token"
+
+    def __init__(
+        self,
+        description: str,
+        *,
+        error: str,
+        algs: tuple[str, ...],
+        reason: str,
+        nonce: str | None = None,
+    ) -> None:
+        super().__init__(description, reason=reason)
+        self.error = error
+        self.algs = algs
+        self.nonce = nonce
+
+    def headers(self) -> dict[str, str]:
+        said = self.description.replace("\\", "").replace('"', "'")  # a quoted-string
+        challenge = (
+            f'DPoP error="{self.error}", error_description="{said}", algs="{" ".join(self.algs)}"'
+        )
+        out = {"WWW-Authenticate": challenge}
+        if self.nonce is not None:
+            out["DPoP-Nonce"] = self.nonce
+        return out

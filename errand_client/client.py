@@ -14,6 +14,9 @@ errand_client.retry. Tokens never appear in a repr, a log line or an exception m
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 import logging
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -42,6 +45,7 @@ from errand_client.wire import (
     move_task,
     new_task_id,
     read_token_response,
+    show_task,
 )
 
 __all__ = [
@@ -245,6 +249,21 @@ class ErrandClient:
             return None
         return wants_nonce(resp.status_code, resp.headers, body)
 
+    def _key_for(self, token: str | IssuedToken | TaskToken) -> DpopKey | None:
+        """The key a token must be presented with (RFC 9449 §7.1): the client's, when the
+        token is bound to it; None for a Bearer token. A bound token this client holds no key
+        for cannot be used here."""
+        bound = (
+            _names_a_key(token) if isinstance(token, str) else token.token_type.lower() == "dpop"
+        )
+        if not bound:
+            return None
+        if self.dpop_key is None:
+            raise ErrandError(
+                "a DPoP-bound token needs the key it is bound to: this client has none"
+            )
+        return self.dpop_key
+
     def complete(self, token: str | IssuedToken | TaskToken) -> bool:
         """End the task the token belongs to; False when it had already ended."""
         value = (
@@ -255,7 +274,12 @@ class ErrandClient:
             else token.access_token
         )
         return complete_task(
-            self.url, value, retry=self.retry, session=self._session, sleep=self._sleep
+            self.url,
+            value,
+            retry=self.retry,
+            session=self._session,
+            sleep=self._sleep,
+            dpop=self._key_for(token),
         )
 
     def move(self, token: TaskToken | IssuedToken, action: str) -> dict[str, Any] | None:
@@ -270,6 +294,21 @@ class ErrandClient:
             retry=self.retry,
             session=self._session,
             sleep=self._sleep,
+            dpop=self._key_for(token),
+        )
+
+    def show(self, token: TaskToken | IssuedToken) -> dict[str, Any] | None:
+        """The token's task as the broker shows its owner (GET /tasks/{id}): state, deadline,
+        labels, live grants. None when the token is no longer good or the task is gone."""
+        value = token.current_token() if isinstance(token, TaskToken) else token.access_token
+        return show_task(
+            self.url,
+            value,
+            token.task_id,
+            retry=self.retry,
+            session=self._session,
+            sleep=self._sleep,
+            dpop=self._key_for(token),
         )
 
     def suspend(self, token: TaskToken | IssuedToken) -> dict[str, Any] | None:
@@ -335,3 +374,16 @@ class ErrandClient:
         except ErrandError as err:
             raise CompletionError(f"task {tid}: could not complete it: {err}") from None
         log.info("task %s: %s", tid, "completed" if done else "already ended")
+
+
+def _names_a_key(token: str) -> bool:
+    """Whether a token string of ours carries `cnf` (RFC 9449 §6.1). Read without checking
+    the signature: it only picks how to present the token, and the broker checks the rest."""
+    parts = token.split(".")
+    if len(parts) != 3:
+        return False
+    try:
+        claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+    except (ValueError, binascii.Error):
+        return False
+    return isinstance(claims, dict) and isinstance(claims.get("cnf"), dict)

@@ -1,6 +1,6 @@
 """The broker's wire format, shared by ErrandClient and the CI commands: the URL check,
 task ids, the token response (RFC 8693 §2.2.1) read strictly, RFC 6749 §5.2 errors made safe
-to print, and POST /tasks/complete. Tokens never appear in a repr, a log line or an
+to print, and the task endpoints (/tasks/...). Tokens never appear in a repr, a log line or an
 exception message."""
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 
 import requests
 
+from errand_client.dpop import DpopKey, wants_nonce
 from errand_client.errors import ErrandError, TokenRequestError
 from errand_client.retry import Retryable, RetryPolicy, call_with_retry, parse_retry_after
 
@@ -184,26 +185,29 @@ def read_token_response(
     )
 
 
-def complete_task(
-    url: str,
+def _task_call(
+    http: requests.Session,
+    method: str,
+    endpoint: str,
     access_token: str,
-    *,
-    retry: RetryPolicy | None = None,
-    session: requests.Session | None = None,
-    sleep: Callable[[float], None] = time.sleep,
-) -> bool:
-    """POST {url}/tasks/complete. True when completed now; False when the broker says the
-    token is already invalid (401 invalid_token: the task was completed, revoked or expired).
-    Retries 503 and connection errors; raises TokenRequestError or RetriesExhausted."""
-    policy = retry or RetryPolicy()
-    http = session or requests.Session()
-    endpoint = url.rstrip("/") + "/tasks/complete"
+    dpop: DpopKey | None,
+    policy: RetryPolicy,
+) -> requests.Response:
+    """One request to the broker's task endpoints with a token of the task: Bearer, or for a
+    token bound to `dpop` the DPoP scheme and a fresh proof (RFC 9449 §7.1), retried once
+    with the broker's nonce when it asks for one (§9: 401 `use_dpop_nonce`)."""
 
-    def attempt() -> bool:
+    def send() -> requests.Response:
+        headers = {"Accept": "application/json"}
+        if dpop is None:
+            headers["Authorization"] = f"Bearer {access_token}"
+        else:
+            headers.update(dpop.headers(access_token, method, endpoint))  # a new proof each time
         try:
-            resp = http.post(
+            return http.request(
+                method,
                 endpoint,
-                headers={"Authorization": f"Bearer {access_token}", "Accept": "application/json"},
+                headers=headers,
                 timeout=(policy.timeout_seconds, policy.timeout_seconds),
                 allow_redirects=False,
             )
@@ -211,9 +215,54 @@ def complete_task(
             raise Retryable(f"cannot reach the broker ({type(err).__name__})") from None
         except requests.RequestException as err:
             raise TokenRequestError("request_failed", type(err).__name__) from None
+
+    resp = send()
+    if dpop is not None:
+        nonce = wants_nonce(resp.status_code, resp.headers, None)
+        if nonce is not None:
+            dpop.remember_nonce(endpoint, nonce)
+            resp = send()
+        dpop.remember_nonce(endpoint, resp.headers.get("DPoP-Nonce"))
+    return resp
+
+
+def _token_gone(resp: requests.Response) -> bool:
+    """A 401 that says the token is no longer good (completed, revoked, expired), not that
+    it was presented wrongly: a refused DPoP proof, or a bound token without one, is an error
+    to raise, never "already ended"."""
+    if resp.status_code != 401:
+        return False
+    if resp.headers.get("WWW-Authenticate", "").lower().startswith("dpop"):
+        return False
+    try:
+        body = resp.json()
+    except ValueError:
+        return True
+    return not (isinstance(body, dict) and body.get("error") == "invalid_dpop_proof")
+
+
+def complete_task(
+    url: str,
+    access_token: str,
+    *,
+    retry: RetryPolicy | None = None,
+    session: requests.Session | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+    dpop: DpopKey | None = None,
+) -> bool:
+    """POST {url}/tasks/complete. True when completed now; False when the broker says the
+    token is already invalid (401 invalid_token: the task was completed, revoked or expired).
+    A token bound to `dpop` goes with a proof of that key. Retries 503 and connection
+    errors; raises TokenRequestError or RetriesExhausted."""
+    policy = retry or RetryPolicy()
+    http = session or requests.Session()
+    endpoint = url.rstrip("/") + "/tasks/complete"
+
+    def attempt() -> bool:
+        resp = _task_call(http, "POST", endpoint, access_token, dpop, policy)
         if resp.status_code == 200:
             return True
-        if resp.status_code == 401:
+        if _token_gone(resp):
             return False
         if resp.status_code in RETRYABLE_STATUS:
             raise _retryable_503(resp, "the broker")
@@ -231,10 +280,12 @@ def move_task(
     retry: RetryPolicy | None = None,
     session: requests.Session | None = None,
     sleep: Callable[[float], None] = time.sleep,
+    dpop: DpopKey | None = None,
 ) -> dict[str, Any] | None:
     """POST {url}/tasks/{task_id}/{action} (suspend, resume, complete, fail, cancel) with a
-    token of the task. The broker's answer; None when the token is no longer good (401) or
-    the task already ended another way (409). Retries 503 and connection errors."""
+    token of the task (bound to `dpop`: with a proof of that key). The broker's answer; None
+    when the token is no longer good (401) or the task already ended another way (409).
+    Retries 503 and connection errors."""
     if not SAFE_ID.fullmatch(task_id) or action not in (
         "suspend",
         "resume",
@@ -248,21 +299,44 @@ def move_task(
     endpoint = f"{url.rstrip('/')}/tasks/{task_id}/{action}"
 
     def attempt() -> dict[str, Any] | None:
-        try:
-            resp = http.post(
-                endpoint,
-                headers={"Authorization": f"Bearer {access_token}", "Accept": "application/json"},
-                timeout=(policy.timeout_seconds, policy.timeout_seconds),
-                allow_redirects=False,
-            )
-        except RETRYABLE_TRANSPORT as err:
-            raise Retryable(f"cannot reach the broker ({type(err).__name__})") from None
-        except requests.RequestException as err:
-            raise TokenRequestError("request_failed", type(err).__name__) from None
+        resp = _task_call(http, "POST", endpoint, access_token, dpop, policy)
         if resp.status_code == 200:
             body = resp.json()
             return body if isinstance(body, dict) else {}
-        if resp.status_code in (401, 409):
+        if _token_gone(resp) or resp.status_code == 409:
+            return None
+        if resp.status_code in RETRYABLE_STATUS:
+            raise _retryable_503(resp, "the broker")
+        raise _error_from(resp)
+
+    return call_with_retry(attempt, policy, sleep=sleep, on_retry=log_retry)
+
+
+def show_task(
+    url: str,
+    access_token: str,
+    task_id: str,
+    *,
+    retry: RetryPolicy | None = None,
+    session: requests.Session | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+    dpop: DpopKey | None = None,
+) -> dict[str, Any] | None:
+    """GET {url}/tasks/{task_id} with a token of the task: its state, owner, deadline,
+    labels and live grants; None when the token is no longer good (401) or the task is
+    gone (404)."""
+    if not SAFE_ID.fullmatch(task_id):
+        raise ValueError("not a task id")
+    policy = retry or RetryPolicy()
+    http = session or requests.Session()
+    endpoint = f"{url.rstrip('/')}/tasks/{task_id}"
+
+    def attempt() -> dict[str, Any] | None:
+        resp = _task_call(http, "GET", endpoint, access_token, dpop, policy)
+        if resp.status_code == 200:
+            body = resp.json()
+            return body if isinstance(body, dict) else {}
+        if _token_gone(resp) or resp.status_code == 404:
             return None
         if resp.status_code in RETRYABLE_STATUS:
             raise _retryable_503(resp, "the broker")

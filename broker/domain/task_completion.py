@@ -9,12 +9,13 @@ from typing import Any
 from broker.domain.ports import Services
 from broker.domain.task_lifecycle import owner_from_token, transition
 from broker.domain.task_proof import TaskProofs, begin_proof, finish_proof
+from broker.domain.token_presentation import PresentedToken
 from broker.domain.token_revocation import revoke_grant
 from broker.errors import Conflict
 
 
 def complete_task(
-    token: str, svc: Services, *, request_id: str = "", client_address: str = ""
+    token: str | PresentedToken, svc: Services, *, request_id: str = "", client_address: str = ""
 ) -> dict[str, Any]:
     """POST /tasks/complete: a token of a task's owner declares its own task complete.
 

@@ -4,7 +4,8 @@ showing it. docs/agents.md, "Task lifecycle".
 Who may: the task's owner, proving itself with a token of the task (its grant still
 stored and of the current epoch, not expired; a suspended task's tokens count, or the owner
 could never resume), or an operator with the admin credential. The owner check itself is in
-the transition script, against the owner recorded when the task opened.
+the transition script, against the owner recorded when the task opened. A DPoP-bound token
+speaks only with a proof of its key (domain/token_presentation.py).
 
 Every move is audited: a change in the same script that makes it, a refusal as a denial, a
 repeat (a no-op) as a log line."""
@@ -21,6 +22,7 @@ from broker.domain.denials import note_denial
 from broker.domain.introspection import grant_state, is_live
 from broker.domain.ports import Services
 from broker.domain.tasks import ACTIONS, RUNNING, SUSPENDED, TERMINAL, TaskRecord
+from broker.domain.token_presentation import PresentedToken, check_presentation
 from broker.errors import AccessDenied, Conflict, InvalidToken, NotFound
 
 log = logging.getLogger(__name__)
@@ -49,12 +51,17 @@ class TaskCaller:
         return cls(identity=None, actor=label)
 
 
-def owner_from_token(token: str, task_id: str | None, svc: Services) -> tuple[TaskCaller, str]:
+def owner_from_token(
+    token: str | PresentedToken, task_id: str | None, svc: Services
+) -> tuple[TaskCaller, str]:
     """The caller a token of the task proves, and the task it names. `task_id` None: the
-    token's own task (POST /tasks/complete)."""
-    claims = read_our_token(token, svc)
+    token's own task (POST /tasks/complete). A bare string is a token presented as Bearer,
+    so a DPoP-bound one is refused without the request's proof (domain/token_presentation.py)."""
+    presented = token if isinstance(token, PresentedToken) else PresentedToken(token)
+    claims = read_our_token(presented.token, svc)
     if claims is None:
         raise InvalidToken("the access token is invalid or expired")
+    check_presentation(claims, presented, svc)
     if task_id is not None and claims["task_id"] != task_id:
         raise AccessDenied("the token is for another task", reason="task_mismatch")
     if "act" in claims:

@@ -4,7 +4,8 @@ resource server protected by errand_rs with DPoP, in process against the broker'
 An agent exchanges with a DPoP proof and gets a token bound to its key (token_type DPoP,
 cnf.jkt, shown by introspection); the resource server accepts it with a proof; the token
 stolen without the key is refused however it is presented; a replayed proof is refused at the
-broker and at the resource server; the inventory's require_dpop is enforced."""
+broker and at the resource server; the inventory's require_dpop is enforced; the broker's task
+endpoints, too, take the bound token only with a proof of its key."""
 
 from __future__ import annotations
 
@@ -96,3 +97,28 @@ def test_require_dpop_is_enforced(stack, dev_issuer) -> None:
     proof = DpopKey.generate().proof("POST", stack.url + "/token")
     bound = post_token(stack, mint(dev_issuer), audience=DPOP_AUD, headers={"DPoP": proof})
     assert bound.status_code == 200 and bound.json()["token_type"] == "DPoP"
+
+
+def test_the_task_endpoints_need_the_key_too(stack, dev_issuer) -> None:
+    """The broker's own task endpoints take a bound token only with a proof of its key: the
+    thief cannot suspend (or read) the task; its holder completes it with the key."""
+    agent = ErrandClient(
+        stack.url, lambda: mint(dev_issuer), dpop=True, allow_http=True, session=LOCAL
+    )
+    issued = agent.exchange(audience=DEPLOY_AUD, scopes="deploy:read", purpose="dpop task")
+    token, task = issued.access_token, issued.task_id
+    suspend = f"{stack.url}/tasks/{task}/suspend"
+    thief = DpopKey.generate()
+    for stolen in (
+        {"Authorization": f"Bearer {token}"},
+        {"Authorization": f"DPoP {token}"},
+        thief.headers(token, "POST", suspend),
+    ):
+        resp = LOCAL.post(suspend, headers=stolen, timeout=5)
+        assert resp.status_code == 401, resp.text
+        assert resp.headers["WWW-Authenticate"].startswith("DPoP ")
+    assert LOCAL.get(f"{stack.url}/tasks/{task}", headers=stolen, timeout=5).status_code == 401
+    shown = agent.show(issued)
+    assert shown is not None and shown["state"] == "running"  # nothing was suspended
+    assert agent.complete(issued) is True
+    assert introspect(stack, token).json()["active"] is False

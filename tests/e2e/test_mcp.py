@@ -412,3 +412,6 @@ def test_dpop_bound_tokens_at_a_server_that_requires_them(world: McpWorld) -> No
         other = json.dumps(rpc("tools/call", "read_notes", page=2)).encode()
         signed.pop("Content-Digest")
         assert send(signed, other).status_code == 401
+    # Leaving the block completed the task with the bound token, signed with the client's
+    # key (the broker refuses it as Bearer): the token is dead.
+    assert introspect(world.stack, stolen).json()["active"] is False

@@ -12,7 +12,7 @@ import requests
 
 from errand_client import ErrandClient
 from errand_client.errors import ErrandError, TokenRequestError
-from tests.support.dpop import DpopKey
+from tests.support.dpop import DpopKey, access_token_hash
 
 URL = "https://errand.example"
 
@@ -111,3 +111,76 @@ def test_mcp_tokens_sign_every_request_with_the_clients_key() -> None:
         McpTokens(c, "t1", purpose=None, dpop=False)
     with pytest.raises(ValueError, match="dpop=True needs"):
         McpTokens(client(ScriptedSession(), dpop=False), "t1", purpose=None, dpop=True)
+
+
+class TaskSession(ScriptedSession):
+    """Also answers the task endpoints (any method) from the script."""
+
+    def __init__(self, *answers: tuple[int, dict[str, Any], dict[str, str]]) -> None:
+        super().__init__(*answers)
+        self.calls: list[tuple[str, str]] = []
+
+    def request(self, method: str, url: str, **kw: Any) -> requests.Response:  # type: ignore[override]
+        self.calls.append((method, url))
+        return self.post(url, **kw)
+
+
+def test_task_calls_of_a_bound_token_sign_with_the_clients_key() -> None:
+    moved = (200, {"task_id": "t1", "state": "suspended"}, {})
+    want = (401, {"error": "use_dpop_nonce", "error_description": "nonce"},
+            {"WWW-Authenticate": 'DPoP error="use_dpop_nonce"', "DPoP-Nonce": "rn"})  # fmt: skip
+    session = TaskSession(
+        ok(), moved, (200, {"task_id": "t1", "state": "running"}, {}), want, moved,
+        (200, {"task_id": "t1", "completed": True}, {}),
+    )  # fmt: skip
+    c = client(session)
+    issued = c.exchange(task_id="t1")
+    assert c.suspend(issued) == {"task_id": "t1", "state": "suspended"}
+    assert c.show(issued) == {"task_id": "t1", "state": "running"}
+    assert c.cancel(issued) == {"task_id": "t1", "state": "suspended"}  # after one nonce retry
+    assert c.complete(issued) is True
+    assert session.calls == [
+        ("POST", URL + "/tasks/t1/suspend"),
+        ("GET", URL + "/tasks/t1"),
+        ("POST", URL + "/tasks/t1/cancel"),
+        ("POST", URL + "/tasks/t1/cancel"),
+        ("POST", URL + "/tasks/complete"),
+    ]
+    task_headers = session.sent[1:]
+    assert all(h["Authorization"] == "DPoP eyJ.at" for h in task_headers)
+    claims = [jwt.decode(h["DPoP"], options={"verify_signature": False}) for h in task_headers]
+    assert len({c["jti"] for c in claims}) == len(claims)  # a fresh proof every time
+    assert [(c["htm"], c["htu"]) for c in claims] == session.calls
+    assert all(c["ath"] == access_token_hash("eyJ.at") for c in claims)
+    assert "nonce" not in claims[2] and claims[3]["nonce"] == "rn"  # the retry carries it
+    assert claims[4]["nonce"] == "rn"  # and later proofs to the broker too
+
+
+def test_a_refused_proof_is_an_error_not_an_ended_task() -> None:
+    refused = (401, {"error": "invalid_dpop_proof", "error_description": "replayed"},
+               {"WWW-Authenticate": 'DPoP error="invalid_dpop_proof", algs="ES256"'})  # fmt: skip
+    gone = (401, {"error": "invalid_token", "error_description": "inactive"},
+            {"WWW-Authenticate": 'Bearer error="invalid_token"'})  # fmt: skip
+    c = client(TaskSession(ok(), refused, gone))
+    issued = c.exchange(task_id="t1")
+    with pytest.raises(TokenRequestError, match="invalid_dpop_proof"):
+        c.complete(issued)
+    assert c.complete(issued) is False  # a dead token: the task already ended
+
+
+def test_a_bound_token_string_needs_the_key() -> None:
+    bound = "eyJhbGciOiJFUzI1NiJ9." + _b64({"cnf": {"jkt": "x"}, "task_id": "t1"}) + ".sig"
+    with pytest.raises(ErrandError, match="key"):
+        ErrandClient(URL, lambda: "subject", session=TaskSession()).complete(bound)
+    session = TaskSession((200, {"task_id": "t1", "completed": True}, {}))
+    assert client(session).complete(bound) is True
+    assert session.sent[0]["Authorization"] == f"DPoP {bound}"
+    plain = TaskSession((200, {"task_id": "t1", "completed": True}, {}))
+    assert client(plain).complete("eyJ.e30.sig") is True  # no cnf: Bearer, even with a key
+    assert plain.sent[0]["Authorization"] == "Bearer eyJ.e30.sig" and "DPoP" not in plain.sent[0]
+
+
+def _b64(claims: dict[str, Any]) -> str:
+    import base64
+
+    return base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=").decode()
