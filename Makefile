@@ -34,11 +34,11 @@ test: venv
 ## Two pytest processes, one per core: FAST_FIRST's folders in the background (their report
 ## is printed at the end), everything else in the foreground.
 FAST_PYTEST := $(BIN)/python -m pytest -m "not slow" -q -p no:schemathesis -p no:cacheprovider
-FAST_FIRST  := tests/unit/http tests/unit/identity tests/unit/callers
+FAST_FIRST  := tests/unit/http tests/unit/identity tests/unit/callers tests/property
 test-fast: venv
 	@mkdir -p .errand
 	@$(FAST_PYTEST) $(FAST_FIRST) > .errand/test-fast.log 2>&1 & first=$$!; \
-	$(FAST_PYTEST) tests/unit tests/property $(addprefix --ignore=,$(FAST_FIRST)); rest=$$?; \
+	$(FAST_PYTEST) tests/unit $(addprefix --ignore=,$(FAST_FIRST)); rest=$$?; \
 	wait $$first; first=$$?; \
 	echo "--- $(FAST_FIRST)"; cat .errand/test-fast.log; \
 	[ $$first -eq 0 ] && [ $$rest -eq 0 ]

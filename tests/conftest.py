@@ -17,6 +17,7 @@ from broker.clock import FixedClock
 from broker.dev.embedded_redis import RedisProcess
 from broker.dev.issuer import DevIssuer, load_or_create_key
 from broker.tokens.keyring import SigningKey
+from tests.support import lazy_routes
 from tests.support.builders import (
     UNIT_ISSUER,
     StaticFetcher,
@@ -39,6 +40,8 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.too_slow],
 )
 settings.load_profile("errand")
+
+lazy_routes.install()  # URL builders compiled on first use (tests/support/lazy_routes.py)
 
 # Tests that start processes or talk to a real Redis: `make test` runs them, `make test-fast`
 # leaves them out (pytest -m "not slow").

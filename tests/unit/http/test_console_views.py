@@ -350,3 +350,20 @@ class TestApprovals:
         )
         assert resp.status_code == 400
         assert svc.approvals.get(approval_id).state == "pending"
+
+
+def test_urls_built_with_lazily_compiled_rules_are_werkzeug_s_own() -> None:
+    """tests/support/lazy_routes.py: a URL built after the lazy compile equals the one an
+    eagerly compiled rule builds."""
+    from flask import Flask, url_for
+
+    app = Flask("lazy")
+    app.add_url_rule("/tasks/<task_id>/<action>", "move", lambda **_: "")
+    with app.test_request_context():
+        lazy = url_for("move", task_id="t 1", action="suspend", extra="x")
+    rule = next(iter(app.url_map.iter_rules("move")))
+    eager = rule._compile_builder(True).__get__(rule, None)(
+        task_id="t 1", action="suspend", extra="x"
+    )
+    assert lazy == "/tasks/t%201/suspend?extra=x"
+    assert eager[1] == "/tasks/t%201/suspend?extra=x"
