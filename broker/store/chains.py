@@ -17,9 +17,10 @@ import redis
 from broker.domain.models import Grant
 from broker.domain.ports import WriteRefused
 from broker.store import keys, lua_scripts
-from broker.store.audit_stream import RedisAuditStream, event_json
+from broker.store.audit_stream import RedisAuditStream
 from broker.store.connection import NO_WAIT, ReplicaWait, store_errors
-from broker.store.grant_record import expiry_member, grant_fields
+from broker.store.grant_record import grant_fields
+from broker.store.write_call import write_args, write_keys
 
 
 def save_hop_call(
@@ -34,34 +35,14 @@ def save_hop_call(
     """KEYS and ARGV of lua/save_hop.lua for one hop, in the order its header names."""
     if not grant.parent or not grant.ancestors or grant.ancestors[-1] != grant.parent:
         raise ValueError("a hop names its parent as its last ancestor")
-    replay_key = keys.replay(replay[0], replay[1]) if replay else keys.EPOCH + ":none"
     script_keys = [
-        keys.grant(grant.jti),
-        keys.task_index(grant.task_id),
-        keys.identity_index(grant.identity_id),
-        keys.EXPIRY_INDEX,
-        keys.EPOCH,
-        keys.task_tombstone(grant.task_id),
-        replay_key,
-        keys.AUDIT_STREAM,
-        keys.IDENTITY_STATE,
-        keys.LAST_EXCHANGE,
-        keys.task_owner(grant.task_id),
+        *write_keys(grant, replay),
         keys.children_index(grant.parent),
         keys.task_state(grant.task_id),
         *(keys.grant(jti) for jti in reversed(grant.ancestors)),  # the parent first
     ]
     args: list[str | int] = [
-        grant.jti,
-        grant.exp,
-        now,
-        grant.epoch,
-        "1" if replay else "0",
-        replay[2] if replay else 0,
-        expiry_member(grant),
-        audit_maxlen,
-        event_json(audit),
-        quota,
+        *write_args(grant, replay, audit, now, quota, audit_maxlen),
         grant.subject,
         grant.task_id,
         *grant_fields(grant),

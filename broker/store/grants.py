@@ -21,9 +21,10 @@ from broker.domain.tasks import COMPLETED, TaskSpec
 from broker.store import grant_steps, keys, lua_scripts
 from broker.store.audit_stream import RedisAuditStream, event_json
 from broker.store.connection import NO_WAIT, ReplicaWait, store_errors
-from broker.store.grant_record import expiry_member, grant_fields, grant_from
+from broker.store.grant_record import grant_fields, grant_from
 from broker.store.inventory_state import state_record
 from broker.store.task_lifecycle import RedisTaskLifecycle
+from broker.store.write_call import write_args, write_keys
 
 
 def save_grant_call(
@@ -37,33 +38,13 @@ def save_grant_call(
     task: str = "",
 ) -> tuple[list[str], list[str | int]]:
     """KEYS and ARGV of lua/save_grant.lua for one grant, in the order its header names."""
-    replay_key = keys.replay(replay[0], replay[1]) if replay else keys.NO_KEY
     script_keys = [
-        keys.grant(grant.jti),
-        keys.task_index(grant.task_id),
-        keys.identity_index(grant.identity_id),
-        keys.EXPIRY_INDEX,
-        keys.EPOCH,
-        keys.task_tombstone(grant.task_id),
-        replay_key,
-        keys.AUDIT_STREAM,
-        keys.IDENTITY_STATE,
-        keys.LAST_EXCHANGE,
-        keys.task_owner(grant.task_id),
+        *write_keys(grant, replay),
         keys.task_state(grant.task_id),
         keys.TASKS_OPEN,
     ]
     args: list[str | int] = [
-        grant.jti,
-        grant.exp,
-        now,
-        grant.epoch,
-        "1" if replay else "0",
-        replay[2] if replay else 0,
-        expiry_member(grant),
-        audit_maxlen,
-        event_json(audit),
-        quota,
+        *write_args(grant, replay, audit, now, quota, audit_maxlen),
         *grant_fields(grant),
         task,  # last: the script reads it as ARGV[#ARGV]
     ]
