@@ -46,7 +46,7 @@ from redis.commands.core import Script
 from broker.domain.grant_ids import jti_bucket, task_bucket
 from broker.domain.models import Grant
 from broker.domain.ports import PreflightState, StoreUnavailable, WriteRefused
-from broker.domain.tasks import TaskSpec, TransitionResult
+from broker.domain.tasks import TaskSpec
 from broker.store import grant_steps, keys, lua_scripts
 from broker.store.audit_stream import event_json
 from broker.store.chains import RedisChains
@@ -54,7 +54,7 @@ from broker.store.connection import NO_WAIT, ReplicaWait, store_errors
 from broker.store.grant_record import expiry_member, grant_fields
 from broker.store.grants import RedisGrants
 from broker.store.inventory_state import state_record
-from broker.store.task_lifecycle import OUTCOMES
+from broker.store.task_lifecycle import Move
 
 log = logging.getLogger(__name__)
 
@@ -220,25 +220,15 @@ class ClusterGrants(RedisGrants):
         grant_steps.unindex(self._r, [dropped])
         return dropped.task, dropped.identity
 
-    @store_errors()
-    def transition_task(
-        self,
-        task_id: str,
-        *,
-        target: str,
-        identity_id: str | None,
-        audit: Mapping[str, Any],
-        now: int,
-        tombstone_seconds: int,
-        suspension_seconds: int,
-        feed_expiry: int,
-        skew_seconds: int,
-    ) -> TransitionResult:
+    _transition_script = "cluster_task_transition.lua"
+
+    def _move(self, move: Move) -> tuple[Any, Any]:
         """The checks and the task's keys (its bucket: lua/cluster_task_transition.lua),
         then the audit event, feed entry, clean-up entry and gauges (global:
         lua/cluster_task_global.lua). A move that finds the task already there publishes
         its feed entry again (no audit event): if a broker died between the two steps, the
         repeat of the call repairs it (at worst a repeated feed entry)."""
+        task_id, target, now = move.task_id, move.target, move.now
         outcome, before = self._transition_bucket(
             keys=[
                 keys.task_tombstone(task_id),
@@ -246,10 +236,14 @@ class ClusterGrants(RedisGrants):
                 keys.task_state(task_id),
                 keys.task_index(task_id),
             ],
-            args=[target, now, identity_id or "", tombstone_seconds, suspension_seconds],
+            args=[
+                target,
+                now,
+                move.identity_id or "",
+                move.tombstone_seconds,
+                move.suspension_seconds,
+            ],
         )
-        if outcome not in OUTCOMES:
-            raise ValueError(f"cluster_task_transition.lua answered {outcome!r}")
         if outcome in ("changed", "same"):
             self._transition_global(
                 keys=[
@@ -263,14 +257,14 @@ class ClusterGrants(RedisGrants):
                     target,
                     now,
                     self._audit_maxlen,
-                    event_json(audit) if outcome == "changed" else "",
+                    event_json(move.audit) if outcome == "changed" else "",
                     task_id,
-                    tombstone_seconds,
-                    now + skew_seconds,
-                    feed_expiry,
+                    move.tombstone_seconds,
+                    now + move.skew_seconds,
+                    move.feed_expiry,
                 ],
             )
-        return TransitionResult(outcome=outcome, before=str(before))
+        return outcome, before
 
 
 def save_global(
