@@ -53,7 +53,6 @@ from broker.store.chains import RedisChains
 from broker.store.connection import NO_WAIT, ReplicaWait, store_errors
 from broker.store.grant_record import expiry_member, grant_fields
 from broker.store.grants import RedisGrants
-from broker.store.inventory_state import state_record
 from broker.store.task_lifecycle import Move
 
 log = logging.getLogger(__name__)
@@ -99,19 +98,10 @@ class ClusterGrants(RedisGrants):
             count, ttl = self._hit(
                 keys=[keys.rate_counter("identity", identity_id)], args=[rate_window_seconds]
             )
-            requests, reset = int(count), max(int(ttl), 1)
-        if epoch is None:
-            epoch = self.ensure_epoch()
-        return PreflightState(
-            epoch=int(epoch),
-            replayed=bool(replayed and jti),
-            task_completed=bool(done),
-            identity_state=state_record(raw_state) if identity_id and raw_state else None,
-            identity_requests=requests,
-            identity_window_reset=reset,
-            task_owner=str(owner) if owner else None,
-            task_suspended=task == "suspended",
-            task_deadline=int(deadline) if deadline else None,
+            requests, reset = int(count), int(ttl)
+        state = raw_state if identity_id else None
+        return self._preflight_state(
+            jti, (epoch, replayed, done, state, requests, reset, owner, task, deadline)
         )
 
     def save_grant(

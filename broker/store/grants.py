@@ -10,7 +10,7 @@ How a grant is laid out in Redis is in store/grant_record.py."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
 import redis
@@ -93,7 +93,7 @@ class RedisGrants(RedisTaskLifecycle, RedisAuditStream):
         replay, the task's tombstone and owner, the identity's suspension state, and (when a
         window is given and the token is not a replay) one count against the verified
         identity's rate limit."""
-        epoch, replayed, done, raw_state, requests, reset, owner, task, deadline = self._preflight(
+        reply = self._preflight(
             keys=[
                 keys.EPOCH,
                 keys.replay(issuer_id, jti) if jti else keys.NO_KEY,
@@ -105,17 +105,22 @@ class RedisGrants(RedisTaskLifecycle, RedisAuditStream):
             ],
             args=[identity_id or "", rate_window_seconds if identity_id else 0],
         )
-        state = state_record(raw_state) if raw_state else None
-        reset = max(int(reset), 1) if requests else 0
+        return self._preflight_state(jti, reply)
+
+    def _preflight_state(self, jti: str | None, reply: Sequence[Any]) -> PreflightState:
+        """The state from lua/preflight.lua's nine values (ClusterGrants reads the same nine
+        with a pipeline): the epoch, replay, the tombstone, the identity's state record, its
+        request count and window reset, the task's owner, state and deadline."""
+        epoch, replayed, done, raw_state, requests, reset, owner, task, deadline = reply
         if epoch is None:
             epoch = self.ensure_epoch()  # Redis lost its data (or is new): restart the epoch
         return PreflightState(
             epoch=int(epoch),
             replayed=bool(replayed and jti),
             task_completed=bool(done),
-            identity_state=state,
+            identity_state=state_record(raw_state) if raw_state else None,
             identity_requests=requests,
-            identity_window_reset=reset,
+            identity_window_reset=max(int(reset), 1) if requests else 0,
             task_owner=str(owner) if owner else None,
             task_suspended=task == "suspended",
             task_deadline=int(deadline) if deadline else None,
