@@ -37,7 +37,8 @@ cascade to the hops below it."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from functools import partial
 from typing import Any
 
 import redis
@@ -58,7 +59,80 @@ from broker.store.task_lifecycle import Move
 log = logging.getLogger(__name__)
 
 
-class ClusterGrants(RedisGrants):
+class _SteppedWrite:
+    """What a grant write and a hop write do alike on a cluster: steps 1 and 2 (the
+    identity's quota and index entry, the replay claim), the run that undoes the steps
+    taken when a later one refuses or fails, and that undo."""
+
+    _r: redis.Redis
+    _drop: Script
+    _save_identity: Script
+    _written = "grant"  # what the undo's warning names
+
+    def _write_in_steps(
+        self,
+        grant: Grant,
+        replay: tuple[str, str, int] | None,
+        steps: Callable[[list[str]], str],
+    ) -> None:
+        """Run `steps` (which notes each step it took in its list); on a refusal or an
+        error, undo what it noted."""
+        undo: list[str] = []
+        try:
+            with store_errors():
+                reason = steps(undo)
+        except StoreUnavailable:
+            self._undo(grant, replay, undo)
+            raise
+        if reason != "ok":
+            self._undo(grant, replay, undo)
+            raise WriteRefused(reason)
+
+    def _claim(
+        self,
+        grant: Grant,
+        replay: tuple[str, str, int] | None,
+        now: int,
+        quota: int,
+        undo: list[str],
+    ) -> str:
+        """Steps 1 and 2: 'ok', or why the write is refused."""
+        identity = self._save_identity(
+            keys=[keys.identity_index(grant.identity_id)],
+            args=[grant.jti, grant.exp, now, quota],
+        )
+        if identity != "ok":
+            return str(identity)
+        undo.append("identity")
+        if replay is not None:
+            if not self._r.set(keys.replay(replay[0], replay[1]), "1", nx=True, exat=replay[2]):
+                return "replayed"
+            undo.append("replay")
+        undo.append("task")  # a refusal writes nothing; an error may have written it
+        return "ok"
+
+    def _undo(self, grant: Grant, replay: tuple[str, str, int] | None, undo: list[str]) -> None:
+        """Take back steps 1 to 3, newest first, as far as Redis answers. The grant goes
+        first (drop_grants: only if it is this grant, then its task-index entry)."""
+        try:
+            with store_errors():
+                if "task" in undo:
+                    self._undo_task(grant)
+                if "replay" in undo and replay is not None:
+                    self._r.delete(keys.replay(replay[0], replay[1]))
+                if "identity" in undo:
+                    self._r.zrem(keys.identity_index(grant.identity_id), grant.jti)
+        except StoreUnavailable as err:
+            # What is left cannot be used: no token left, and the leftovers expire.
+            what = self._written
+            log.warning("could not undo a refused %s write of %s: %s", what, grant.jti, err)
+
+    def _undo_task(self, grant: Grant) -> None:
+        ref = grant_steps.Ref(grant.jti, grant.task_id, grant.identity_id)
+        grant_steps.drop(self._drop, [ref])
+
+
+class ClusterGrants(_SteppedWrite, RedisGrants):
     """RedisGrants whose multi-slot steps run as single-slot sequences."""
 
     def __init__(
@@ -118,16 +192,8 @@ class ClusterGrants(RedisGrants):
             # A jti from grant_ids.new_grant_id() names its task's bucket; any other would
             # put the grant in another slot than its task, where no step can check both.
             raise WriteRefused("jti_not_in_task_bucket")
-        undo: list[str] = []
-        try:
-            with store_errors():
-                reason = self._save_steps(grant, replay, audit, now, quota, task, undo)
-        except StoreUnavailable:
-            self._undo(grant, replay, undo)
-            raise
-        if reason != "ok":
-            self._undo(grant, replay, undo)
-            raise WriteRefused(reason)
+        steps = partial(self._save_steps, grant, replay, audit, now, quota, task)
+        self._write_in_steps(grant, replay, steps)
 
     def _save_steps(
         self,
@@ -139,18 +205,9 @@ class ClusterGrants(RedisGrants):
         task: TaskSpec | None,
         undo: list[str],
     ) -> str:
-        identity = self._save_identity(
-            keys=[keys.identity_index(grant.identity_id)],
-            args=[grant.jti, grant.exp, now, quota],
-        )
-        if identity != "ok":
-            return str(identity)
-        undo.append("identity")
-        if replay is not None:
-            if not self._r.set(keys.replay(replay[0], replay[1]), "1", nx=True, exat=replay[2]):
-                return "replayed"
-            undo.append("replay")
-        undo.append("task")  # a refusal writes nothing; an error may have written it
+        claimed = self._claim(grant, replay, now, quota, undo)
+        if claimed != "ok":
+            return claimed
         in_task = self._save_task(
             keys=[
                 keys.grant(grant.jti),
@@ -164,22 +221,6 @@ class ClusterGrants(RedisGrants):
         if in_task != "ok":
             return str(in_task)
         return save_global(self._save_global, grant, audit, now, self._audit_maxlen)
-
-    def _undo(self, grant: Grant, replay: tuple[str, str, int] | None, undo: list[str]) -> None:
-        """Take back steps 1 to 3, newest first, as far as Redis answers. The grant goes
-        first (drop_grants: only if it is this grant, then its task-index entry)."""
-        try:
-            with store_errors():
-                if "task" in undo:
-                    ref = grant_steps.Ref(grant.jti, grant.task_id, grant.identity_id)
-                    grant_steps.drop(self._drop, [ref])
-                if "replay" in undo and replay is not None:
-                    self._r.delete(keys.replay(replay[0], replay[1]))
-                if "identity" in undo:
-                    self._r.zrem(keys.identity_index(grant.identity_id), grant.jti)
-        except StoreUnavailable as err:
-            # What is left cannot be used: no token left, and the leftovers expire.
-            log.warning("could not undo a refused grant write of %s: %s", grant.jti, err)
 
     # -- revocation and completion ---------------------------------------------------------
     @store_errors()
@@ -288,7 +329,7 @@ def save_global(
     )
 
 
-class ClusterChains(RedisChains):
+class ClusterChains(_SteppedWrite, RedisChains):
     """The ChainStore port on Redis Cluster: lua/save_hop.lua's write as four single-slot
     steps, the order and undo of ClusterGrants.save_grant: the actor's quota and index entry
     ({i.ACTOR}), the actor token's replay claim, the hop with its chain's and task's checks
@@ -303,6 +344,8 @@ class ClusterChains(RedisChains):
         self._save_hop_task = client.register_script(lua_scripts.CLUSTER_SAVE_HOP_TASK)
         self._save_global = client.register_script(lua_scripts.CLUSTER_SAVE_GLOBAL)
         self._drop = client.register_script(lua_scripts.DROP_GRANTS)
+
+    _written = "hop"
 
     def save_hop(
         self,
@@ -320,16 +363,8 @@ class ClusterChains(RedisChains):
             # Minted in the root task's bucket (domain/delegation.py); a chain elsewhere
             # could not be checked in one step.
             raise WriteRefused("jti_not_in_task_bucket")
-        undo: list[str] = []
-        try:
-            with store_errors():
-                reason = self._hop_steps(grant, replay, audit, now, quota, undo)
-        except StoreUnavailable:
-            self._undo(grant, replay, undo)
-            raise
-        if reason != "ok":
-            self._undo(grant, replay, undo)
-            raise WriteRefused(reason)
+        steps = partial(self._hop_steps, grant, replay, audit, now, quota)
+        self._write_in_steps(grant, replay, steps)
 
     def _hop_steps(
         self,
@@ -340,18 +375,9 @@ class ClusterChains(RedisChains):
         quota: int,
         undo: list[str],
     ) -> str:
-        identity = self._save_identity(
-            keys=[keys.identity_index(grant.identity_id)],
-            args=[grant.jti, grant.exp, now, quota],
-        )
-        if identity != "ok":
-            return str(identity)
-        undo.append("identity")
-        if replay is not None:
-            if not self._r.set(keys.replay(replay[0], replay[1]), "1", nx=True, exat=replay[2]):
-                return "replayed"
-            undo.append("replay")
-        undo.append("task")
+        claimed = self._claim(grant, replay, now, quota, undo)
+        if claimed != "ok":
+            return claimed
         in_task = self._save_hop_task(
             keys=[
                 keys.grant(grant.jti),
@@ -376,16 +402,6 @@ class ClusterChains(RedisChains):
             return str(in_task)
         return save_global(self._save_global, grant, audit, now, self._audit_maxlen)
 
-    def _undo(self, grant: Grant, replay: tuple[str, str, int] | None, undo: list[str]) -> None:
-        try:
-            with store_errors():
-                if "task" in undo:
-                    ref = grant_steps.Ref(grant.jti, grant.task_id, grant.identity_id)
-                    grant_steps.drop(self._drop, [ref])
-                    self._r.zrem(keys.children_index(grant.parent), grant.jti)
-                if "replay" in undo and replay is not None:
-                    self._r.delete(keys.replay(replay[0], replay[1]))
-                if "identity" in undo:
-                    self._r.zrem(keys.identity_index(grant.identity_id), grant.jti)
-        except StoreUnavailable as err:
-            log.warning("could not undo a refused hop write of %s: %s", grant.jti, err)
+    def _undo_task(self, grant: Grant) -> None:
+        super()._undo_task(grant)
+        self._r.zrem(keys.children_index(grant.parent), grant.jti)
