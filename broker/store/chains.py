@@ -15,12 +15,11 @@ from typing import Any
 import redis
 
 from broker.domain.models import Grant
-from broker.domain.ports import WriteRefused
 from broker.store import keys, lua_scripts
 from broker.store.audit_stream import RedisAuditStream
 from broker.store.connection import NO_WAIT, ReplicaWait, store_errors
 from broker.store.grant_record import grant_fields
-from broker.store.write_call import write_args, write_keys
+from broker.store.write_call import run_write, write_args, write_keys
 
 
 def save_hop_call(
@@ -70,18 +69,10 @@ class RedisChains(RedisAuditStream):
         now: int,
         quota: int = 0,
     ) -> None:
-        script_keys, args = save_hop_call(
+        call = save_hop_call(
             grant, replay=replay, audit=audit, now=now, quota=quota, audit_maxlen=self._audit_maxlen
         )
-        result = self._wait.run(
-            self._save,
-            keys=script_keys,
-            args=args,
-            what=f"delegation hop {grant.jti}",
-            fail_closed=True,  # no token leaves unless its grant is on the replicas
-        )
-        if result != "ok":
-            raise WriteRefused(str(result))
+        run_write(self._wait, self._save, call, f"delegation hop {grant.jti}")
 
     @store_errors()
     def links_live(self, jtis: tuple[str, ...]) -> bool:

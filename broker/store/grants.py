@@ -24,7 +24,7 @@ from broker.store.connection import NO_WAIT, ReplicaWait, store_errors
 from broker.store.grant_record import grant_fields, grant_from
 from broker.store.inventory_state import state_record
 from broker.store.task_lifecycle import RedisTaskLifecycle
-from broker.store.write_call import write_args, write_keys
+from broker.store.write_call import run_write, write_args, write_keys
 
 
 def save_grant_call(
@@ -137,7 +137,7 @@ class RedisGrants(RedisTaskLifecycle, RedisAuditStream):
         quota: int = 0,
         task: TaskSpec | None = None,
     ) -> None:
-        script_keys, args = save_grant_call(
+        call = save_grant_call(
             grant,
             replay=replay,
             audit=audit,
@@ -146,15 +146,7 @@ class RedisGrants(RedisTaskLifecycle, RedisAuditStream):
             audit_maxlen=self._audit_maxlen,
             task=task.wire() if task else "",
         )
-        result = self._wait.run(
-            self._save,
-            keys=script_keys,
-            args=args,
-            what=f"grant {grant.jti}",
-            fail_closed=True,  # no token leaves unless its grant is on the replicas
-        )
-        if result != "ok":
-            raise WriteRefused(str(result))
+        run_write(self._wait, self._save, call, f"grant {grant.jti}")
 
     # -- introspection --------------------------------------------------------------------
     @store_errors()

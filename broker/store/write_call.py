@@ -7,9 +7,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from redis.commands.core import Script
+
 from broker.domain.models import Grant
+from broker.domain.ports import WriteRefused
 from broker.store import keys
 from broker.store.audit_stream import event_json
+from broker.store.connection import ReplicaWait
 from broker.store.grant_record import expiry_member
 
 
@@ -54,3 +58,20 @@ def write_args(
         event_json(audit),
         quota,
     ]
+
+
+def run_write(
+    wait: ReplicaWait, script: Script, call: tuple[list[str], list[str | int]], what: str
+) -> None:
+    """Run the grant or hop write with the KEYS and ARGV of `call`; WriteRefused says why
+    it refused."""
+    script_keys, args = call
+    result = wait.run(
+        script,
+        keys=script_keys,
+        args=args,
+        what=what,
+        fail_closed=True,  # no token leaves unless its grant is on the replicas
+    )
+    if result != "ok":
+        raise WriteRefused(str(result))
