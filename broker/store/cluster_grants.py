@@ -60,27 +60,32 @@ log = logging.getLogger(__name__)
 
 
 class _SteppedWrite:
-    """What a grant write and a hop write do alike on a cluster: steps 1 and 2 (the
-    identity's quota and index entry, the replay claim), the run that undoes the steps
-    taken when a later one refuses or fails, and that undo."""
+    """What a grant write and a hop write do alike on a cluster: the four steps, of which
+    only the task step differs (the subclass's), and the undo of the steps taken when a
+    later one refuses or fails."""
 
     _r: redis.Redis
     _drop: Script
     _save_identity: Script
+    _save_global: Script
+    _audit_maxlen: str
     _written = "grant"  # what the undo's warning names
 
     def _write_in_steps(
         self,
         grant: Grant,
         replay: tuple[str, str, int] | None,
-        steps: Callable[[list[str]], str],
+        audit: Mapping[str, Any],
+        now: int,
+        quota: int,
+        task_step: Callable[[], object],
     ) -> None:
-        """Run `steps` (which notes each step it took in its list); on a refusal or an
-        error, undo what it noted."""
+        """Steps 1 to 4, `task_step` the third; on a refusal or an error, undo the steps
+        taken."""
         undo: list[str] = []
         try:
             with store_errors():
-                reason = steps(undo)
+                reason = self._steps(grant, replay, audit, now, quota, task_step, undo)
         except StoreUnavailable:
             self._undo(grant, replay, undo)
             raise
@@ -88,15 +93,17 @@ class _SteppedWrite:
             self._undo(grant, replay, undo)
             raise WriteRefused(reason)
 
-    def _claim(
+    def _steps(
         self,
         grant: Grant,
         replay: tuple[str, str, int] | None,
+        audit: Mapping[str, Any],
         now: int,
         quota: int,
+        task_step: Callable[[], object],
         undo: list[str],
     ) -> str:
-        """Steps 1 and 2: 'ok', or why the write is refused."""
+        """'ok', or why the write is refused; `undo` notes each step taken."""
         identity = self._save_identity(
             keys=[keys.identity_index(grant.identity_id)],
             args=[grant.jti, grant.exp, now, quota],
@@ -109,7 +116,10 @@ class _SteppedWrite:
                 return "replayed"
             undo.append("replay")
         undo.append("task")  # a refusal writes nothing; an error may have written it
-        return "ok"
+        in_task = task_step()
+        if in_task != "ok":
+            return str(in_task)
+        return save_global(self._save_global, grant, audit, now, self._audit_maxlen)
 
     def _undo(self, grant: Grant, replay: tuple[str, str, int] | None, undo: list[str]) -> None:
         """Take back steps 1 to 3, newest first, as far as Redis answers. The grant goes
@@ -192,35 +202,15 @@ class ClusterGrants(_SteppedWrite, RedisGrants):
             # A jti from grant_ids.new_grant_id() names its task's bucket; any other would
             # put the grant in another slot than its task, where no step can check both.
             raise WriteRefused("jti_not_in_task_bucket")
-        steps = partial(self._save_steps, grant, replay, audit, now, quota, task)
-        self._write_in_steps(grant, replay, steps)
+        task_step = partial(self._task_step, grant, now, task)
+        self._write_in_steps(grant, replay, audit, now, quota, task_step)
 
-    def _save_steps(
-        self,
-        grant: Grant,
-        replay: tuple[str, str, int] | None,
-        audit: Mapping[str, Any],
-        now: int,
-        quota: int,
-        task: TaskSpec | None,
-        undo: list[str],
-    ) -> str:
-        claimed = self._claim(grant, replay, now, quota, undo)
-        if claimed != "ok":
-            return claimed
-        in_task = self._save_task(
-            keys=[
-                keys.grant(grant.jti),
-                keys.task_index(grant.task_id),
-                keys.task_tombstone(grant.task_id),
-                keys.task_owner(grant.task_id),
-                keys.task_state(grant.task_id),
-            ],
+    def _task_step(self, grant: Grant, now: int, task: TaskSpec | None) -> object:
+        """Step 3 (lua/cluster_save_task.lua)."""
+        return self._save_task(
+            keys=[*_task_keys(grant), keys.task_state(grant.task_id)],
             args=[grant.jti, grant.exp, now, task.wire() if task else "", *grant_fields(grant)],
         )
-        if in_task != "ok":
-            return str(in_task)
-        return save_global(self._save_global, grant, audit, now, self._audit_maxlen)
 
     # -- revocation and completion ---------------------------------------------------------
     @store_errors()
@@ -298,6 +288,17 @@ class ClusterGrants(_SteppedWrite, RedisGrants):
         return outcome, before
 
 
+def _task_keys(grant: Grant) -> list[str]:
+    """The first four KEYS of both task steps (lua/cluster_save_task.lua and
+    lua/cluster_save_hop_task.lua): the grant, the task's index, tombstone and owner."""
+    return [
+        keys.grant(grant.jti),
+        keys.task_index(grant.task_id),
+        keys.task_tombstone(grant.task_id),
+        keys.task_owner(grant.task_id),
+    ]
+
+
 def save_global(
     script: Script, grant: Grant, audit: Mapping[str, Any], now: int, audit_maxlen: str
 ) -> str:
@@ -363,27 +364,14 @@ class ClusterChains(_SteppedWrite, RedisChains):
             # Minted in the root task's bucket (domain/delegation.py); a chain elsewhere
             # could not be checked in one step.
             raise WriteRefused("jti_not_in_task_bucket")
-        steps = partial(self._hop_steps, grant, replay, audit, now, quota)
-        self._write_in_steps(grant, replay, steps)
+        task_step = partial(self._task_step, grant, now)
+        self._write_in_steps(grant, replay, audit, now, quota, task_step)
 
-    def _hop_steps(
-        self,
-        grant: Grant,
-        replay: tuple[str, str, int] | None,
-        audit: Mapping[str, Any],
-        now: int,
-        quota: int,
-        undo: list[str],
-    ) -> str:
-        claimed = self._claim(grant, replay, now, quota, undo)
-        if claimed != "ok":
-            return claimed
-        in_task = self._save_hop_task(
+    def _task_step(self, grant: Grant, now: int) -> object:
+        """Step 3: the hop with its chain's and task's checks (lua/cluster_save_hop_task.lua)."""
+        return self._save_hop_task(
             keys=[
-                keys.grant(grant.jti),
-                keys.task_index(grant.task_id),
-                keys.task_tombstone(grant.task_id),
-                keys.task_owner(grant.task_id),
+                *_task_keys(grant),
                 keys.children_index(grant.parent),
                 keys.task_state(grant.task_id),
                 *(keys.grant(jti) for jti in reversed(grant.ancestors)),  # the parent first
@@ -398,9 +386,6 @@ class ClusterChains(_SteppedWrite, RedisChains):
                 *grant_fields(grant),
             ],
         )
-        if in_task != "ok":
-            return str(in_task)
-        return save_global(self._save_global, grant, audit, now, self._audit_maxlen)
 
     def _undo_task(self, grant: Grant) -> None:
         super()._undo_task(grant)
