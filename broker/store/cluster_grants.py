@@ -82,44 +82,36 @@ class _SteppedWrite:
     ) -> None:
         """Steps 1 to 4, `task_step` the third; on a refusal or an error, undo the steps
         taken."""
-        undo: list[str] = []
+        undo: list[str] = []  # the steps taken
+
+        def steps() -> str:
+            identity = self._save_identity(
+                keys=[keys.identity_index(grant.identity_id)],
+                args=[grant.jti, grant.exp, now, quota],
+            )
+            if identity != "ok":
+                return str(identity)
+            undo.append("identity")
+            if replay is not None:
+                replay_key = keys.replay(replay[0], replay[1])
+                if not self._r.set(replay_key, "1", nx=True, exat=replay[2]):
+                    return "replayed"
+                undo.append("replay")
+            undo.append("task")  # a refusal writes nothing; an error may have written it
+            in_task = task_step()
+            if in_task != "ok":
+                return str(in_task)
+            return save_global(self._save_global, grant, audit, now, self._audit_maxlen)
+
         try:
             with store_errors():
-                reason = self._steps(grant, replay, audit, now, quota, task_step, undo)
+                reason = steps()
         except StoreUnavailable:
             self._undo(grant, replay, undo)
             raise
         if reason != "ok":
             self._undo(grant, replay, undo)
             raise WriteRefused(reason)
-
-    def _steps(
-        self,
-        grant: Grant,
-        replay: tuple[str, str, int] | None,
-        audit: Mapping[str, Any],
-        now: int,
-        quota: int,
-        task_step: Callable[[], object],
-        undo: list[str],
-    ) -> str:
-        """'ok', or why the write is refused; `undo` notes each step taken."""
-        identity = self._save_identity(
-            keys=[keys.identity_index(grant.identity_id)],
-            args=[grant.jti, grant.exp, now, quota],
-        )
-        if identity != "ok":
-            return str(identity)
-        undo.append("identity")
-        if replay is not None:
-            if not self._r.set(keys.replay(replay[0], replay[1]), "1", nx=True, exat=replay[2]):
-                return "replayed"
-            undo.append("replay")
-        undo.append("task")  # a refusal writes nothing; an error may have written it
-        in_task = task_step()
-        if in_task != "ok":
-            return str(in_task)
-        return save_global(self._save_global, grant, audit, now, self._audit_maxlen)
 
     def _undo(self, grant: Grant, replay: tuple[str, str, int] | None, undo: list[str]) -> None:
         """Take back steps 1 to 3, newest first, as far as Redis answers. The grant goes
