@@ -71,6 +71,11 @@ class _SteppedWrite:
     _audit_maxlen: str
     _written = "grant"  # what the undo's warning names
 
+    def _init_steps(self, client: redis.Redis) -> None:
+        self._save_identity = client.register_script(lua_scripts.CLUSTER_SAVE_IDENTITY)
+        self._save_global = client.register_script(lua_scripts.CLUSTER_SAVE_GLOBAL)
+        self._drop = client.register_script(lua_scripts.DROP_GRANTS)
+
     def _write_in_steps(
         self,
         grant: Grant,
@@ -141,12 +146,10 @@ class ClusterGrants(_SteppedWrite, RedisGrants):
         self, client: redis.Redis, *, audit_maxlen: int, wait: ReplicaWait = NO_WAIT
     ) -> None:
         super().__init__(client, audit_maxlen=audit_maxlen, wait=wait)
-        self._save_identity = client.register_script(lua_scripts.CLUSTER_SAVE_IDENTITY)
+        self._init_steps(client)
         self._save_task = client.register_script(lua_scripts.CLUSTER_SAVE_TASK)
-        self._save_global = client.register_script(lua_scripts.CLUSTER_SAVE_GLOBAL)
         self._transition_bucket = client.register_script(lua_scripts.CLUSTER_TASK_TRANSITION)
         self._transition_global = client.register_script(lua_scripts.CLUSTER_TASK_GLOBAL)
-        self._drop = client.register_script(lua_scripts.DROP_GRANTS)
         self._hit = client.register_script(lua_scripts.HIT_MANY)
 
     # -- exchange -------------------------------------------------------------------------
@@ -333,10 +336,8 @@ class ClusterChains(_SteppedWrite, RedisChains):
         self, client: redis.Redis, *, audit_maxlen: int, wait: ReplicaWait = NO_WAIT
     ) -> None:
         super().__init__(client, audit_maxlen=audit_maxlen, wait=wait)
-        self._save_identity = client.register_script(lua_scripts.CLUSTER_SAVE_IDENTITY)
+        self._init_steps(client)
         self._save_hop_task = client.register_script(lua_scripts.CLUSTER_SAVE_HOP_TASK)
-        self._save_global = client.register_script(lua_scripts.CLUSTER_SAVE_GLOBAL)
-        self._drop = client.register_script(lua_scripts.DROP_GRANTS)
 
     _written = "hop"
 
