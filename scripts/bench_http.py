@@ -112,28 +112,29 @@ identities:
       default_scopes: [deploy:read]
       max_ttl_seconds: 300
   # --delegation: two agents, each allowed to act for acme-app-deploy (one hop each).
-  - id: bench-agent-a
-    type: agent
-    owner: agents-team
-    purpose: First hop of a delegation chain
-    match:
-      - issuer: bench-ci
-        claims: {{repository_id: "100200300", repository_owner_id: "4242", ref: refs/heads/agent-a, event_name: push}}
-    allow: {{audiences: [{audience}], scopes: [deploy:read, deploy:write], max_ttl_seconds: 600}}
-    delegation: {{act_for: [acme-app-deploy]}}
-  - id: bench-agent-b
-    type: agent
-    owner: agents-team
-    purpose: Second hop of a delegation chain
-    match:
-      - issuer: bench-ci
-        claims: {{repository_id: "100200300", repository_owner_id: "4242", ref: refs/heads/agent-b, event_name: push}}
-    allow: {{audiences: [{audience}], scopes: [deploy:read, deploy:write], max_ttl_seconds: 600}}
-    delegation: {{act_for: [acme-app-deploy]}}
-clients:
+{agents}clients:
   - client_id: {client_id}
     secret_file: {client_id}.secret
 """
+
+# One agent per hop of the chain, told apart by the ref its token names.
+AGENT_TEMPLATE = """\
+  - id: bench-agent-{letter}
+    type: agent
+    owner: agents-team
+    purpose: {ordinal} hop of a delegation chain
+    match:
+      - issuer: bench-ci
+        claims: {{repository_id: "100200300", repository_owner_id: "4242", ref: refs/heads/agent-{letter}, event_name: push}}
+    allow: {{audiences: [{audience}], scopes: [deploy:read, deploy:write], max_ttl_seconds: 600}}
+    delegation: {{act_for: [acme-app-deploy]}}
+"""
+
+
+def agents_yaml(audience: str) -> str:
+    """The --delegation agents' identities, bench-agent-a (first hop) and -b (second)."""
+    hops = (("a", "First"), ("b", "Second"))
+    return "".join(AGENT_TEMPLATE.format(letter=x, ordinal=o, audience=audience) for x, o in hops)
 
 
 # A limit the load never reaches: the rate counters and the live-grant quota still run (their
@@ -339,6 +340,7 @@ class Stack:
                 client_id=CLIENT_ID,
                 max_ttl=self.max_ttl,
                 limits=limits_yaml(),
+                agents=agents_yaml(AUDIENCE),
             )
         )
         return self

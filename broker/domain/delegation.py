@@ -29,23 +29,28 @@ from broker.domain.audit_event import ExchangeAudit
 from broker.domain.audit_shape import bounded_event
 from broker.domain.decision import Asked, PolicyOutcome, runtime_decision
 from broker.domain.dpop import check_dpop_required, claim_proof
-from broker.domain.exchange_refusals import Refused, error_for, record_refusal
+from broker.domain.exchange_refusals import Refused, error_for
+from broker.domain.exchange_steps import (
+    Arrival,
+    check_identity,
+    check_preflight,
+    end_refused,
+    replay_entry,
+    sign,
+    verify_arriving,
+)
 from broker.domain.grant_ids import new_grant_id
-from broker.domain.identity_state import state_name
 from broker.domain.introspection import grant_state, is_live
-from broker.domain.limits import check_before_signature, check_identity_rate, identity_window
+from broker.domain.limits import identity_window
 from broker.domain.models import (
-    AGENT_PROFILE,
     ExchangeRequest,
     Grant,
     Identity,
     IssuedToken,
-    TrustedIssuer,
     VerifiedSubject,
 )
 from broker.domain.ports import PreflightState, Services, WriteRefused
-from broker.domain.task_exchange import check_task_state
-from broker.errors import BrokerError, InvalidRequest, InvalidTarget
+from broker.errors import BrokerError, InvalidRequest
 from broker.identity.errors import KeysUnavailable, VerificationError
 from broker.policy.delegation import (
     check_actor,
@@ -54,22 +59,10 @@ from broker.policy.delegation import (
     check_may_act_request,
     evaluate_hop,
 )
-from broker.policy.engine import (
-    Decision,
-    check_identity_usable,
-    check_type_requirements,
-    issuer_kind_mismatch,
-)
+from broker.policy.engine import Decision, check_type_requirements
 from broker.policy.matcher import Miss
-from broker.tokens.mint import TokenTooLarge, mint_access_token
 
 _REFUSALS = (BrokerError, Refused, WriteRefused, VerificationError)
-
-
-@dataclass
-class _Arrival:
-    epoch: int | None = None
-    address_counted: bool = False
 
 
 @dataclass(frozen=True)
@@ -130,7 +123,7 @@ def exchange_delegated(
     now = svc.clock.now()
     config = svc.config
     audit.begin(req)
-    arrival = _Arrival()
+    arrival = Arrival()
     try:
         parent_claims = verify_subject(req, svc)
         audit.delegating(str(parent_claims["sub"]), str(parent_claims["jti"]))
@@ -176,16 +169,7 @@ def exchange_delegated(
         claim_proof(svc.dpop_replay, req.dpop, config.dpop)  # last check before the write
         write(svc, hop, grant, audit)
     except _REFUSALS as err:
-        refusal = record_refusal(
-            svc,
-            audit,
-            _error(req, err, audit.identity),
-            address_counted=arrival.address_counted,
-            now=now,
-        )
-        if refusal is err:
-            raise
-        raise refusal from err
+        end_refused(svc, audit, err, _error(req, err, audit.identity), arrival, now)
     return IssuedToken(access_token=token, grant=grant, expires_in=decision.ttl_seconds)
 
 
@@ -217,28 +201,17 @@ def verify_subject(req: ExchangeRequest, svc: Services) -> dict[str, Any]:
 
 
 def verify_actor(
-    req: ExchangeRequest, svc: Services, arrival: _Arrival, now: float
+    req: ExchangeRequest, svc: Services, arrival: Arrival, now: float
 ) -> tuple[VerifiedSubject, int]:
     """The actor token through the one workload-token verifier (identity/verifier.py),
-    rate-limited and epoch-stamped as a subject token is (domain/exchange.py verify)."""
-
-    def on_issuer(issuer: TrustedIssuer) -> None:
-        arrival.address_counted = True
-        check_before_signature(
-            svc, req.client_address, None if issuer.profile == AGENT_PROFILE else issuer.id
-        )
-        arrival.epoch = svc.store.current_epoch()
-
+    rate-limited and epoch-stamped as a subject token is (domain/exchange_steps.py)."""
     assert req.actor_token is not None  # verify_subject refused a request without one
     try:
-        actor = svc.verifier.verify(req.actor_token, now=now, on_issuer=on_issuer)
+        return verify_arriving(req.actor_token, req.client_address, svc, svc.verifier, arrival, now)
     except KeysUnavailable:
         raise  # the issuer's keys: retryable, answered as for a subject token
     except VerificationError as err:
         raise _actor_says(err.message, reason=err.reason, debug=err.debug) from err
-    if arrival.epoch is None:
-        raise BrokerError(debug="the verifier did not call on_issuer")
-    return actor, arrival.epoch
 
 
 def match_actor(svc: Services, actor: VerifiedSubject, audit: ExchangeAudit) -> Identity:
@@ -273,14 +246,8 @@ def preflight(svc: Services, hop: _Hop, now: float) -> PreflightState:
         identity_id=hop.identity.id,
         rate_window_seconds=identity_window(svc),
     )
-    if state.replayed:
-        raise Refused("replayed")
-    check_identity_rate(svc, state.identity_requests, state.identity_window_reset)
-    if state.task_owner is not None and state.task_owner != hop.parent.subject_id:
-        raise Refused("task_foreign")
-    if state.task_completed:
-        raise Refused("task_completed")
-    check_task_state(state, now)  # suspended, or past its deadline (save_hop.lua re-checks)
+    # Suspended, or past its deadline: save_hop.lua re-checks.
+    check_preflight(svc, state, hop.parent.subject_id, now)
     return state
 
 
@@ -294,16 +261,7 @@ def decide(
 ) -> Decision:
     """May this actor act for this subject, and with what (policy/delegation.py)."""
     config, identity = svc.config, hop.identity
-    if issuer_kind_mismatch(identity, hop.actor.issuer):
-        raise Refused(
-            "identity_type_mismatch",
-            identity=identity.id,
-            type=identity.type,
-            issuer=hop.actor.issuer.id,
-        )
-    check_identity_usable(identity, now)
-    if state.identity_state is not None:
-        raise Refused(f"identity_{state_name(state.identity_state)}")
+    check_identity(identity, hop.actor.issuer, state, now)
     check_actor(identity, hop.parent, config.broker)
     check_may_act(hop.parent_claims.get("may_act"), identity)
     check_may_act_request(req, config)
@@ -355,24 +313,13 @@ def mint(
         approval_id=outcome.approval_id,
         contracts=outcome.contracts,
     )
-    try:
-        return grant, mint_access_token(grant, svc.keyring, svc.config.broker.issuer)  # type: ignore[arg-type]
-    except TokenTooLarge as err:
-        raise InvalidTarget(
-            "the requested audiences and scopes do not fit in one token; ask for fewer",
-            reason="token_too_large",
-            debug=str(err),
-        ) from err
+    return grant, sign(grant, svc.keyring, svc.config.broker.issuer)
 
 
 def write(svc: Services, hop: _Hop, grant: Grant, audit: ExchangeAudit) -> None:
     """The atomic hop write (store/lua/save_hop.lua), then the log line."""
     config = svc.config
-    replay = (
-        (hop.actor.issuer.id, hop.replay_jti, hop.actor.exp + config.broker.clock_skew_seconds)
-        if hop.replay_jti
-        else None
-    )
+    replay = replay_entry(hop.actor, hop.replay_jti, config.broker.clock_skew_seconds)
     svc.chains.save_hop(
         grant,
         replay=replay,

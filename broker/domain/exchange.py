@@ -25,12 +25,19 @@ from broker.domain.audit_shape import bounded_event
 from broker.domain.decision import Asked, PolicyOutcome, runtime_decision
 from broker.domain.delegation import exchange_delegated
 from broker.domain.dpop import check_dpop_required, claim_proof
-from broker.domain.exchange_refusals import Refused, error_for, record_refusal
+from broker.domain.exchange_refusals import Refused, error_for
+from broker.domain.exchange_steps import (
+    Arrival,
+    check_identity,
+    check_preflight,
+    end_refused,
+    replay_entry,
+    sign,
+    verify_arriving,
+)
 from broker.domain.grant_ids import new_grant_id
-from broker.domain.identity_state import state_name
-from broker.domain.limits import check_before_signature, check_identity_rate, identity_window
+from broker.domain.limits import identity_window
 from broker.domain.models import (
-    AGENT_PROFILE,
     GRANT_TYPE_JWT_BEARER,
     TOKEN_TYPE_ACCESS_TOKEN,
     Config,
@@ -39,7 +46,6 @@ from broker.domain.models import (
     Identity,
     IssuedToken,
     MatchRule,
-    TrustedIssuer,
     VerifiedSubject,
 )
 from broker.domain.ports import (
@@ -50,20 +56,13 @@ from broker.domain.ports import (
     SubjectVerifier,
     WriteRefused,
 )
-from broker.domain.task_exchange import cap_to_deadline, check_task_state, task_spec
+from broker.domain.task_exchange import cap_to_deadline, task_spec
 from broker.domain.tasks import TaskSpec
-from broker.errors import BrokerError, InvalidTarget
+from broker.errors import BrokerError
 from broker.identity.errors import VerificationError
 from broker.policy.delegation import check_may_act_request
-from broker.policy.engine import (
-    Decision,
-    check_identity_usable,
-    check_type_requirements,
-    evaluate,
-    issuer_kind_mismatch,
-)
+from broker.policy.engine import Decision, check_type_requirements, evaluate
 from broker.policy.matcher import Miss
-from broker.tokens.mint import TokenTooLarge, mint_access_token
 
 # What a step may raise to refuse; anything else is a server error.
 _REFUSALS = (BrokerError, Refused, WriteRefused, VerificationError)
@@ -71,15 +70,6 @@ _REFUSALS = (BrokerError, Refused, WriteRefused, VerificationError)
 
 def new_id(prefix: str = "") -> str:
     return prefix + secrets.token_urlsafe(16)
-
-
-@dataclass
-class _Arrival:
-    """What the exchange learns once the token names a configured issuer, before any key
-    fetch or signature work."""
-
-    epoch: int | None = None  # the revoke-all epoch this exchange answers to
-    address_counted: bool = False  # the client address was counted against its limit here
 
 
 @dataclass(frozen=True)
@@ -115,7 +105,7 @@ def exchange_token(
     # requests (broker/reload.py), never under a request that has started.
     verifier, matcher, config = svc.verifier, svc.matcher, svc.config
     audit.begin(req)
-    arrival = _Arrival()
+    arrival = Arrival()
     span = svc.tracer.span  # one span per step; a no-op unless tracing is configured
     try:
         spec = task_spec(req, config, now)
@@ -150,17 +140,8 @@ def exchange_token(
         claim_proof(svc.dpop_replay, req.dpop, config.dpop)  # last check before the write
         write(svc, config, caller, grant, audit, spec)
     except _REFUSALS as err:
-        with span("exchange.audit"):
-            refusal = record_refusal(
-                svc,
-                audit,
-                error_for(req, err, audit.identity),
-                address_counted=arrival.address_counted,
-                now=now,
-            )
-        if refusal is err:
-            raise
-        raise refusal from err
+        answer = error_for(req, err, audit.identity)
+        end_refused(svc, audit, err, answer, arrival, now, recording=span("exchange.audit"))
     return IssuedToken(access_token=token, grant=grant, expires_in=decision.ttl_seconds)
 
 
@@ -168,37 +149,22 @@ def verify(
     req: ExchangeRequest,
     svc: Services,
     verifier: SubjectVerifier,
-    arrival: _Arrival,
+    arrival: Arrival,
     now: float,
 ) -> tuple[VerifiedSubject, int]:
-    """The subject token's signature and claims (identity/verifier.py), and the revoke-all
-    epoch read once its issuer was known. Raises VerificationError."""
-
-    def on_issuer(issuer: TrustedIssuer) -> None:
-        # Rate-limited by the claimed issuer before any signature work, never by a claimed
-        # identity (which a forger could exhaust for its victim); an agent's issuer is per
-        # identity, so a forger must not drain its budget either.
-        arrival.address_counted = True
-        check_before_signature(
-            svc, req.client_address, None if issuer.profile == AGENT_PROFILE else issuer.id
-        )
-        # Read before verification can wait on anything (an issuer's keys): the grant write
-        # refuses if a revoke-all moved the epoch since (revoke-all is a cut).
-        arrival.epoch = svc.store.current_epoch()
-
-    subject = verifier.verify(
+    """The subject token's signature and claims, and the revoke-all epoch read once its
+    issuer was known (domain/exchange_steps.py). Raises VerificationError."""
+    return verify_arriving(
         req.subject_token,
-        now=now,
-        on_issuer=on_issuer,
+        req.client_address,
+        svc,
+        verifier,
+        arrival,
+        now,
         # RFC 7523 §3: a jwt-bearer assertion may be addressed to the token endpoint URL;
         # token exchange keeps the issuer's configured audience.
         token_endpoint_audience=req.grant_type == GRANT_TYPE_JWT_BEARER,
     )
-    if arrival.epoch is None:
-        # A verifier that never reported the issuer: no epoch from before verification,
-        # so no grant (one read now could be stamped after a revoke-all).
-        raise BrokerError(debug="the verifier did not call on_issuer")
-    return subject, arrival.epoch
 
 
 def match(matcher: IdentityMatcher, subject: VerifiedSubject) -> tuple[Identity, MatchRule]:
@@ -226,14 +192,7 @@ def preflight(svc: Services, caller: _Caller) -> PreflightState:
         identity_id=caller.identity.id,
         rate_window_seconds=identity_window(svc),
     )
-    if state.replayed:
-        raise Refused("replayed")
-    check_identity_rate(svc, state.identity_requests, state.identity_window_reset)
-    if state.task_owner is not None and state.task_owner != caller.identity.id:
-        raise Refused("task_foreign")
-    if state.task_completed:
-        raise Refused("task_completed")
-    check_task_state(state, svc.clock.now())
+    check_preflight(svc, state, caller.identity.id, svc.clock.now())
     return state
 
 
@@ -247,14 +206,8 @@ def decide(
 ) -> Decision:
     """Whether this identity may have this token, and with which audiences, scopes and
     lifetime (policy/engine.py); then that no revoke-all cut happened since arrival."""
-    identity, issuer = caller.identity, caller.subject.issuer
-    if issuer_kind_mismatch(identity, issuer):
-        raise Refused(
-            "identity_type_mismatch", identity=identity.id, type=identity.type, issuer=issuer.id
-        )
-    check_identity_usable(identity, now)
-    if state.identity_state is not None:
-        raise Refused(f"identity_{state_name(state.identity_state)}")
+    identity = caller.identity
+    check_identity(identity, caller.subject.issuer, state, now)
     rules = config.type_rules(identity.type)
     check_type_requirements(identity, req, rules)
     decision = evaluate(identity, req, config.broker, rules)
@@ -297,15 +250,7 @@ def mint(
         contracts=outcome.contracts if outcome else (),
         may_act=req.may_act or "",  # RFC 8693 §4.4 (domain/delegation.py honours it)
     )
-    try:
-        # tokens/ names KeyRing; any SigningKeys do
-        return grant, mint_access_token(grant, keyring, config.broker.issuer)  # type: ignore[arg-type]
-    except TokenTooLarge as err:
-        raise InvalidTarget(
-            "the requested audiences and scopes do not fit in one token; ask for fewer",
-            reason="token_too_large",
-            debug=str(err),
-        ) from err
+    return grant, sign(grant, keyring, config.broker.issuer)
 
 
 def write(
@@ -319,12 +264,7 @@ def write(
     """The atomic grant write (store/lua/save_grant.lua): the grant, its indexes, the replay
     entry and the issued event together, or nothing (WriteRefused says why). The script
     appended the event to the stream, so only the log line is left to write."""
-    subject = caller.subject
-    replay = (
-        (subject.issuer.id, caller.replay_jti, subject.exp + config.broker.clock_skew_seconds)
-        if caller.replay_jti
-        else None
-    )
+    replay = replay_entry(caller.subject, caller.replay_jti, config.broker.clock_skew_seconds)
     with svc.tracer.span("exchange.store"):
         svc.store.save_grant(
             grant,

@@ -15,11 +15,11 @@ from typing import Any
 import redis
 
 from broker.domain.models import Grant
-from broker.domain.ports import WriteRefused
 from broker.store import keys, lua_scripts
-from broker.store.audit_stream import RedisAuditStream, event_json
+from broker.store.audit_stream import RedisAuditStream
 from broker.store.connection import NO_WAIT, ReplicaWait, store_errors
-from broker.store.grant_record import expiry_member, grant_fields
+from broker.store.grant_record import grant_fields
+from broker.store.write_call import run_write, write_args, write_keys
 
 
 def save_hop_call(
@@ -34,34 +34,14 @@ def save_hop_call(
     """KEYS and ARGV of lua/save_hop.lua for one hop, in the order its header names."""
     if not grant.parent or not grant.ancestors or grant.ancestors[-1] != grant.parent:
         raise ValueError("a hop names its parent as its last ancestor")
-    replay_key = keys.replay(replay[0], replay[1]) if replay else keys.EPOCH + ":none"
     script_keys = [
-        keys.grant(grant.jti),
-        keys.task_index(grant.task_id),
-        keys.identity_index(grant.identity_id),
-        keys.EXPIRY_INDEX,
-        keys.EPOCH,
-        keys.task_tombstone(grant.task_id),
-        replay_key,
-        keys.AUDIT_STREAM,
-        keys.IDENTITY_STATE,
-        keys.LAST_EXCHANGE,
-        keys.task_owner(grant.task_id),
+        *write_keys(grant, replay),
         keys.children_index(grant.parent),
         keys.task_state(grant.task_id),
         *(keys.grant(jti) for jti in reversed(grant.ancestors)),  # the parent first
     ]
     args: list[str | int] = [
-        grant.jti,
-        grant.exp,
-        now,
-        grant.epoch,
-        "1" if replay else "0",
-        replay[2] if replay else 0,
-        expiry_member(grant),
-        audit_maxlen,
-        event_json(audit),
-        quota,
+        *write_args(grant, replay, audit, now, quota, audit_maxlen),
         grant.subject,
         grant.task_id,
         *grant_fields(grant),
@@ -89,18 +69,10 @@ class RedisChains(RedisAuditStream):
         now: int,
         quota: int = 0,
     ) -> None:
-        script_keys, args = save_hop_call(
+        call = save_hop_call(
             grant, replay=replay, audit=audit, now=now, quota=quota, audit_maxlen=self._audit_maxlen
         )
-        result = self._wait.run(
-            self._save,
-            keys=script_keys,
-            args=args,
-            what=f"delegation hop {grant.jti}",
-            fail_closed=True,  # no token leaves unless its grant is on the replicas
-        )
-        if result != "ok":
-            raise WriteRefused(str(result))
+        run_write(self._wait, self._save, call, f"delegation hop {grant.jti}")
 
     @store_errors()
     def links_live(self, jtis: tuple[str, ...]) -> bool:

@@ -37,7 +37,8 @@ cascade to the hops below it."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from functools import partial
 from typing import Any
 
 import redis
@@ -46,32 +47,109 @@ from redis.commands.core import Script
 from broker.domain.grant_ids import jti_bucket, task_bucket
 from broker.domain.models import Grant
 from broker.domain.ports import PreflightState, StoreUnavailable, WriteRefused
-from broker.domain.tasks import TaskSpec, TransitionResult
+from broker.domain.tasks import TaskSpec
 from broker.store import grant_steps, keys, lua_scripts
 from broker.store.audit_stream import event_json
 from broker.store.chains import RedisChains
 from broker.store.connection import NO_WAIT, ReplicaWait, store_errors
 from broker.store.grant_record import expiry_member, grant_fields
 from broker.store.grants import RedisGrants
-from broker.store.inventory_state import state_record
-from broker.store.task_lifecycle import OUTCOMES
+from broker.store.task_lifecycle import Move
 
 log = logging.getLogger(__name__)
 
 
-class ClusterGrants(RedisGrants):
+class _SteppedWrite:
+    """What a grant write and a hop write do alike on a cluster: the four steps, of which
+    only the task step differs (the subclass's), and the undo of the steps taken when a
+    later one refuses or fails."""
+
+    _r: redis.Redis
+    _drop: Script
+    _save_identity: Script
+    _save_global: Script
+    _audit_maxlen: str
+    _written = "grant"  # what the undo's warning names
+
+    def _init_steps(self, client: redis.Redis) -> None:
+        self._save_identity = client.register_script(lua_scripts.CLUSTER_SAVE_IDENTITY)
+        self._save_global = client.register_script(lua_scripts.CLUSTER_SAVE_GLOBAL)
+        self._drop = client.register_script(lua_scripts.DROP_GRANTS)
+
+    def _write_in_steps(
+        self,
+        grant: Grant,
+        replay: tuple[str, str, int] | None,
+        audit: Mapping[str, Any],
+        now: int,
+        quota: int,
+        task_step: Callable[[], object],
+    ) -> None:
+        """Steps 1 to 4, `task_step` the third; on a refusal or an error, undo the steps
+        taken."""
+        undo: list[str] = []  # the steps taken
+
+        def steps() -> str:
+            identity = self._save_identity(
+                keys=[keys.identity_index(grant.identity_id)],
+                args=[grant.jti, grant.exp, now, quota],
+            )
+            if identity != "ok":
+                return str(identity)
+            undo.append("identity")
+            if replay is not None:
+                replay_key = keys.replay(replay[0], replay[1])
+                if not self._r.set(replay_key, "1", nx=True, exat=replay[2]):
+                    return "replayed"
+                undo.append("replay")
+            undo.append("task")  # a refusal writes nothing; an error may have written it
+            in_task = task_step()
+            if in_task != "ok":
+                return str(in_task)
+            return save_global(self._save_global, grant, audit, now, self._audit_maxlen)
+
+        try:
+            with store_errors():
+                reason = steps()
+        except StoreUnavailable:
+            self._undo(grant, replay, undo)
+            raise
+        if reason != "ok":
+            self._undo(grant, replay, undo)
+            raise WriteRefused(reason)
+
+    def _undo(self, grant: Grant, replay: tuple[str, str, int] | None, undo: list[str]) -> None:
+        """Take back steps 1 to 3, newest first, as far as Redis answers. The grant goes
+        first (drop_grants: only if it is this grant, then its task-index entry)."""
+        try:
+            with store_errors():
+                if "task" in undo:
+                    self._undo_task(grant)
+                if "replay" in undo and replay is not None:
+                    self._r.delete(keys.replay(replay[0], replay[1]))
+                if "identity" in undo:
+                    self._r.zrem(keys.identity_index(grant.identity_id), grant.jti)
+        except StoreUnavailable as err:
+            # What is left cannot be used: no token left, and the leftovers expire.
+            what = self._written
+            log.warning("could not undo a refused %s write of %s: %s", what, grant.jti, err)
+
+    def _undo_task(self, grant: Grant) -> None:
+        ref = grant_steps.Ref(grant.jti, grant.task_id, grant.identity_id)
+        grant_steps.drop(self._drop, [ref])
+
+
+class ClusterGrants(_SteppedWrite, RedisGrants):
     """RedisGrants whose multi-slot steps run as single-slot sequences."""
 
     def __init__(
         self, client: redis.Redis, *, audit_maxlen: int, wait: ReplicaWait = NO_WAIT
     ) -> None:
         super().__init__(client, audit_maxlen=audit_maxlen, wait=wait)
-        self._save_identity = client.register_script(lua_scripts.CLUSTER_SAVE_IDENTITY)
+        self._init_steps(client)
         self._save_task = client.register_script(lua_scripts.CLUSTER_SAVE_TASK)
-        self._save_global = client.register_script(lua_scripts.CLUSTER_SAVE_GLOBAL)
         self._transition_bucket = client.register_script(lua_scripts.CLUSTER_TASK_TRANSITION)
         self._transition_global = client.register_script(lua_scripts.CLUSTER_TASK_GLOBAL)
-        self._drop = client.register_script(lua_scripts.DROP_GRANTS)
         self._hit = client.register_script(lua_scripts.HIT_MANY)
 
     # -- exchange -------------------------------------------------------------------------
@@ -99,19 +177,10 @@ class ClusterGrants(RedisGrants):
             count, ttl = self._hit(
                 keys=[keys.rate_counter("identity", identity_id)], args=[rate_window_seconds]
             )
-            requests, reset = int(count), max(int(ttl), 1)
-        if epoch is None:
-            epoch = self.ensure_epoch()
-        return PreflightState(
-            epoch=int(epoch),
-            replayed=bool(replayed and jti),
-            task_completed=bool(done),
-            identity_state=state_record(raw_state) if identity_id and raw_state else None,
-            identity_requests=requests,
-            identity_window_reset=reset,
-            task_owner=str(owner) if owner else None,
-            task_suspended=task == "suspended",
-            task_deadline=int(deadline) if deadline else None,
+            requests, reset = int(count), int(ttl)
+        state = raw_state if identity_id else None
+        return self._preflight_state(
+            jti, (epoch, replayed, done, state, requests, reset, owner, task, deadline)
         )
 
     def save_grant(
@@ -128,68 +197,15 @@ class ClusterGrants(RedisGrants):
             # A jti from grant_ids.new_grant_id() names its task's bucket; any other would
             # put the grant in another slot than its task, where no step can check both.
             raise WriteRefused("jti_not_in_task_bucket")
-        undo: list[str] = []
-        try:
-            with store_errors():
-                reason = self._save_steps(grant, replay, audit, now, quota, task, undo)
-        except StoreUnavailable:
-            self._undo(grant, replay, undo)
-            raise
-        if reason != "ok":
-            self._undo(grant, replay, undo)
-            raise WriteRefused(reason)
+        task_step = partial(self._task_step, grant, now, task)
+        self._write_in_steps(grant, replay, audit, now, quota, task_step)
 
-    def _save_steps(
-        self,
-        grant: Grant,
-        replay: tuple[str, str, int] | None,
-        audit: Mapping[str, Any],
-        now: int,
-        quota: int,
-        task: TaskSpec | None,
-        undo: list[str],
-    ) -> str:
-        identity = self._save_identity(
-            keys=[keys.identity_index(grant.identity_id)],
-            args=[grant.jti, grant.exp, now, quota],
-        )
-        if identity != "ok":
-            return str(identity)
-        undo.append("identity")
-        if replay is not None:
-            if not self._r.set(keys.replay(replay[0], replay[1]), "1", nx=True, exat=replay[2]):
-                return "replayed"
-            undo.append("replay")
-        undo.append("task")  # a refusal writes nothing; an error may have written it
-        in_task = self._save_task(
-            keys=[
-                keys.grant(grant.jti),
-                keys.task_index(grant.task_id),
-                keys.task_tombstone(grant.task_id),
-                keys.task_owner(grant.task_id),
-                keys.task_state(grant.task_id),
-            ],
+    def _task_step(self, grant: Grant, now: int, task: TaskSpec | None) -> object:
+        """Step 3 (lua/cluster_save_task.lua)."""
+        return self._save_task(
+            keys=[*_task_keys(grant), keys.task_state(grant.task_id)],
             args=[grant.jti, grant.exp, now, task.wire() if task else "", *grant_fields(grant)],
         )
-        if in_task != "ok":
-            return str(in_task)
-        return save_global(self._save_global, grant, audit, now, self._audit_maxlen)
-
-    def _undo(self, grant: Grant, replay: tuple[str, str, int] | None, undo: list[str]) -> None:
-        """Take back steps 1 to 3, newest first, as far as Redis answers. The grant goes
-        first (drop_grants: only if it is this grant, then its task-index entry)."""
-        try:
-            with store_errors():
-                if "task" in undo:
-                    ref = grant_steps.Ref(grant.jti, grant.task_id, grant.identity_id)
-                    grant_steps.drop(self._drop, [ref])
-                if "replay" in undo and replay is not None:
-                    self._r.delete(keys.replay(replay[0], replay[1]))
-                if "identity" in undo:
-                    self._r.zrem(keys.identity_index(grant.identity_id), grant.jti)
-        except StoreUnavailable as err:
-            # What is left cannot be used: no token left, and the leftovers expire.
-            log.warning("could not undo a refused grant write of %s: %s", grant.jti, err)
 
     # -- revocation and completion ---------------------------------------------------------
     @store_errors()
@@ -220,25 +236,15 @@ class ClusterGrants(RedisGrants):
         grant_steps.unindex(self._r, [dropped])
         return dropped.task, dropped.identity
 
-    @store_errors()
-    def transition_task(
-        self,
-        task_id: str,
-        *,
-        target: str,
-        identity_id: str | None,
-        audit: Mapping[str, Any],
-        now: int,
-        tombstone_seconds: int,
-        suspension_seconds: int,
-        feed_expiry: int,
-        skew_seconds: int,
-    ) -> TransitionResult:
+    _transition_script = "cluster_task_transition.lua"
+
+    def _move(self, move: Move) -> tuple[Any, Any]:
         """The checks and the task's keys (its bucket: lua/cluster_task_transition.lua),
         then the audit event, feed entry, clean-up entry and gauges (global:
         lua/cluster_task_global.lua). A move that finds the task already there publishes
         its feed entry again (no audit event): if a broker died between the two steps, the
         repeat of the call repairs it (at worst a repeated feed entry)."""
+        task_id, target, now = move.task_id, move.target, move.now
         outcome, before = self._transition_bucket(
             keys=[
                 keys.task_tombstone(task_id),
@@ -246,10 +252,14 @@ class ClusterGrants(RedisGrants):
                 keys.task_state(task_id),
                 keys.task_index(task_id),
             ],
-            args=[target, now, identity_id or "", tombstone_seconds, suspension_seconds],
+            args=[
+                target,
+                now,
+                move.identity_id or "",
+                move.tombstone_seconds,
+                move.suspension_seconds,
+            ],
         )
-        if outcome not in OUTCOMES:
-            raise ValueError(f"cluster_task_transition.lua answered {outcome!r}")
         if outcome in ("changed", "same"):
             self._transition_global(
                 keys=[
@@ -263,14 +273,25 @@ class ClusterGrants(RedisGrants):
                     target,
                     now,
                     self._audit_maxlen,
-                    event_json(audit) if outcome == "changed" else "",
+                    event_json(move.audit) if outcome == "changed" else "",
                     task_id,
-                    tombstone_seconds,
-                    now + skew_seconds,
-                    feed_expiry,
+                    move.tombstone_seconds,
+                    now + move.skew_seconds,
+                    move.feed_expiry,
                 ],
             )
-        return TransitionResult(outcome=outcome, before=str(before))
+        return outcome, before
+
+
+def _task_keys(grant: Grant) -> list[str]:
+    """The first four KEYS of both task steps (lua/cluster_save_task.lua and
+    lua/cluster_save_hop_task.lua): the grant, the task's index, tombstone and owner."""
+    return [
+        keys.grant(grant.jti),
+        keys.task_index(grant.task_id),
+        keys.task_tombstone(grant.task_id),
+        keys.task_owner(grant.task_id),
+    ]
 
 
 def save_global(
@@ -304,7 +325,7 @@ def save_global(
     )
 
 
-class ClusterChains(RedisChains):
+class ClusterChains(_SteppedWrite, RedisChains):
     """The ChainStore port on Redis Cluster: lua/save_hop.lua's write as four single-slot
     steps, the order and undo of ClusterGrants.save_grant: the actor's quota and index entry
     ({i.ACTOR}), the actor token's replay claim, the hop with its chain's and task's checks
@@ -315,10 +336,10 @@ class ClusterChains(RedisChains):
         self, client: redis.Redis, *, audit_maxlen: int, wait: ReplicaWait = NO_WAIT
     ) -> None:
         super().__init__(client, audit_maxlen=audit_maxlen, wait=wait)
-        self._save_identity = client.register_script(lua_scripts.CLUSTER_SAVE_IDENTITY)
+        self._init_steps(client)
         self._save_hop_task = client.register_script(lua_scripts.CLUSTER_SAVE_HOP_TASK)
-        self._save_global = client.register_script(lua_scripts.CLUSTER_SAVE_GLOBAL)
-        self._drop = client.register_script(lua_scripts.DROP_GRANTS)
+
+    _written = "hop"
 
     def save_hop(
         self,
@@ -336,44 +357,14 @@ class ClusterChains(RedisChains):
             # Minted in the root task's bucket (domain/delegation.py); a chain elsewhere
             # could not be checked in one step.
             raise WriteRefused("jti_not_in_task_bucket")
-        undo: list[str] = []
-        try:
-            with store_errors():
-                reason = self._hop_steps(grant, replay, audit, now, quota, undo)
-        except StoreUnavailable:
-            self._undo(grant, replay, undo)
-            raise
-        if reason != "ok":
-            self._undo(grant, replay, undo)
-            raise WriteRefused(reason)
+        task_step = partial(self._task_step, grant, now)
+        self._write_in_steps(grant, replay, audit, now, quota, task_step)
 
-    def _hop_steps(
-        self,
-        grant: Grant,
-        replay: tuple[str, str, int] | None,
-        audit: Mapping[str, Any],
-        now: int,
-        quota: int,
-        undo: list[str],
-    ) -> str:
-        identity = self._save_identity(
-            keys=[keys.identity_index(grant.identity_id)],
-            args=[grant.jti, grant.exp, now, quota],
-        )
-        if identity != "ok":
-            return str(identity)
-        undo.append("identity")
-        if replay is not None:
-            if not self._r.set(keys.replay(replay[0], replay[1]), "1", nx=True, exat=replay[2]):
-                return "replayed"
-            undo.append("replay")
-        undo.append("task")
-        in_task = self._save_hop_task(
+    def _task_step(self, grant: Grant, now: int) -> object:
+        """Step 3: the hop with its chain's and task's checks (lua/cluster_save_hop_task.lua)."""
+        return self._save_hop_task(
             keys=[
-                keys.grant(grant.jti),
-                keys.task_index(grant.task_id),
-                keys.task_tombstone(grant.task_id),
-                keys.task_owner(grant.task_id),
+                *_task_keys(grant),
                 keys.children_index(grant.parent),
                 keys.task_state(grant.task_id),
                 *(keys.grant(jti) for jti in reversed(grant.ancestors)),  # the parent first
@@ -388,20 +379,7 @@ class ClusterChains(RedisChains):
                 *grant_fields(grant),
             ],
         )
-        if in_task != "ok":
-            return str(in_task)
-        return save_global(self._save_global, grant, audit, now, self._audit_maxlen)
 
-    def _undo(self, grant: Grant, replay: tuple[str, str, int] | None, undo: list[str]) -> None:
-        try:
-            with store_errors():
-                if "task" in undo:
-                    ref = grant_steps.Ref(grant.jti, grant.task_id, grant.identity_id)
-                    grant_steps.drop(self._drop, [ref])
-                    self._r.zrem(keys.children_index(grant.parent), grant.jti)
-                if "replay" in undo and replay is not None:
-                    self._r.delete(keys.replay(replay[0], replay[1]))
-                if "identity" in undo:
-                    self._r.zrem(keys.identity_index(grant.identity_id), grant.jti)
-        except StoreUnavailable as err:
-            log.warning("could not undo a refused hop write of %s: %s", grant.jti, err)
+    def _undo_task(self, grant: Grant) -> None:
+        super()._undo_task(grant)
+        self._r.zrem(keys.children_index(grant.parent), grant.jti)

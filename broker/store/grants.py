@@ -10,7 +10,7 @@ How a grant is laid out in Redis is in store/grant_record.py."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
 import redis
@@ -21,9 +21,10 @@ from broker.domain.tasks import COMPLETED, TaskSpec
 from broker.store import grant_steps, keys, lua_scripts
 from broker.store.audit_stream import RedisAuditStream, event_json
 from broker.store.connection import NO_WAIT, ReplicaWait, store_errors
-from broker.store.grant_record import expiry_member, grant_fields, grant_from
+from broker.store.grant_record import grant_fields, grant_from
 from broker.store.inventory_state import state_record
 from broker.store.task_lifecycle import RedisTaskLifecycle
+from broker.store.write_call import run_write, write_args, write_keys
 
 
 def save_grant_call(
@@ -37,33 +38,13 @@ def save_grant_call(
     task: str = "",
 ) -> tuple[list[str], list[str | int]]:
     """KEYS and ARGV of lua/save_grant.lua for one grant, in the order its header names."""
-    replay_key = keys.replay(replay[0], replay[1]) if replay else keys.NO_KEY
     script_keys = [
-        keys.grant(grant.jti),
-        keys.task_index(grant.task_id),
-        keys.identity_index(grant.identity_id),
-        keys.EXPIRY_INDEX,
-        keys.EPOCH,
-        keys.task_tombstone(grant.task_id),
-        replay_key,
-        keys.AUDIT_STREAM,
-        keys.IDENTITY_STATE,
-        keys.LAST_EXCHANGE,
-        keys.task_owner(grant.task_id),
+        *write_keys(grant, replay),
         keys.task_state(grant.task_id),
         keys.TASKS_OPEN,
     ]
     args: list[str | int] = [
-        grant.jti,
-        grant.exp,
-        now,
-        grant.epoch,
-        "1" if replay else "0",
-        replay[2] if replay else 0,
-        expiry_member(grant),
-        audit_maxlen,
-        event_json(audit),
-        quota,
+        *write_args(grant, replay, audit, now, quota, audit_maxlen),
         *grant_fields(grant),
         task,  # last: the script reads it as ARGV[#ARGV]
     ]
@@ -112,7 +93,7 @@ class RedisGrants(RedisTaskLifecycle, RedisAuditStream):
         replay, the task's tombstone and owner, the identity's suspension state, and (when a
         window is given and the token is not a replay) one count against the verified
         identity's rate limit."""
-        epoch, replayed, done, raw_state, requests, reset, owner, task, deadline = self._preflight(
+        reply = self._preflight(
             keys=[
                 keys.EPOCH,
                 keys.replay(issuer_id, jti) if jti else keys.NO_KEY,
@@ -124,17 +105,22 @@ class RedisGrants(RedisTaskLifecycle, RedisAuditStream):
             ],
             args=[identity_id or "", rate_window_seconds if identity_id else 0],
         )
-        state = state_record(raw_state) if raw_state else None
-        reset = max(int(reset), 1) if requests else 0
+        return self._preflight_state(jti, reply)
+
+    def _preflight_state(self, jti: str | None, reply: Sequence[Any]) -> PreflightState:
+        """The state from lua/preflight.lua's nine values (ClusterGrants reads the same nine
+        with a pipeline): the epoch, replay, the tombstone, the identity's state record, its
+        request count and window reset, the task's owner, state and deadline."""
+        epoch, replayed, done, raw_state, requests, reset, owner, task, deadline = reply
         if epoch is None:
             epoch = self.ensure_epoch()  # Redis lost its data (or is new): restart the epoch
         return PreflightState(
             epoch=int(epoch),
             replayed=bool(replayed and jti),
             task_completed=bool(done),
-            identity_state=state,
+            identity_state=state_record(raw_state) if raw_state else None,
             identity_requests=requests,
-            identity_window_reset=reset,
+            identity_window_reset=max(int(reset), 1) if requests else 0,
             task_owner=str(owner) if owner else None,
             task_suspended=task == "suspended",
             task_deadline=int(deadline) if deadline else None,
@@ -151,7 +137,7 @@ class RedisGrants(RedisTaskLifecycle, RedisAuditStream):
         quota: int = 0,
         task: TaskSpec | None = None,
     ) -> None:
-        script_keys, args = save_grant_call(
+        call = save_grant_call(
             grant,
             replay=replay,
             audit=audit,
@@ -160,15 +146,7 @@ class RedisGrants(RedisTaskLifecycle, RedisAuditStream):
             audit_maxlen=self._audit_maxlen,
             task=task.wire() if task else "",
         )
-        result = self._wait.run(
-            self._save,
-            keys=script_keys,
-            args=args,
-            what=f"grant {grant.jti}",
-            fail_closed=True,  # no token leaves unless its grant is on the replicas
-        )
-        if result != "ok":
-            raise WriteRefused(str(result))
+        run_write(self._wait, self._save, call, f"grant {grant.jti}")
 
     # -- introspection --------------------------------------------------------------------
     @store_errors()

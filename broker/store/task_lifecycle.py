@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, cast
 
 import redis
@@ -34,6 +35,22 @@ from broker.store.connection import NO_WAIT, ReplicaWait, store_errors
 from broker.store.grant_record import grant_from
 
 OUTCOMES = ("changed", "same", "illegal", "foreign", "unknown")
+
+
+@dataclass(frozen=True)
+class Move:
+    """One transition_task call, as the script (or a cluster's two) that carries it out
+    reads it."""
+
+    task_id: str
+    target: str
+    identity_id: str | None
+    audit: Mapping[str, Any]
+    now: int
+    tombstone_seconds: int
+    suspension_seconds: int
+    feed_expiry: int
+    skew_seconds: int
 
 
 def terminal_state(tombstone: str | None) -> str | None:
@@ -76,6 +93,28 @@ class RedisTaskLifecycle:
         A terminal move's feed entry covers tokens with iat up to now + skew: no token of the
         task can be issued after the tombstone, and a node whose clock runs ahead may have
         stamped an earlier one with a later iat."""
+        move = Move(
+            task_id,
+            target,
+            identity_id,
+            audit,
+            now,
+            tombstone_seconds,
+            suspension_seconds,
+            feed_expiry,
+            skew_seconds,
+        )
+        outcome, before = self._move(move)
+        if outcome not in OUTCOMES:
+            raise ValueError(f"{self._transition_script} answered {outcome!r}")
+        return TransitionResult(outcome=outcome, before=str(before))
+
+    _transition_script = "task_transition.lua"  # what a strange answer names
+
+    def _move(self, move: Move) -> tuple[Any, Any]:
+        """The move in one script (lua/task_transition.lua): the outcome and the state
+        before."""
+        task_id = move.task_id
         outcome, before = self._wait.run(
             self._transition,
             keys=[
@@ -90,22 +129,20 @@ class RedisTaskLifecycle:
                 keys.TASKS_COMPLETED,
             ],
             args=[
-                target,
-                now,
+                move.target,
+                move.now,
                 self._audit_maxlen,
-                event_json(audit),
+                event_json(move.audit),
                 task_id,
-                identity_id or "",
-                tombstone_seconds,
-                now + skew_seconds,
-                suspension_seconds,
-                feed_expiry,
+                move.identity_id or "",
+                move.tombstone_seconds,
+                move.now + move.skew_seconds,
+                move.suspension_seconds,
+                move.feed_expiry,
             ],
-            what=f"{target} of task {task_id}",
+            what=f"{move.target} of task {task_id}",
         )
-        if outcome not in OUTCOMES:
-            raise ValueError(f"task_transition.lua answered {outcome!r}")
-        return TransitionResult(outcome=outcome, before=str(before))
+        return outcome, before
 
     @store_errors()
     def task_terminal_state(self, task_id: str) -> str | None:

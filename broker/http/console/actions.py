@@ -34,30 +34,29 @@ def _checked_id(value: str, what: str) -> str:
     return value
 
 
-@bp.post("/tasks/<task_id>/revoke")
-def revoke_task(task_id: str) -> Response:
+def _revoke(kind: str, value: str) -> int:
+    """Revoke what `kind` names (domain revoke_by), for the signed-in operator, with the
+    form's reason; how many grants went."""
     result = revoke_by(
         services(),
-        kind="task",
-        value=_checked_id(task_id, "task"),
+        kind=kind,
+        value=_checked_id(value, kind),
         reason=request.form.get("reason", ""),
         actor=_actor(),
     )
-    return redirect(url_for("console.task", task_id=task_id, revoked=result.revoked), code=303)
+    return result.revoked
+
+
+@bp.post("/tasks/<task_id>/revoke")
+def revoke_task(task_id: str) -> Response:
+    revoked = _revoke("task", task_id)
+    return redirect(url_for("console.task", task_id=task_id, revoked=revoked), code=303)
 
 
 @bp.post("/identities/<identity_id>/revoke")
 def revoke_identity(identity_id: str) -> Response:
-    result = revoke_by(
-        services(),
-        kind="identity",
-        value=_checked_id(identity_id, "identity"),
-        reason=request.form.get("reason", ""),
-        actor=_actor(),
-    )
-    return redirect(
-        url_for("console.identities", identity=identity_id, revoked=result.revoked), code=303
-    )
+    revoked = _revoke("identity", identity_id)
+    return redirect(url_for("console.identities", identity=identity_id, revoked=revoked), code=303)
 
 
 @bp.post("/revoke-all")
