@@ -385,6 +385,8 @@ class Stack:
             ERRAND_WEB_WORKERS=str(workers),
             ERRAND_ACCESS_LOG="0",
             ERRAND_ENV="production",
+            # The benchmark runs no RQ worker: readiness must not wait for a worker's report.
+            ERRAND_READY_WORKER_MAX_AGE_SECONDS="0",
             # The broker code next to these scripts, even if another checkout is installed
             # into the venv in editable mode.
             PYTHONPATH=str(ROOT),
