@@ -35,11 +35,11 @@ from broker.domain.exchange_steps import (
     check_identity,
     check_preflight,
     end_refused,
+    new_grant,
     replay_entry,
     sign,
     verify_arriving,
 )
-from broker.domain.grant_ids import new_grant_id
 from broker.domain.introspection import grant_state, is_live
 from broker.domain.limits import identity_window
 from broker.domain.models import (
@@ -288,30 +288,22 @@ def mint(
     now: float,
     outcome: PolicyOutcome,
 ) -> tuple[Grant, str]:
-    parent, identity, iat = hop.parent, hop.identity, int(now)
-    grant = Grant(
-        # In the ROOT task's bucket (grant_ids.py): the chain's grants share one slot.
-        jti=new_grant_id(parent.task_id),
-        identity_id=identity.id,
-        identity_type=identity.type,
-        owner=identity.owner,
+    parent = hop.parent
+    grant = new_grant(
+        req,
+        hop.identity,
+        # The ROOT task's bucket (grant_ids.py): the chain's grants share one slot.
         task_id=parent.task_id,
-        audiences=decision.audiences,
-        scopes=decision.scopes,
-        iat=iat,
-        exp=iat + decision.ttl_seconds,
-        client_id=identity.id,
         issuer_id=hop.actor.issuer.id,
+        decision=decision,
         epoch=epoch,
+        now=now,
+        outcome=outcome,
         purpose=req.purpose or parent.purpose,
         subject=parent.subject_id,
-        actors=(identity.id, *parent.actors),
+        actors=(hop.identity.id, *parent.actors),
         parent=parent.jti,
         ancestors=(*parent.ancestors, parent.jti),
-        may_act=req.may_act or "",
-        dpop_jkt=req.dpop.jkt if req.dpop else None,
-        approval_id=outcome.approval_id,
-        contracts=outcome.contracts,
     )
     return grant, sign(grant, svc.keyring, svc.config.broker.issuer)
 

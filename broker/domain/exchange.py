@@ -31,11 +31,11 @@ from broker.domain.exchange_steps import (
     check_identity,
     check_preflight,
     end_refused,
+    new_grant,
     replay_entry,
     sign,
     verify_arriving,
 )
-from broker.domain.grant_ids import new_grant_id
 from broker.domain.limits import identity_window
 from broker.domain.models import (
     GRANT_TYPE_JWT_BEARER,
@@ -230,25 +230,16 @@ def mint(
 ) -> tuple[Grant, str]:
     """The grant (a random jti, the epoch as the request arrived: the write refuses if it
     has moved since) and its signed access token (tokens/mint.py, RFC 9068)."""
-    identity, iat = caller.identity, int(now)
-    grant = Grant(
-        jti=new_grant_id(caller.task_id),  # carries its task's bucket (grant_ids.py)
-        identity_id=identity.id,
-        identity_type=identity.type,
-        owner=identity.owner,
+    grant = new_grant(
+        req,
+        caller.identity,
         task_id=caller.task_id,
-        audiences=decision.audiences,
-        scopes=decision.scopes,
-        iat=iat,
-        exp=iat + decision.ttl_seconds,
-        client_id=identity.id,
         issuer_id=caller.subject.issuer.id,
+        decision=decision,
         epoch=epoch,
+        now=now,
+        outcome=outcome,
         purpose=req.purpose or "",
-        dpop_jkt=req.dpop.jkt if req.dpop else None,
-        approval_id=outcome.approval_id if outcome else "",
-        contracts=outcome.contracts if outcome else (),
-        may_act=req.may_act or "",  # RFC 8693 §4.4 (domain/delegation.py honours it)
     )
     return grant, sign(grant, keyring, config.broker.issuer)
 

@@ -7,14 +7,17 @@ from __future__ import annotations
 
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from broker.domain.audit_event import ExchangeAudit
+from broker.domain.decision import PolicyOutcome
 from broker.domain.exchange_refusals import Refused, record_refusal
+from broker.domain.grant_ids import new_grant_id
 from broker.domain.identity_state import state_name
 from broker.domain.limits import check_before_signature, check_identity_rate
 from broker.domain.models import (
     AGENT_PROFILE,
+    ExchangeRequest,
     Grant,
     Identity,
     TrustedIssuer,
@@ -23,7 +26,7 @@ from broker.domain.models import (
 from broker.domain.ports import PreflightState, Services, SigningKeys, SubjectVerifier
 from broker.domain.task_exchange import check_task_state
 from broker.errors import BrokerError, InvalidTarget
-from broker.policy.engine import check_identity_usable, issuer_kind_mismatch
+from broker.policy.engine import Decision, check_identity_usable, issuer_kind_mismatch
 from broker.tokens.mint import TokenTooLarge, mint_access_token
 
 
@@ -96,6 +99,45 @@ def check_preflight(svc: Services, state: PreflightState, task_owner: str, now: 
     if state.task_completed:
         raise Refused("task_completed")
     check_task_state(state, now)
+
+
+def new_grant(
+    req: ExchangeRequest,
+    identity: Identity,
+    *,
+    task_id: str,
+    issuer_id: str,
+    decision: Decision,
+    epoch: int,
+    now: float,
+    outcome: PolicyOutcome | None,
+    purpose: str,
+    **chain: Any,
+) -> Grant:
+    """The grant of an exchange or a delegation hop: a random jti in its task's bucket
+    (grant_ids.py), the epoch as the request arrived (the write refuses if it has moved
+    since), what the decision and the runtime policy allowed; `chain` the hop's fields."""
+    iat = int(now)
+    return Grant(
+        jti=new_grant_id(task_id),
+        identity_id=identity.id,
+        identity_type=identity.type,
+        owner=identity.owner,
+        task_id=task_id,
+        audiences=decision.audiences,
+        scopes=decision.scopes,
+        iat=iat,
+        exp=iat + decision.ttl_seconds,
+        client_id=identity.id,
+        issuer_id=issuer_id,
+        epoch=epoch,
+        purpose=purpose,
+        dpop_jkt=req.dpop.jkt if req.dpop else None,
+        approval_id=outcome.approval_id if outcome else "",
+        contracts=outcome.contracts if outcome else (),
+        may_act=req.may_act or "",  # RFC 8693 §4.4 (domain/delegation.py honours it)
+        **chain,
+    )
 
 
 def sign(grant: Grant, keyring: SigningKeys, issuer: str) -> str:
